@@ -1,0 +1,36 @@
+# offsim: `make up` runs the simulation, `make test` runs the tests. Both bootstrap .venv from the
+# project's own files; the members come from workspace.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MEMBERS := $(shell $(PYTHON) -c 'import tomllib; print(" ".join(tomllib.load(open("workspace.toml", "rb"))["workspace"]["members"]))')
+# A demo wants to see orders complete in seconds, not minutes; override with `make up SIM_SPEED=1`.
+SIM_SPEED ?= 30
+
+.PHONY: install up test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: workspace.toml requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(MEMBERS))
+	$(PYTHON) -c 'import sys; sys.exit("offsim needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ./,$(MEMBERS))
+	touch $@
+
+up: install
+	SIM_SPEED=$(SIM_SPEED) $(BIN)/offsim up
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .offsim

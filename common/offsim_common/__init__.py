@@ -1,0 +1,1 @@
+"""The contract every offsim service imports: subjects, messages, config, database and bus."""

@@ -1,0 +1,201 @@
+"""NATS and JetStream: connecting, the streams, publishing, and running durable consumers.
+
+Every JetStream consumer in offsim runs through :func:`consume`, which writes down the ack policy
+once: a handler that returns is acked (after its transaction committed); a payload that fails
+validation is logged and terminated; :class:`Defer` asks for redelivery later; any other error is
+logged and nak'ed with back-off, so one bad message never stops a consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from . import subjects
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Long enough that a service restarted within the hour re-publishing an event it had already
+# published (crash between publish and ack) is de-duplicated by the server.
+DUPLICATE_WINDOW_S = 3600.0
+STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+async def connect(url: str, name: str) -> Client:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected, reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create or update the streams; every service calls it, whichever starts first wins."""
+    for name, stream_subjects in (
+        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS),
+        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS),
+    ):
+        config = api.StreamConfig(
+            name=name,
+            subjects=list(stream_subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=STREAM_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:
+                pass  # another service created it between our two calls
+        await js.update_stream(config)
+
+
+async def publish(js: JetStreamContext, subject: str, message: BaseModel, msg_id: str) -> None:
+    """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish."""
+    await js.publish(subject, message.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id})
+
+
+class Defer(Exception):
+    """Not an error: the message is not due yet; deliver it again in `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"deferred {delay:.3f}s")
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class ConsumerSpec(Generic[M]):
+    stream: str
+    durable: str
+    subject: str
+    model: type[M]
+    handler: Callable[[M, Msg], Awaitable[None]]
+    ack_wait_s: float = 30.0
+    max_deliver: int = 50
+    max_ack_pending: int = 10_000
+    batch: int = 64
+
+
+def _retry_delay(msg: Msg) -> float:
+    attempt = msg.metadata.num_delivered or 1
+    return min(0.5 * 2 ** (attempt - 1), 30.0)
+
+
+async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
+    try:
+        payload = spec.model.model_validate_json(msg.data)
+    except ValidationError as exc:
+        log.error(
+            "%s: dropping invalid message on %s: %s; data=%r",
+            spec.durable,
+            msg.subject,
+            exc.errors(include_url=False),
+            msg.data[:500],
+        )
+        await msg.term()
+        return
+    try:
+        await spec.handler(payload, msg)
+    except Defer as defer:
+        await msg.nak(delay=defer.delay)
+    except Exception:
+        log.exception(
+            "%s: failed on %s (delivery %s), will retry",
+            spec.durable,
+            msg.subject,
+            msg.metadata.num_delivered,
+        )
+        await msg.nak(delay=_retry_delay(msg))
+    else:
+        await msg.ack()
+
+
+async def consume(
+    js: JetStreamContext, spec: ConsumerSpec[M], ready: asyncio.Event | None = None
+) -> None:
+    """Run a durable pull consumer until cancelled. Replicas bind the same durable, so each
+    message goes to one of them."""
+    config = api.ConsumerConfig(
+        durable_name=spec.durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subject=spec.subject,
+    )
+    sub = await js.pull_subscribe(
+        spec.subject, durable=spec.durable, stream=spec.stream, config=config
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(spec.batch, timeout=5)
+            except nats.errors.TimeoutError:
+                continue
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.NoRespondersError,
+            ) as exc:
+                log.warning("%s: fetch failed (%s), retrying", spec.durable, exc)
+                await asyncio.sleep(1)
+                continue
+            await asyncio.gather(*(_handle(spec, m) for m in msgs))
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # the connection may already be closing
+            pass
+
+
+async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> list[asyncio.Task]:
+    """Start each consumer in a task and return once all are bound to their durables."""
+    tasks = []
+    for spec in specs:
+        ready = asyncio.Event()
+        task = asyncio.create_task(consume(js, spec, ready), name=spec.durable)
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()  # raises why the consumer could not start
+        tasks.append(task)
+    return tasks
+
+
+async def stop_tasks(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,109 @@
+"""Settings from the environment (12-factor), one frozen object, failing fast on bad values.
+
+Every variable is listed, with its default, in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value offsim cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _range(
+    env: Mapping[str, str], prefix: str, default: tuple[float, float]
+) -> tuple[float, float]:
+    low = _float(env, f"{prefix}_MIN", default[0])
+    high = _float(env, f"{prefix}_MAX", default[1])
+    if high < low:
+        raise ConfigError(f"{prefix}_MAX ({high}) must be >= {prefix}_MIN ({low})")
+    return low, high
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    nats_url: str = "nats://127.0.0.1:4222"
+    http_port: int = 8080
+    log_level: str = "INFO"
+    # Every simulated duration is divided by this factor.
+    sim_speed: float = 1.0
+    # Simulated seconds, as the original: 1 to 4 minutes per stage.
+    supplier_delay: tuple[float, float] = (60.0, 240.0)
+    delivery_delay: tuple[float, float] = (60.0, 240.0)
+    # Users service: how many products each new SSD watches.
+    watched_products: int = 3
+    # Generator.
+    users_url: str = "http://127.0.0.1:8081"
+    orders_url: str = "http://127.0.0.1:8082"
+    seed: int | None = None
+    tick_seconds: float = 60.0
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"register": 1.0, "random_order": 1.0, "consume": 2.0}
+    )
+    # ETL.
+    off_api_url: str = "https://world.openfoodfacts.org"
+    off_search_rate: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, http_port: int = 8080) -> Settings:
+        env = os.environ if env is None else env
+        sim_speed = _float(env, "SIM_SPEED", 1.0)
+        if sim_speed <= 0:
+            raise ConfigError(f"SIM_SPEED must be > 0, got {sim_speed}")
+        seed = env.get("OFFSIM_SEED")
+        return cls(
+            database_url=env.get("DATABASE_URL") or cls.database_url,
+            nats_url=env.get("NATS_URL") or cls.nats_url,
+            http_port=_int(env, "HTTP_PORT", http_port, minimum=0),
+            log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
+            sim_speed=sim_speed,
+            supplier_delay=_range(env, "OFFSIM_SUPPLIER_DELAY", cls.supplier_delay),
+            delivery_delay=_range(env, "OFFSIM_DELIVERY_DELAY", cls.delivery_delay),
+            watched_products=_int(env, "OFFSIM_WATCHED_PRODUCTS", cls.watched_products, 1),
+            users_url=(env.get("USERS_URL") or cls.users_url).rstrip("/"),
+            orders_url=(env.get("ORDERS_URL") or cls.orders_url).rstrip("/"),
+            seed=_int(env, "OFFSIM_SEED", 0) if seed else None,
+            tick_seconds=_float(env, "OFFSIM_TICK_SECONDS", cls.tick_seconds),
+            weights={
+                "register": _float(env, "OFFSIM_WEIGHT_REGISTER", 1.0),
+                "random_order": _float(env, "OFFSIM_WEIGHT_RANDOM_ORDER", 1.0),
+                "consume": _float(env, "OFFSIM_WEIGHT_CONSUME", 2.0),
+            },
+            off_api_url=(env.get("OFF_API_URL") or cls.off_api_url).rstrip("/"),
+            off_search_rate=_float(env, "OFF_SEARCH_RATE", cls.off_search_rate),
+        )
+
+    def simulated(self, seconds: float) -> float:
+        """Real seconds for a simulated duration."""
+        return seconds / self.sim_speed

@@ -1,0 +1,137 @@
+"""HTTP errors as JSON: ``{"error": code, "message": ..., "details": {field: problem}}``.
+
+One middleware turns every failure into that body: a client mistake is a 4xx that names the
+problem, anything unexpected is logged and answered 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from datetime import date, datetime
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def body(self) -> dict:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def validation_details(exc: ValidationError) -> dict[str, str]:
+    return {_field(err["loc"]): err["msg"] for err in exc.errors(include_url=False)}
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """Parse and validate a JSON body, or raise a 400 naming each bad field."""
+    if not request.body_exists:
+        raise BadRequest("request body is required (JSON)", {"body": "missing"})
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise BadRequest("malformed JSON", {"body": errors[0]["msg"]}) from None
+        if any(err["type"] == "model_type" and not err["loc"] for err in errors):
+            raise BadRequest("the body must be a JSON object", {"body": "not an object"}) from None
+        raise BadRequest("invalid request body", validation_details(exc)) from None
+
+
+def int_param(
+    value: str | None,
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int = 0,
+    maximum: int = 2**63 - 1,
+) -> int:
+    """A path or query integer, or a 400 naming it."""
+    if value is None or value == "":
+        if default is None:
+            raise BadRequest(f"{name} is required", {name: "missing"})
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an integer", {name: f"not an integer: {value!r}"}
+        ) from None
+    if not minimum <= number <= maximum:
+        raise BadRequest(f"{name} out of range", {name: f"must be between {minimum} and {maximum}"})
+    return number
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return web.json_response(
+            {"error": code, "message": exc.reason, "details": {}},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k == "Allow"},
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal_error", "message": "internal server error", "details": {}},
+            status=500,
+        )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    """A JSON answer that also writes the datetimes database rows carry."""
+    return web.json_response(
+        data, status=status, dumps=functools.partial(json.dumps, default=_json_default)
+    )

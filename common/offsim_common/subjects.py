@@ -1,0 +1,30 @@
+"""NATS subject, stream, durable-consumer and queue-group names: the wire contract.
+
+The three order subjects and ``orders.random`` keep the original system's names so that its
+clients stay compatible. ``orders.random`` is a plain request/reply subject and must never be
+captured by a stream: JetStream would answer the request's inbox with a publish ack.
+"""
+
+ORDERS_RANDOM = "orders.random"
+ORDERS_PENDING = "orders.pending"
+ORDERS_SHIPPED = "orders.shipped"
+ORDERS_COMPLETED = "orders.completed"
+USERS_REGISTERED = "users.registered"
+
+ORDERS_STREAM = "ORDERS"
+ORDERS_STREAM_SUBJECTS = (ORDERS_PENDING, ORDERS_SHIPPED, ORDERS_COMPLETED)
+USERS_STREAM = "USERS"
+USERS_STREAM_SUBJECTS = (USERS_REGISTERED,)
+
+# Durable consumers, named <service>-<step>. Replicas of a service share its durables, so each
+# event is handled by one replica.
+NOTIFICATIONS_SHIP = "notifications-ship"
+NOTIFICATIONS_DELIVER = "notifications-deliver"
+ORDERS_RECORD_SHIPPED = "orders-record-shipped"
+ORDERS_RECORD_COMPLETED = "orders-record-completed"
+USERS_RESTOCK = "users-restock"
+
+# Both services answer orders.random (scatter-gather), so each needs its own queue group:
+# with nats.micro's default group "q" only one of the two would ever answer.
+USERS_QUEUE = "users"
+ORDERS_QUEUE = "orders"

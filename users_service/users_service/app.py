@@ -1,0 +1,32 @@
+"""The users service's application factory."""
+
+from __future__ import annotations
+
+import random
+
+from aiohttp import web
+from offsim_common import subjects
+from offsim_common.config import Settings
+from offsim_common.web import POOL, base_app, consumers_ctx, micro_ctx
+
+from . import nats_handlers
+from .app_keys import RNG
+from .routes import setup_routes
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = base_app(settings, "users")
+    app[RNG] = random.Random(settings.seed)
+    app.cleanup_ctx.append(
+        micro_ctx(
+            "users",
+            "offsim users and their SSDs",
+            subjects.USERS_QUEUE,
+            lambda app: {
+                "random-ssd": (subjects.ORDERS_RANDOM, nats_handlers.random_ssd_endpoint(app[POOL]))
+            },
+        )
+    )
+    app.cleanup_ctx.append(consumers_ctx(lambda app: [nats_handlers.restock_consumer(app[POOL])]))
+    setup_routes(app)
+    return app

@@ -1,0 +1,7 @@
+"""Typed application keys of the users service (the shared ones live in offsim_common.web)."""
+
+import random
+
+from aiohttp import web
+
+RNG = web.AppKey("rng", random.Random)

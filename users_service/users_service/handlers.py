@@ -1,0 +1,47 @@
+"""HTTP views: parse, call one function, answer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from offsim_common.http import NotFound, int_param, json_response, read_body
+from offsim_common.messages import ConsumeRequest, RegisterRequest
+from offsim_common.web import JS, POOL, SETTINGS
+
+from . import queries
+from .app_keys import RNG
+from .registration import register_user
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await read_body(request, RegisterRequest)
+    app = request.app
+    user = await register_user(app[POOL], app[JS], body, app[SETTINGS].watched_products, app[RNG])
+    return json_response(user.model_dump(), status=201)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    user_id = int_param(request.match_info["id"], "id", minimum=1)
+    async with request.app[POOL].acquire() as conn:
+        user = await queries.fetch_user(conn, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found", {"id": "unknown user"})
+    return json_response(user)
+
+
+async def consume(request: web.Request) -> web.Response:
+    """An SSD reports stock used; the answer tells it what fell below its reorder point."""
+    ssd_id = int_param(request.match_info["id"], "id", minimum=1)
+    body = await read_body(request, ConsumeRequest)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        if not await queries.ssd_exists(conn, ssd_id):
+            raise NotFound(f"SSD {ssd_id} not found", {"id": "unknown SSD"})
+        rows = await queries.consume_stock(conn, ssd_id, body.barcode, body.quantity)
+    if body.barcode is not None and not rows:
+        raise NotFound(f"SSD {ssd_id} does not watch {body.barcode}", {"barcode": "not watched"})
+    stock = [dict(row) for row in rows]
+    restock = [
+        {"barcode": s["barcode"], "quantity": s["capacity"] - s["quantity"]}
+        for s in stock
+        if s["quantity"] < s["reorder_point"]
+    ]
+    return json_response({"ssd_id": ssd_id, "stock": stock, "restock": restock})

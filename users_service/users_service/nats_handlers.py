@@ -1,0 +1,57 @@
+"""The users service on NATS: its orders.random answer and its orders.completed consumer."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.micro import Request
+from offsim_common import bus, subjects
+from offsim_common.messages import OrderEvent, RandomSsdReply
+
+from . import queries
+
+log = logging.getLogger(__name__)
+
+
+def random_ssd_endpoint(pool: asyncpg.Pool):
+    """orders.random: answer the scatter-gather with a random SSD."""
+
+    async def handle(request: Request) -> None:
+        async with pool.acquire() as conn:
+            ssd_id = await queries.random_ssd_id(conn)
+        if ssd_id is None:
+            await request.respond_error("404", "no SSD registered yet")
+            return
+        await request.respond(RandomSsdReply(ssd_id=ssd_id).model_dump_json().encode())
+
+    return handle
+
+
+def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
+    """orders.completed: the delivered quantity joins the SSD's stock, exactly once per order."""
+
+    async def handle(event: OrderEvent, msg: Msg) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            added = await queries.record_delivery(
+                conn, event.id, event.ssd_id, event.barcode, event.quantity
+            )
+        if added:
+            log.info(
+                "order %s delivered: +%s of %s to SSD %s",
+                event.id,
+                event.quantity,
+                event.barcode,
+                event.ssd_id,
+            )
+        else:
+            log.debug("order %s already delivered; duplicate ignored", event.id)
+
+    return bus.ConsumerSpec(
+        stream=subjects.ORDERS_STREAM,
+        durable=subjects.USERS_RESTOCK,
+        subject=subjects.ORDERS_COMPLETED,
+        model=OrderEvent,
+        handler=handle,
+    )

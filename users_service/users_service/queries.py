@@ -1,0 +1,149 @@
+"""All of the users service's SQL. Functions take a connection; callers own the transaction."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import asyncpg
+from offsim_common.messages import NewUser
+
+
+async def insert_user(
+    conn: asyncpg.Connection, user: NewUser, password_hash: str
+) -> asyncpg.Record:
+    return await conn.fetchrow(
+        """INSERT INTO users (first_name, last_name, email, password_hash)
+           VALUES ($1, $2, $3, $4)
+           RETURNING id, first_name, last_name, email, created_at""",
+        user.first_name,
+        user.last_name,
+        user.email,
+        password_hash,
+    )
+
+
+async def insert_devices(
+    conn: asyncpg.Connection, user_id: int, macs: list[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """INSERT INTO ssds (user_id, mac_address)
+           SELECT $1, mac FROM unnest($2::text[]) WITH ORDINALITY AS m(mac, n) ORDER BY n
+           RETURNING id, mac_address""",
+        user_id,
+        macs,
+    )
+
+
+async def watch_random_products(
+    conn: asyncpg.Connection, ssd_id: int, count: int, rng: random.Random
+) -> int:
+    """Give a new SSD `count` products to watch, full to capacity; return how many it got.
+
+    ORDER BY random() scans the catalogue: fine for the tens of thousands of products a simulation
+    loads, and it only runs once per device.
+    """
+    barcodes = await conn.fetch("SELECT barcode FROM products ORDER BY random() LIMIT $1", count)
+    rows = []
+    for record in barcodes:
+        capacity = rng.randint(6, 12)
+        rows.append((ssd_id, record["barcode"], capacity, capacity // 3, capacity))
+    await conn.executemany(
+        """INSERT INTO product_ssds (ssd_id, barcode, quantity, reorder_point, capacity)
+           VALUES ($1, $2, $3, $4, $5)""",
+        rows,
+    )
+    return len(rows)
+
+
+async def fetch_user(conn: asyncpg.Connection, user_id: int) -> dict[str, Any] | None:
+    user = await conn.fetchrow(
+        "SELECT id, first_name, last_name, email, created_at FROM users WHERE id = $1", user_id
+    )
+    if user is None:
+        return None
+    ssds = await conn.fetch(
+        "SELECT id, mac_address FROM ssds WHERE user_id = $1 ORDER BY id", user_id
+    )
+    stock = await conn.fetch(
+        """SELECT ps.ssd_id, ps.barcode, p.name AS product_name, p.image_url, ps.quantity,
+                  ps.reorder_point, ps.capacity
+           FROM product_ssds ps JOIN ssds s ON s.id = ps.ssd_id
+           JOIN products p ON p.barcode = ps.barcode
+           WHERE s.user_id = $1 ORDER BY ps.ssd_id, ps.barcode""",
+        user_id,
+    )
+    by_ssd: dict[int, list[dict]] = {s["id"]: [] for s in ssds}
+    for row in stock:
+        item = dict(row)
+        by_ssd[item.pop("ssd_id")].append(item)
+    return {
+        **dict(user),
+        "ssds": [{**dict(s), "stock": by_ssd[s["id"]]} for s in ssds],
+    }
+
+
+async def random_ssd_id(conn: asyncpg.Connection) -> int | None:
+    # Picks a random point in the id range and takes the next id: one index probe, not a scan.
+    return await conn.fetchval(
+        """SELECT id FROM ssds
+           WHERE id >= (SELECT min(id) + floor(random() * (max(id) - min(id) + 1))::bigint
+                        FROM ssds)
+           ORDER BY id LIMIT 1"""
+    )
+
+
+async def ssd_exists(conn: asyncpg.Connection, ssd_id: int) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM ssds WHERE id = $1", ssd_id))
+
+
+async def consume_stock(
+    conn: asyncpg.Connection, ssd_id: int, barcode: str | None, quantity: int
+) -> list[asyncpg.Record]:
+    """Use up stock: `quantity` of one product, or a random 0..`quantity` of each watched one.
+
+    Stock never goes below zero. Returns every touched row with what was consumed.
+    """
+    return await conn.fetch(
+        """WITH target AS (
+               SELECT ssd_id, barcode, quantity AS before,
+                      CASE WHEN $2::text IS NULL THEN floor(random() * ($3 + 1))::int ELSE $3 END
+                          AS wanted
+               FROM product_ssds
+               WHERE ssd_id = $1 AND ($2::text IS NULL OR barcode = $2)
+               FOR UPDATE)
+           UPDATE product_ssds ps
+           SET quantity = greatest(t.before - t.wanted, 0)
+           FROM target t
+           WHERE ps.ssd_id = t.ssd_id AND ps.barcode = t.barcode
+           RETURNING ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
+                     t.before - ps.quantity AS consumed,
+                     (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name""",
+        ssd_id,
+        barcode,
+        quantity,
+    )
+
+
+async def record_delivery(
+    conn: asyncpg.Connection, order_id: int, ssd_id: int, barcode: str, quantity: int
+) -> bool:
+    """Add a delivered order to its SSD's stock, once: False if it was already added."""
+    first = await conn.fetchval(
+        """INSERT INTO stock_deliveries (order_id) VALUES ($1)
+           ON CONFLICT (order_id) DO NOTHING RETURNING true""",
+        order_id,
+    )
+    if not first:
+        return False
+    # A product the SSD did not watch gets a row of its own: stock it holds but never reorders.
+    await conn.execute(
+        """INSERT INTO product_ssds (ssd_id, barcode, quantity, reorder_point, capacity)
+           VALUES ($1, $2, $3, 0, $3)
+           ON CONFLICT (ssd_id, barcode)
+           DO UPDATE SET quantity = product_ssds.quantity + excluded.quantity""",
+        ssd_id,
+        barcode,
+        quantity,
+    )
+    return True

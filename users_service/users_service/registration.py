@@ -1,0 +1,57 @@
+"""Registering a user and their devices: the one piece of logic behind POST /api/register."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import asyncpg
+from nats.js import JetStreamContext
+from offsim_common import bus, subjects
+from offsim_common.http import Conflict
+from offsim_common.messages import Device, RegisterRequest, UserRegistered
+
+from . import queries
+from .passwords import hash_password
+
+log = logging.getLogger(__name__)
+
+
+async def register_user(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    body: RegisterRequest,
+    watched: int,
+    rng: random.Random,
+) -> UserRegistered:
+    """Store the user and all devices in one transaction, give each device products to watch,
+    then announce the registration."""
+    macs = [device.mac_address for device in body.devices]
+    if len(set(macs)) != len(macs):
+        raise Conflict("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
+    password_hash = await asyncio.to_thread(hash_password, body.user.password)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            user = await queries.insert_user(conn, body.user, password_hash)
+            devices = await queries.insert_devices(conn, user["id"], macs)
+            for device in devices:
+                await queries.watch_random_products(conn, device["id"], watched, rng)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "users_email_key":
+            raise Conflict("email already registered", {"user.email": "taken"}) from None
+        raise Conflict(
+            "a device with this MAC address is already registered", {"devices": "mac_address taken"}
+        ) from None
+    registered = UserRegistered(
+        id=user["id"],
+        first_name=user["first_name"],
+        last_name=user["last_name"],
+        email=user["email"],
+        devices=[Device(**dict(d)) for d in devices],
+    )
+    try:
+        await bus.publish(js, subjects.USERS_REGISTERED, registered, f"user-{registered.id}")
+    except Exception as exc:  # the event only feeds displays; the registration stands
+        log.warning("could not announce user %s: %s", registered.id, exc)
+    return registered
