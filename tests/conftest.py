@@ -113,3 +113,45 @@ async def products(pool: asyncpg.Pool) -> list[str]:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+async def eventually(check, within: float = 20.0, interval: float = 0.02):
+    """Await `check()` until it returns a truthy value, or fail after `within` seconds.
+
+    For state that another process changes (a row a consumer writes): a condition with a
+    deadline, never a fixed sleep.
+    """
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def users(aiohttp_client, settings, pool, nc):
+    from users_service.app import create_app
+
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def orders(aiohttp_client, settings, pool, nc):
+    from orders_service.app import create_app
+
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def notifications(settings, nc):
+    """The notifications service, in this process, for the length of the test."""
+    from notifications_service.__main__ import serve
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    yield task
+    stop.set()
+    await task

@@ -1,2 +1,47 @@
+"""offsim-notifications: the supplier and courier, as JetStream consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+from offsim_common import bus
+from offsim_common.config import Settings
+from offsim_common.web import setup_logging
+
+from .courier import consumers
+
+log = logging.getLogger("notifications_service")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then stop fetching and drain the connection."""
+    async with AsyncExitStack() as stack:
+        nc = await bus.connect(settings.nats_url, name="notifications")
+        stack.push_async_callback(nc.drain)
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        tasks = await bus.start_consumers(js, consumers(js, settings))
+        stack.push_async_callback(bus.stop_tasks, tasks)
+        log.info("notifications ready (sim speed x%s)", settings.sim_speed)
+        await stop.wait()
+
+
+async def amain() -> None:
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    main()
