@@ -1,0 +1,71 @@
+"""The original's scatter-gather on orders.random, with replies on the request's own inbox.
+
+The users service answers `{"ssd_id"}`, the orders service `{"barcode"}`; the original sent both
+to a fixed subject, so two generators would steal each other's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from offsim_common import subjects
+from offsim_common.messages import RandomOrderRequest
+
+log = logging.getLogger(__name__)
+
+SERVICE_ERROR = "Nats-Service-Error"
+# The server's status answer when nothing subscribes to the subject at all.
+NO_RESPONDERS = "503"
+
+
+@dataclass
+class Gathered:
+    ssd_id: int | None = None
+    barcode: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.ssd_id is not None and self.barcode is not None
+
+
+async def gather_random(
+    nc: Client, *, wait_s: float = 2.0, request: RandomOrderRequest | None = None
+) -> Gathered:
+    """Publish one orders.random request and collect both services' replies (or what came
+    before `wait_s`)."""
+    gathered = Gathered()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=2)
+    try:
+        payload = (request or RandomOrderRequest()).model_dump_json(exclude_none=True).encode()
+        await nc.publish(subjects.ORDERS_RANDOM, payload, reply=inbox)
+        async with asyncio.timeout(wait_s):
+            for _ in range(2):
+                msg = await sub.next_msg(timeout=wait_s)
+                if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+                    gathered.errors.append("no service answers orders.random")
+                    break
+                if msg.headers and SERVICE_ERROR in msg.headers:
+                    gathered.errors.append(msg.headers[SERVICE_ERROR])
+                    continue
+                try:
+                    body = json.loads(msg.data)
+                except ValueError:
+                    gathered.errors.append(f"not JSON: {msg.data[:100]!r}")
+                    continue
+                if isinstance(body.get("ssd_id"), int):
+                    gathered.ssd_id = body["ssd_id"]
+                elif isinstance(body.get("barcode"), str):
+                    gathered.barcode = body["barcode"]
+                else:
+                    gathered.errors.append(f"unexpected reply: {body!r}")
+    except TimeoutError:
+        gathered.errors.append("timed out waiting for replies")
+    finally:
+        await sub.unsubscribe()
+    return gathered
