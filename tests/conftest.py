@@ -105,7 +105,7 @@ async def products(pool: asyncpg.Pool) -> list[str]:
     async with pool.acquire() as conn:
         await conn.executemany(
             """INSERT INTO products (barcode, name) VALUES ($1, $2)
-               ON CONFLICT (barcode) DO NOTHING""",
+               ON CONFLICT (barcode) DO UPDATE SET name = excluded.name""",
             rows,
         )
     return [barcode for barcode, _ in rows]

@@ -53,7 +53,8 @@ async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.ensure_streams(app[JS])
     yield
     # drain() lets in-flight requests and handlers finish before the connection closes.
-    await app[NC].drain()
+    if not app[NC].is_closed:
+        await app[NC].drain()
 
 
 def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
@@ -117,6 +118,7 @@ def micro_ctx(
         for endpoint, (subject, handler) in endpoints(app).items():
             await service.add_endpoint(name=endpoint, subject=subject, handler=handler)
         yield
-        await service.stop()
+        if not app[NC].is_closed:
+            await service.stop()
 
     return ctx

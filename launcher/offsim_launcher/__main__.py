@@ -1,2 +1,41 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""offsim: `offsim up` runs the whole simulation; `offsim migrate` applies the migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from offsim_common.config import ConfigError, Settings
+from offsim_common.migrate import migrate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="offsim", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run the whole simulation and show it live")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("OFFSIM_DATA_DIR", ".offsim")),
+        help="where the embedded NATS and Postgres keep their data (env OFFSIM_DATA_DIR)",
+    )
+    up.add_argument("--no-sample", action="store_true", help="do not load the bundled products")
+    commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            from .up import run_up
+
+            run_up(args.data_dir, load_sample=not args.no_sample)
+        else:
+            applied = asyncio.run(migrate(Settings.from_env().database_url))
+            print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    except (ConfigError, OSError, RuntimeError) as exc:
+        sys.exit(f"offsim: {exc}")
+
+
+if __name__ == "__main__":
+    main()

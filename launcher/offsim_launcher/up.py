@@ -1,0 +1,158 @@
+"""`offsim up`: the whole simulation on one machine, shown live in the terminal.
+
+Starts an embedded NATS (JetStream) and Postgres in the data directory unless NATS_URL /
+DATABASE_URL point elsewhere, migrates, loads the bundled OFF sample, starts users, orders,
+notifications and the generator as separate processes, and prints the live feed. Ctrl-C stops
+everything in order; the next run reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from offsim_common import bus
+from offsim_common.config import Settings
+from offsim_common.migrate import migrate
+from offsim_etl import run_etl
+
+from . import embedded
+from .feed import Feed
+from .processes import Child
+
+log = logging.getLogger(__name__)
+
+DATABASE = "offsim"
+NATS_PORT = 4222
+USERS_PORT = 8081
+ORDERS_PORT = 8082
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    data_dir: Path
+    load_sample: bool = True
+
+
+def pick_port(preferred: int) -> int:
+    return preferred if not embedded.port_open(preferred) else embedded.free_port()
+
+
+async def wait_healthy(url: str, child: Child, within: float = 60.0) -> None:
+    """Wait for GET /api/health to answer 200; fail early if the process died."""
+    deadline = asyncio.get_running_loop().time() + within
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            if child.process is not None and child.process.returncode is not None:
+                raise RuntimeError(f"{child.name} exited; see {child.log_path}")
+            try:
+                async with http.get(f"{url}/api/health") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(
+                    f"{child.name} not healthy after {within:.0f}s; see {child.log_path}"
+                )
+            await asyncio.sleep(0.2)
+
+
+def say(text: str) -> None:
+    print(f"offsim: {text}", flush=True)
+
+
+async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> None:
+    data = options.data_dir.resolve()
+    logs = data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        if "NATS_URL" in os.environ:
+            nats_url = settings.nats_url
+        else:
+            server = await asyncio.to_thread(
+                embedded.start_nats, data / "nats", pick_port(NATS_PORT), logs / "nats.log"
+            )
+            stack.callback(server.stop)
+            nats_url = server.url
+            say(f"NATS (JetStream) at {nats_url}, data in {data / 'nats'}")
+        if "DATABASE_URL" in os.environ:
+            database_url = settings.database_url
+        else:
+            pg = await asyncio.to_thread(embedded.start_postgres, data / "postgres")
+            stack.callback(pg.cleanup)
+            database_url = await embedded.ensure_database(pg, DATABASE)
+            say(f"Postgres at {database_url}")
+
+        applied = await migrate(database_url)
+        say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+        run_settings = Settings(**{**settings.__dict__, "database_url": database_url,
+                                   "nats_url": nats_url})  # fmt: skip
+        if options.load_sample:
+            summary = await run_etl(run_settings, "sample", progress=sys.stderr.isatty())
+            say(
+                f"OFF sample: {summary.kept} products kept ({summary.inserted} new, "
+                f"{summary.updated} updated, {summary.unchanged} unchanged), "
+                f"{summary.rejected_total} rejected"
+            )
+
+        users_port, orders_port = pick_port(USERS_PORT), pick_port(ORDERS_PORT)
+        users_url = f"http://127.0.0.1:{users_port}"
+        orders_url = f"http://127.0.0.1:{orders_port}"
+        common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
+                  "SIM_SPEED": str(settings.sim_speed),
+                  "USERS_URL": users_url, "ORDERS_URL": orders_url}  # fmt: skip
+        children = [
+            Child("users", "users_service", {**common, "HTTP_PORT": str(users_port)},
+                  logs / "users.log"),
+            Child("orders", "orders_service", {**common, "HTTP_PORT": str(orders_port)},
+                  logs / "orders.log"),
+            Child("notifications", "notifications_service", common, logs / "notifications.log"),
+            Child("generator", "offsim_generator", common, logs / "generator.log"),
+        ]  # fmt: skip
+        for child in reversed(children):
+            stack.push_async_callback(child.stop)
+
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        stack.push_async_callback(pool.close)
+        nc = await bus.connect(nats_url, name="offsim-up")
+        stack.push_async_callback(nc.close)
+        feed = Feed(pool)
+        await feed.subscribe(nc)
+
+        for child in children[:3]:
+            await child.start()
+        await wait_healthy(users_url, children[0])
+        await wait_healthy(orders_url, children[1])
+        await children[3].start()
+        say(f"users service   {users_url}   (e.g. curl {users_url}/api/health)")
+        say(f"orders service  {orders_url}   (e.g. curl {orders_url}/api/orders)")
+        say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
+        supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]
+        await stop.wait()
+        say("stopping…")
+        for task in supervisors:
+            task.cancel()
+    say("stopped")
+
+
+def run_up(data_dir: Path, load_sample: bool) -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await up(settings, UpOptions(data_dir, load_sample), stop)
+
+    asyncio.run(main())

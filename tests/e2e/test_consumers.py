@@ -1,0 +1,81 @@
+"""JetStream consumers: idempotent, and a bad message never stops them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from offsim_common import bus, subjects
+from offsim_common.messages import OrderEvent, OrderStatus
+
+from tests.conftest import eventually
+from tests.helpers import register
+
+
+async def stock_of(pool, ssd_id: int, barcode: str) -> int | None:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT quantity FROM product_ssds WHERE ssd_id = $1 AND barcode = $2", ssd_id, barcode
+        )
+
+
+async def test_bad_and_duplicate_completed_events_change_stock_once(
+    users, orders, nc, pool, products
+):
+    ssd_id = (await register(users))["devices"][0]["id"]
+    async with pool.acquire() as conn:
+        unwatched = await conn.fetchval(
+            "SELECT barcode FROM products WHERE barcode = ANY($1::text[]) AND barcode NOT IN "
+            "(SELECT barcode FROM product_ssds WHERE ssd_id = $2) LIMIT 1",
+            products,
+            ssd_id,
+        )
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": unwatched, "quantity": 3}
+    )
+    order = await resp.json()
+    js = nc.jetstream()
+    # Garbage first: not JSON, then JSON missing fields. Both must be skipped.
+    await js.publish(subjects.ORDERS_COMPLETED, b"\xff not json")
+    await js.publish(subjects.ORDERS_COMPLETED, b'{"id": "seven"}')
+    event = OrderEvent(
+        id=order["id"], ssd_id=ssd_id, barcode=unwatched, quantity=3,
+        status=OrderStatus.COMPLETED, timestamp=datetime.now(UTC),
+    )  # fmt: skip
+    # Twice, with different message ids, so the server does not drop the second: the consumer
+    # itself must be idempotent.
+    await bus.publish(js, subjects.ORDERS_COMPLETED, event, "a")
+    await bus.publish(js, subjects.ORDERS_COMPLETED, event, "b")
+
+    async def delivered_and_recorded():
+        async with pool.acquire() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM product_orders WHERE id = $1", order["id"]
+            )
+        info = await js.consumer_info(subjects.ORDERS_STREAM, subjects.USERS_RESTOCK)
+        return status == "completed" and info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(delivered_and_recorded)
+    # A product the SSD did not watch gets a row created by the delivery, counted once.
+    assert await stock_of(pool, ssd_id, unwatched) == 3
+
+
+async def test_orders_published_while_down_are_republished(orders, nc, pool, users, products):
+    """An order saved but never announced (NATS was down) is announced by the re-publisher."""
+    ssd_id = (await register(users))["devices"][0]["id"]
+    async with pool.acquire() as conn:
+        order_id = await conn.fetchval(
+            """INSERT INTO product_orders (ssd_id, barcode, quantity, created_at)
+               VALUES ($1, $2, 1, now() - interval '1 minute') RETURNING id""",
+            ssd_id,
+            products[0],
+        )
+
+    async def published():
+        async with pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT published_at IS NOT NULL FROM product_orders WHERE id = $1", order_id
+            )
+
+    await eventually(published)
+    msg = await nc.jetstream().get_last_msg(subjects.ORDERS_STREAM, subjects.ORDERS_PENDING)
+    assert OrderEvent.model_validate_json(msg.data).id == order_id

@@ -1,0 +1,27 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import itertools
+
+_macs = itertools.count(1)
+
+
+def registration(email: str, devices: int = 1) -> dict:
+    """A valid POST /api/register body with fresh MAC addresses."""
+    macs = [next(_macs) for _ in range(devices)]
+    return {
+        "user": {
+            "first_name": "Test",
+            "last_name": "User",
+            "email": email,
+            "password": "long enough password",
+        },
+        "devices": [{"mac_address": f"02:00:00:00:{n // 256:02x}:{n % 256:02x}"} for n in macs],
+    }
+
+
+async def register(users, email: str = "test@example.org", devices: int = 1) -> dict:
+    resp = await users.post("/api/register", json=registration(email, devices))
+    assert resp.status == 201, await resp.text()
+    return await resp.json()

@@ -1,0 +1,58 @@
+"""POST /api/ssds/{id}/consume: an SSD reports stock used and learns what to reorder."""
+
+from __future__ import annotations
+
+from tests.users.test_register import VALID
+
+
+async def registered_ssd(users) -> tuple[int, list[dict]]:
+    user = await (await users.post("/api/register", json=VALID)).json()
+    ssd_id = user["devices"][0]["id"]
+    detail = await (await users.get(f"/api/users/{user['id']}")).json()
+    return ssd_id, detail["ssds"][0]["stock"]
+
+
+async def test_consume_one_product_lowers_stock_and_asks_restock(users, pool, products):
+    ssd_id, stock = await registered_ssd(users)
+    item = stock[0]
+    used = item["quantity"] - item["reorder_point"] + 1  # just below the reorder point
+    resp = await users.post(
+        f"/api/ssds/{ssd_id}/consume", json={"barcode": item["barcode"], "quantity": used}
+    )
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["stock"][0]["quantity"] == item["quantity"] - used
+    assert body["stock"][0]["consumed"] == used
+    assert body["restock"] == [
+        {"barcode": item["barcode"], "quantity": item["capacity"] - (item["quantity"] - used)}
+    ]
+
+
+async def test_consume_never_goes_below_zero(users, pool, products):
+    ssd_id, stock = await registered_ssd(users)
+    barcode = stock[0]["barcode"]
+    for _ in range(3):
+        resp = await users.post(
+            f"/api/ssds/{ssd_id}/consume", json={"barcode": barcode, "quantity": 100}
+        )
+    body = await resp.json()
+    assert body["stock"][0]["quantity"] == 0
+    assert body["stock"][0]["consumed"] == 0
+
+
+async def test_consume_without_barcode_touches_every_watched_product(users, pool, products):
+    ssd_id, stock = await registered_ssd(users)
+    resp = await users.post(f"/api/ssds/{ssd_id}/consume", json={"quantity": 3})
+    body = await resp.json()
+    assert sorted(s["barcode"] for s in body["stock"]) == sorted(s["barcode"] for s in stock)
+    assert all(0 <= s["consumed"] <= 3 for s in body["stock"])
+
+
+async def test_consume_errors(users, pool, products):
+    ssd_id, _ = await registered_ssd(users)
+    resp = await users.post("/api/ssds/999/consume", json={"quantity": 1})
+    assert resp.status == 404 and "id" in (await resp.json())["details"]
+    resp = await users.post(f"/api/ssds/{ssd_id}/consume", json={"barcode": "0000", "quantity": 1})
+    assert resp.status == 404 and "barcode" in (await resp.json())["details"]
+    resp = await users.post(f"/api/ssds/{ssd_id}/consume", json={"quantity": 0})
+    assert resp.status == 400 and "quantity" in (await resp.json())["details"]
