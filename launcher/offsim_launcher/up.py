@@ -87,7 +87,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         if "DATABASE_URL" in os.environ:
             database_url = settings.database_url
         else:
-            pg = await asyncio.to_thread(embedded.start_postgres, data / "postgres")
+            pg = await asyncio.to_thread(embedded.start_postgres, data / "postgres", detach=True)
             stack.callback(pg.cleanup)
             database_url = await embedded.ensure_database(pg, DATABASE)
             say(f"Postgres at {database_url}")
@@ -118,7 +118,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             Child("notifications", "notifications_service", common, logs / "notifications.log"),
             Child("generator", "offsim_generator", common, logs / "generator.log"),
         ]  # fmt: skip
-        for child in reversed(children):
+        for child in children:  # popped last first: the generator stops before the services
             stack.push_async_callback(child.stop)
 
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
