@@ -68,25 +68,48 @@ def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
     return ctx
 
 
-async def health(request: web.Request) -> web.Response:
-    """200 only when both the database and NATS answer."""
-    problems: dict[str, Any] = {}
+async def _database_problem(pool: asyncpg.Pool) -> str | None:
     try:
-        async with request.app[POOL].acquire(timeout=2) as conn:
+        async with pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
     except Exception as exc:  # any failure means unhealthy, whatever its kind
-        problems["database"] = str(exc) or type(exc).__name__
-    nc = request.app[NC]
+        return str(exc) or type(exc).__name__
+    return None
+
+
+async def _nats_problem(nc: Client) -> str | None:
     if not nc.is_connected:
-        problems["nats"] = "not connected"
-    else:
-        try:
-            await asyncio.wait_for(nc.flush(), timeout=2)
-        except Exception as exc:
-            problems["nats"] = str(exc) or type(exc).__name__
+        return "not connected"
+    try:
+        await asyncio.wait_for(nc.flush(), timeout=2)
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 only when every dependency this process has (database, NATS) answers."""
+    problems: dict[str, Any] = {}
+    if POOL in request.app and (problem := await _database_problem(request.app[POOL])):
+        problems["database"] = problem
+    if problem := await _nats_problem(request.app[NC]):
+        problems["nats"] = problem
     if problems:
         return web.json_response({"status": "unavailable", "details": problems}, status=503)
-    return web.json_response({"status": "ok", "database": "ok", "nats": "ok"})
+    checked = {"database": "ok"} if POOL in request.app else {}
+    return web.json_response({"status": "ok", **checked, "nats": "ok"})
+
+
+async def start_probe_server(nc: Client, port: int) -> web.AppRunner:
+    """`/api/health` for a service with no HTTP API of its own (notifications, generator), so an
+    orchestrator can probe it like the others. Stop it with `runner.cleanup()`."""
+    app = web.Application(middlewares=[error_middleware])
+    app[NC] = nc
+    app.router.add_get("/api/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, port=port).start()
+    return runner
 
 
 def run(app_factory: Callable[[Settings], web.Application], default_port: int) -> None:

@@ -1,4 +1,5 @@
-"""offsim-generator: plays the users and their SSDs on an APScheduler 3 schedule."""
+"""offsim-generator: plays the users and their SSDs on an APScheduler 3 schedule; `/api/health`
+on HTTP_PORT (default 8084)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from offsim_common import bus
 from offsim_common.config import Settings
-from offsim_common.web import setup_logging
+from offsim_common.web import setup_logging, start_probe_server
 
 from .simulation import Simulation
 
@@ -40,6 +41,7 @@ async def run(
     *,
     sim_hours: float | None = None,
     max_events: int | None = None,
+    probe_port: int | None = None,
 ) -> Simulation:
     """Tick every OFFSIM_TICK_SECONDS / SIM_SPEED until `stop`, a time or an event budget."""
     interval = settings.simulated(settings.tick_seconds)
@@ -49,6 +51,9 @@ async def run(
         )
         nc = await bus.connect(settings.nats_url, name="generator")
         stack.push_async_callback(nc.drain)
+        if probe_port is not None:
+            probe = await start_probe_server(nc, probe_port)
+            stack.push_async_callback(probe.cleanup)
         sim = Simulation(settings, http, nc, settings.seed)
 
         async def tick() -> None:
@@ -80,7 +85,7 @@ async def run(
 
 async def amain(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings.from_env(http_port=8084)
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
     setup_logging(settings.log_level)
@@ -89,7 +94,10 @@ async def amain(argv: list[str] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run(settings, stop, sim_hours=args.sim_hours, max_events=args.max_events)
+    await run(
+        settings, stop, sim_hours=args.sim_hours, max_events=args.max_events,
+        probe_port=settings.http_port,
+    )  # fmt: skip
 
 
 def main() -> None:

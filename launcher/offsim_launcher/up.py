@@ -115,8 +115,10 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
                   logs / "users.log"),
             Child("orders", "orders_service", {**common, "HTTP_PORT": str(orders_port)},
                   logs / "orders.log"),
-            Child("notifications", "notifications_service", common, logs / "notifications.log"),
-            Child("generator", "offsim_generator", common, logs / "generator.log"),
+            Child("notifications", "notifications_service",
+                  {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "notifications.log"),
+            Child("generator", "offsim_generator",
+                  {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "generator.log"),
         ]  # fmt: skip
         for child in children:  # popped last first: the generator stops before the services
             stack.push_async_callback(child.stop)

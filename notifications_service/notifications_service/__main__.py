@@ -1,4 +1,5 @@
-"""offsim-notifications: the supplier and courier, as JetStream consumers."""
+"""offsim-notifications: the supplier and courier, as JetStream consumers; `/api/health` on
+HTTP_PORT (default 8083)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import AsyncExitStack
 
 from offsim_common import bus
 from offsim_common.config import Settings
-from offsim_common.web import setup_logging
+from offsim_common.web import setup_logging, start_probe_server
 
 from .courier import consumers
 
@@ -25,12 +26,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await bus.ensure_streams(js)
         tasks = await bus.start_consumers(js, consumers(js, settings))
         stack.push_async_callback(bus.stop_tasks, tasks)
+        probe = await start_probe_server(nc, settings.http_port)
+        stack.push_async_callback(probe.cleanup)
         log.info("notifications ready (sim speed x%s)", settings.sim_speed)
         await stop.wait()
 
 
 async def amain() -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env(http_port=8083)
     setup_logging(settings.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,20 +8,25 @@ import os
 import signal
 import sys
 
+import aiohttp
 import pytest
 from notifications_service.courier import delay_for
 from offsim_common import subjects
 from offsim_common.messages import OrderEvent
+from offsim_launcher.embedded import free_port
 
 from tests.conftest import eventually
 from tests.helpers import register
 
 
 async def start_notifications(nats_url: str) -> asyncio.subprocess.Process:
-    """The real service in its own process, started the way `offsim up` starts it."""
+    """The real service in its own process, started the way `offsim up` starts it; returns once
+    its health probe answers 200."""
+    port = free_port()
     env = {
         **os.environ,
         "NATS_URL": nats_url,
+        "HTTP_PORT": str(port),
         # Stages of 1 to 4 real seconds: slow enough to kill it mid-flight.
         "SIM_SPEED": "60",
         "LOG_LEVEL": "INFO",
@@ -36,6 +41,11 @@ async def start_notifications(nats_url: str) -> asyncio.subprocess.Process:
                 raise AssertionError(f"notifications exited: {await proc.wait()}")
     # Keep reading its log so a full pipe never blocks it.
     asyncio.get_running_loop().create_task(proc.stderr.read())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/api/health") as r,
+    ):
+        assert r.status == 200, await r.text()
     return proc
 
 
