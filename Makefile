@@ -30,7 +30,8 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/services.py
+	$(BIN)/python bench/etl.py
 
 clean:
 	rm -rf $(VENV) .offsim
