@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -44,13 +46,17 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         asyncio.run(migrate(url))
         yield url
         return
-    server = embedded.start_postgres(tmp_path_factory.mktemp("pg") / "data")
+    # Postgres runs as its own system user when we are root, so its data lives outside pytest's
+    # private (0700) temporary root.
+    base = Path(tempfile.mkdtemp(prefix="offsim-test-pg-"))
+    server = embedded.start_postgres(base / "data")
     try:
         dsn = asyncio.run(embedded.ensure_database(server, TEST_DB))
         asyncio.run(migrate(dsn))
         yield dsn
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

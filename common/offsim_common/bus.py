@@ -22,6 +22,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from . import subjects
+from .logs import request_id, request_id_from, request_id_headers
+from .metrics import NATS_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ async def ensure_streams(js: JetStreamContext) -> None:
 
 async def publish(js: JetStreamContext, subject: str, message: BaseModel, msg_id: str) -> None:
     """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish."""
-    await js.publish(subject, message.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id})
+    headers = {"Nats-Msg-Id": msg_id, **request_id_headers()}
+    await js.publish(subject, message.model_dump_json().encode(), headers=headers)
 
 
 class Defer(Exception):
@@ -115,6 +118,16 @@ def _retry_delay(msg: Msg) -> float:
 
 
 async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
+    # The request id that caused this message goes on every log line and message it causes.
+    token = request_id.set(request_id_from(msg.headers))
+    try:
+        outcome = await _dispatch(spec, msg)
+    finally:
+        request_id.reset(token)
+    NATS_MESSAGES.labels(spec.durable, outcome).inc()
+
+
+async def _dispatch(spec: ConsumerSpec[M], msg: Msg) -> str:
     try:
         payload = spec.model.model_validate_json(msg.data)
     except ValidationError as exc:
@@ -126,11 +139,12 @@ async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
             msg.data[:500],
         )
         await msg.term()
-        return
+        return "term"
     try:
         await spec.handler(payload, msg)
     except Defer as defer:
         await msg.nak(delay=defer.delay)
+        return "defer"
     except Exception:
         log.exception(
             "%s: failed on %s (delivery %s), will retry",
@@ -139,8 +153,9 @@ async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
             msg.metadata.num_delivered,
         )
         await msg.nak(delay=_retry_delay(msg))
-    else:
-        await msg.ack()
+        return "nak"
+    await msg.ack()
+    return "ack"
 
 
 async def consume(

@@ -15,6 +15,8 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .logs import REQUEST_ID_HEADER, new_request_id, request_id
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -99,6 +101,20 @@ def int_param(
     if not minimum <= number <= maximum:
         raise BadRequest(f"{name} out of range", {name: f"must be between {minimum} and {maximum}"})
     return number
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Take the caller's X-Request-Id (or make one) for every log line and NATS message this
+    request causes, and echo it in the response."""
+    rid = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+    token = request_id.set(rid[:64])
+    try:
+        response = await handler(request)
+        response.headers[REQUEST_ID_HEADER] = rid[:64]
+        return response
+    finally:
+        request_id.reset(token)
 
 
 @web.middleware

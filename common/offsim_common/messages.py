@@ -21,15 +21,24 @@ from pydantic import (
     model_validator,
 )
 
-MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$", re.IGNORECASE)
+# Six octets, separated by ':' or '-' or not at all; stored canonical as aa:bb:cc:dd:ee:ff.
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$"
 # Deliberately loose: the address must have one @ and a dotted domain; deliverability is not ours
 # to check.
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_PATTERN = r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"
+# Postgres text cannot hold NUL; refusing it here makes it a 400, not a database error.
+NO_NUL = r"^[^\x00]*$"
+# At least one visible character: names are stripped, so a blank one would end up empty.
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 MAX_ORDER_QUANTITY = 100
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Barcode = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Id = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NOT_BLANK)
+]
+Barcode = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NOT_BLANK)
+]
+Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 
 
 class _Strict(BaseModel):
@@ -54,19 +63,20 @@ class NewUser(_Strict):
             strip_whitespace=True, to_lower=True, max_length=254, pattern=EMAIL_PATTERN
         ),
     ]
-    password: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+    password: Annotated[str, StringConstraints(min_length=8, max_length=256, pattern=NO_NUL)]
 
 
 class NewDevice(_Strict):
-    mac_address: str
+    mac_address: Annotated[
+        str, StringConstraints(strip_whitespace=True, pattern=MAC_PATTERN),
+        Field(description="e.g. 00:1a:2b:3c:4d:5e"),
+    ]  # fmt: skip
 
     @field_validator("mac_address")
     @classmethod
     def _canonical_mac(cls, value: str) -> str:
         """Store one spelling per device, so `AA-BB-..` and `aa:bb:..` collide as they should."""
-        if not MAC_RE.match(value.strip()):
-            raise ValueError("must be a MAC address such as 00:1a:2b:3c:4d:5e")
-        digits = re.sub(r"[^0-9a-f]", "", value.strip().lower())
+        digits = re.sub(r"[^0-9a-f]", "", value.lower())
         return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
@@ -157,3 +167,116 @@ class UserRegistered(BaseModel):
     last_name: str
     email: str
     devices: list[Device]
+
+
+# --- HTTP responses (documented in the OpenAPI specs; handlers answer through them) -------------
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="a machine-readable code, e.g. bad_request, not_found")
+    message: str
+    details: dict[str, str] = Field(description="the problem with each field, by field path")
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or unavailable")
+    database: str | None = None
+    nats: str | None = None
+    details: dict[str, str] | None = Field(None, description="what failed, when unavailable")
+
+
+class StockItem(BaseModel):
+    barcode: str
+    product_name: str
+    image_url: str | None = None
+    quantity: int
+    reorder_point: int
+    capacity: int
+
+
+class SsdDetail(BaseModel):
+    id: int
+    mac_address: str
+    stock: list[StockItem]
+
+
+class UserDetail(BaseModel):
+    id: int
+    first_name: str
+    last_name: str
+    email: str
+    created_at: datetime
+    ssds: list[SsdDetail]
+
+
+class ConsumedItem(BaseModel):
+    barcode: str
+    product_name: str | None
+    quantity: int = Field(description="stock left")
+    reorder_point: int
+    capacity: int
+    consumed: int
+
+
+class RestockItem(BaseModel):
+    barcode: str
+    quantity: int = Field(description="units to order to be back at capacity")
+
+
+class ConsumeResult(BaseModel):
+    ssd_id: int
+    stock: list[ConsumedItem]
+    restock: list[RestockItem] = Field(description="products now below their reorder point")
+
+
+class Order(BaseModel):
+    id: int
+    ssd_id: int
+    barcode: str
+    quantity: int
+    status: OrderStatus
+    created_at: datetime
+
+
+class Transition(BaseModel):
+    status: OrderStatus
+    at: datetime
+
+
+class OrderDetail(Order):
+    shipped_at: datetime | None
+    completed_at: datetime | None
+    product_name: str | None = None
+    transitions: list[Transition]
+
+
+class OrderPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    orders: list[OrderDetail]
+
+
+class Product(BaseModel):
+    barcode: str
+    name: str
+    quantity: str | None
+    image_url: str | None
+    energy_100g: float | None
+    energy_serving: float | None
+    nova_group: int | None
+    nutriscore_score: int | None
+    nutriscore_grade: str | None
+    fat_level: str | None
+    saturated_fat_level: str | None
+    sugars_level: str | None
+    salt_level: str | None
+    categories: list[str]
+    brands: list[str]
+
+
+class ProductPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    products: list[Product]

@@ -16,7 +16,11 @@ from nats.js import JetStreamContext
 from . import bus
 from .config import Settings
 from .db import create_pool
-from .http import error_middleware
+from .http import error_middleware, request_id_middleware
+from .logs import setup_logging
+from .messages import Health
+from .metrics import NATS_REQUESTS, metrics, metrics_middleware
+from .openapi import doc
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +34,18 @@ VERSION = "0.1.0"
 
 
 def base_app(settings: Settings, name: str) -> web.Application:
-    """An application with the error middleware, the pool and NATS opened in `cleanup_ctx`, and
-    `/api/health`. Services append their own contexts after these, so they close first."""
-    app = web.Application(middlewares=[error_middleware])
+    """An application with request ids, metrics and JSON errors, the pool and NATS opened in
+    `cleanup_ctx`, `/api/health` and `/metrics`. Services append their own contexts after
+    these, so they close first."""
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware(name), error_middleware]
+    )
     app[SETTINGS] = settings
     app[NAME] = name
     app.cleanup_ctx.append(pg_ctx)
     app.cleanup_ctx.append(nats_ctx)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -87,6 +95,8 @@ async def _nats_problem(nc: Client) -> str | None:
     return None
 
 
+@doc("Health: 200 only when the database and NATS answer", "health",
+     responses={200: Health, 503: Health})  # fmt: skip
 async def health(request: web.Request) -> web.Response:
     """200 only when every dependency this process has (database, NATS) answers."""
     problems: dict[str, Any] = {}
@@ -100,28 +110,25 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", **checked, "nats": "ok"})
 
 
-async def start_probe_server(nc: Client, port: int) -> web.AppRunner:
-    """`/api/health` for a service with no HTTP API of its own (notifications, generator), so an
-    orchestrator can probe it like the others. Stop it with `runner.cleanup()`."""
-    app = web.Application(middlewares=[error_middleware])
+async def start_probe_server(nc: Client, port: int, name: str) -> web.AppRunner:
+    """`/api/health` and `/metrics` for a service with no HTTP API of its own (notifications,
+    generator), so an orchestrator probes and scrapes it like the others. Stop it with
+    `runner.cleanup()`."""
+    app = web.Application(middlewares=[metrics_middleware(name), error_middleware])
     app[NC] = nc
     app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, port=port).start()
     return runner
 
 
-def run(app_factory: Callable[[Settings], web.Application], default_port: int) -> None:
+def run(app_factory: Callable[[Settings], web.Application], name: str, default_port: int) -> None:
     """Entry point of an HTTP service: settings from the environment, then serve."""
     settings = Settings.from_env(http_port=default_port)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, name)
     web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def micro_ctx(
@@ -139,9 +146,23 @@ def micro_ctx(
             app[NC], name=name, version=VERSION, description=description, queue_group=queue_group
         )
         for endpoint, (subject, handler) in endpoints(app).items():
-            await service.add_endpoint(name=endpoint, subject=subject, handler=handler)
+            await service.add_endpoint(
+                name=endpoint, subject=subject, handler=_counted(f"{name}.{endpoint}", handler)
+            )
         yield
         if not app[NC].is_closed:
             await service.stop()
 
     return ctx
+
+
+def _counted(endpoint: str, handler: micro.Handler) -> micro.Handler:
+    async def counted(request: micro.Request) -> None:
+        try:
+            await handler(request)
+        except Exception:
+            NATS_REQUESTS.labels(endpoint, "error").inc()
+            raise
+        NATS_REQUESTS.labels(endpoint, "ok").inc()
+
+    return counted

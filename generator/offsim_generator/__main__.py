@@ -15,7 +15,8 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from offsim_common import bus
 from offsim_common.config import Settings
-from offsim_common.web import setup_logging, start_probe_server
+from offsim_common.logs import setup_logging
+from offsim_common.web import start_probe_server
 
 from .simulation import Simulation
 
@@ -52,7 +53,7 @@ async def run(
         nc = await bus.connect(settings.nats_url, name="generator")
         stack.push_async_callback(nc.drain)
         if probe_port is not None:
-            probe = await start_probe_server(nc, probe_port)
+            probe = await start_probe_server(nc, probe_port, "generator")
             stack.push_async_callback(probe.cleanup)
         sim = Simulation(settings, http, nc, settings.seed)
 
@@ -88,8 +89,7 @@ async def amain(argv: list[str] | None = None) -> None:
     settings = Settings.from_env(http_port=8084)
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
-    setup_logging(settings.log_level)
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    setup_logging(settings.log_level, "generator")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ import aiohttp
 from faker import Faker
 from nats.aio.client import Client
 from offsim_common.config import Settings
+from offsim_common.metrics import GENERATOR_EVENTS
 
 from .people import registration
 from .scatter import gather_random
@@ -64,13 +65,15 @@ class Simulation:
         try:
             await self._events[name]()
         except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.stats[f"{name}.failed"] += 1
+            outcome = "failed"
             log.warning("%s failed: %s", name, exc or type(exc).__name__)
         except Exception:
-            self.stats[f"{name}.failed"] += 1
+            outcome = "failed"
             log.exception("%s failed unexpectedly", name)
         else:
-            self.stats[f"{name}.sent"] += 1
+            outcome = "sent"
+        self.stats[f"{name}.{outcome}"] += 1
+        GENERATOR_EVENTS.labels(name, outcome).inc()
         return name
 
     async def register(self) -> None:

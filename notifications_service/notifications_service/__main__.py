@@ -10,7 +10,8 @@ from contextlib import AsyncExitStack
 
 from offsim_common import bus
 from offsim_common.config import Settings
-from offsim_common.web import setup_logging, start_probe_server
+from offsim_common.logs import setup_logging
+from offsim_common.web import start_probe_server
 
 from .courier import consumers
 
@@ -26,7 +27,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await bus.ensure_streams(js)
         tasks = await bus.start_consumers(js, consumers(js, settings))
         stack.push_async_callback(bus.stop_tasks, tasks)
-        probe = await start_probe_server(nc, settings.http_port)
+        probe = await start_probe_server(nc, settings.http_port, "notifications")
         stack.push_async_callback(probe.cleanup)
         log.info("notifications ready (sim speed x%s)", settings.sim_speed)
         await stop.wait()
@@ -34,7 +35,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 async def amain() -> None:
     settings = Settings.from_env(http_port=8083)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, "notifications")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,7 +6,7 @@ from .app import create_app
 
 
 def main() -> None:
-    run(create_app, default_port=8082)
+    run(create_app, "orders", default_port=8082)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from offsim_common import subjects
 from offsim_common.config import Settings
-from offsim_common.web import JS, POOL, base_app, consumers_ctx, micro_ctx
+from offsim_common.openapi import setup_openapi
+from offsim_common.web import JS, POOL, VERSION, base_app, consumers_ctx, micro_ctx
 
 from . import nats_handlers
 from .orders import republish_forever
@@ -42,4 +43,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL])))
     app.cleanup_ctx.append(republisher_ctx)
     setup_routes(app)
+    setup_openapi(
+        app,
+        "offsim orders service",
+        VERSION,
+        "Orders, their transitions (pending, shipped, completed) and the Open Food Facts products.",
+    )
     return app

@@ -1,33 +1,61 @@
-"""HTTP views: parse, call one function, answer."""
+"""HTTP views: parse, call one function, answer (through the documented response models)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from offsim_common.http import BadRequest, NotFound, int_param, json_response, read_body
-from offsim_common.messages import OrderRequest, OrderStatus
+from offsim_common.messages import (
+    Order,
+    OrderDetail,
+    OrderPage,
+    OrderRequest,
+    OrderStatus,
+    Product,
+    ProductPage,
+)
+from offsim_common.openapi import ID_SCHEMA, STRING_SCHEMA, doc
 from offsim_common.web import JS, POOL
 
 from . import queries
 from .orders import create_order
 
 MAX_PAGE = 500
+MAX_OFFSET = 2**31 - 1
+PAGING = {
+    "limit": ({"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 50)"),
+    "offset": ({"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, "rows to skip"),
+}
 
 
+@doc("Place an order; it is published on orders.pending", "orders", body=OrderRequest,
+     responses={201: Order}, errors=(400, 404, 409))  # fmt: skip
 async def place_order(request: web.Request) -> web.Response:
     body = await read_body(request, OrderRequest)
     order = await create_order(request.app[POOL], request.app[JS], body)
-    return json_response(order, status=201)
+    return json_response(Order.model_validate(order).model_dump(mode="json"), status=201)
 
 
+@doc("An order, its status and the time of each transition", "orders",
+     responses={200: OrderDetail}, errors=(400, 404),
+     path={"id": (ID_SCHEMA, "the order's id")})  # fmt: skip
 async def get_order(request: web.Request) -> web.Response:
     order_id = int_param(request.match_info["id"], "id", minimum=1)
     async with request.app[POOL].acquire() as conn:
         row = await queries.fetch_order(conn, order_id)
     if row is None:
         raise NotFound(f"order {order_id} not found", {"id": "unknown order"})
-    return json_response(with_transitions(dict(row)))
+    return json_response(detail(dict(row)).model_dump(mode="json"))
 
 
+ORDER_FILTERS = {
+    "ssd_id": (ID_SCHEMA, "only this SSD's orders"),
+    "status": ({"type": "string", "enum": list(OrderStatus)}, "only orders in this status"),
+    **PAGING,
+}
+
+
+@doc("Orders, newest first, filtered by SSD and status", "orders", responses={200: OrderPage},
+     errors=(400,), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
     query = request.query
     unknown = set(query) - {"ssd_id", "status", "limit", "offset"}
@@ -37,39 +65,47 @@ async def list_orders(request: web.Request) -> web.Response:
     status = query.get("status")
     if status is not None and status not in set(OrderStatus):
         raise BadRequest("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
-    limit = int_param(query.get("limit"), "limit", default=50, minimum=1, maximum=MAX_PAGE)
-    offset = int_param(query.get("offset"), "offset", default=0)
+    limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total, rows = await queries.list_orders(conn, ssd_id, status, limit, offset)
-    return json_response(
-        {
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "orders": [with_transitions(dict(row)) for row in rows],
-        }
+    page = OrderPage(
+        total=total, limit=limit, offset=offset, orders=[detail(dict(row)) for row in rows]
     )
+    return json_response(page.model_dump(mode="json"))
 
 
+@doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
+     errors=(400,), query=PAGING)  # fmt: skip
 async def list_products(request: web.Request) -> web.Response:
-    limit = int_param(request.query.get("limit"), "limit", default=50, minimum=1, maximum=MAX_PAGE)
-    offset = int_param(request.query.get("offset"), "offset", default=0)
+    limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total = await queries.count_products(conn)
         products = await queries.list_products(conn, limit, offset)
-    return json_response({"total": total, "limit": limit, "offset": offset, "products": products})
+    page = ProductPage(total=total, limit=limit, offset=offset, products=products)
+    return json_response(page.model_dump(mode="json"))
 
 
+@doc("One product", "products", responses={200: Product}, errors=(404,),
+     path={"barcode": (STRING_SCHEMA, "the product's barcode (OFF code)")})  # fmt: skip
 async def get_product(request: web.Request) -> web.Response:
     barcode = request.match_info["barcode"]
-    async with request.app[POOL].acquire() as conn:
-        product = await queries.fetch_product(conn, barcode)
+    product = None
+    if "\x00" not in barcode:  # no stored barcode holds NUL, and Postgres text cannot
+        async with request.app[POOL].acquire() as conn:
+            product = await queries.fetch_product(conn, barcode)
     if product is None:
         raise NotFound(f"product {barcode} not found", {"barcode": "unknown product"})
-    return json_response(product)
+    return json_response(Product.model_validate(product).model_dump(mode="json"))
 
 
-def with_transitions(order: dict) -> dict:
+def paging(request: web.Request) -> tuple[int, int]:
+    query = request.query
+    limit = int_param(query.get("limit"), "limit", default=50, minimum=1, maximum=MAX_PAGE)
+    offset = int_param(query.get("offset"), "offset", default=0, maximum=MAX_OFFSET)
+    return limit, offset
+
+
+def detail(order: dict) -> OrderDetail:
     """The order with the time of each transition it has made, in order."""
     order["transitions"] = [
         {"status": status, "at": at}
@@ -80,4 +116,4 @@ def with_transitions(order: dict) -> dict:
         )
         if at is not None
     ]
-    return order
+    return OrderDetail.model_validate(order)

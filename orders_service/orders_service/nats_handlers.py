@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects
 from offsim_common.messages import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from offsim_common.metrics import ORDER_TRANSITION_SECONDS, ORDER_TRANSITIONS
 from pydantic import ValidationError
 
 from . import queries
@@ -38,17 +39,22 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
     return handle
 
 
-Recorder = Callable[[asyncpg.Connection, int, datetime], Awaitable[bool]]
+# Records a transition; returns when the previous one happened, or None if nothing changed.
+Recorder = Callable[[asyncpg.Connection, int, datetime], Awaitable[datetime | None]]
 
 
 def transition_consumer(
-    pool: asyncpg.Pool, subject: str, durable: str, record: Recorder
+    pool: asyncpg.Pool, subject: str, durable: str, record: Recorder, transition: str
 ) -> bus.ConsumerSpec[OrderEvent]:
     async def handle(event: OrderEvent, msg: Msg) -> None:
         async with pool.acquire() as conn:
-            changed = await record(conn, event.id, event.timestamp)
-        if changed:
+            previous = await record(conn, event.id, event.timestamp)
+        if previous is not None:
             log.info("order %s %s", event.id, event.status)
+            ORDER_TRANSITIONS.labels(event.status.value).inc()
+            ORDER_TRANSITION_SECONDS.labels(transition).observe(
+                max((event.timestamp - previous).total_seconds(), 0.0)
+            )
         else:
             log.debug("order %s: %s changed nothing (duplicate or late)", event.id, subject)
 
@@ -63,13 +69,8 @@ def transition_consumer(
 
 def transition_consumers(pool: asyncpg.Pool) -> list[bus.ConsumerSpec]:
     return [
-        transition_consumer(
-            pool, subjects.ORDERS_SHIPPED, subjects.ORDERS_RECORD_SHIPPED, queries.record_shipped
-        ),
-        transition_consumer(
-            pool,
-            subjects.ORDERS_COMPLETED,
-            subjects.ORDERS_RECORD_COMPLETED,
-            queries.record_completed,
-        ),
-    ]
+        transition_consumer(pool, subjects.ORDERS_SHIPPED, subjects.ORDERS_RECORD_SHIPPED,
+                            queries.record_shipped, "pending_to_shipped"),
+        transition_consumer(pool, subjects.ORDERS_COMPLETED, subjects.ORDERS_RECORD_COMPLETED,
+                            queries.record_completed, "shipped_to_completed"),
+    ]  # fmt: skip

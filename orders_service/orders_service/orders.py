@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from offsim_common import bus, subjects
 from offsim_common.http import Conflict, NotFound
 from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
+from offsim_common.metrics import ORDER_TRANSITIONS
 
 from . import queries
 
@@ -52,6 +53,7 @@ async def create_order(
                 f"SSD {order.ssd_id} already has an open order for {order.barcode}",
                 {"barcode": "an order for this product is already open"},
             ) from None
+        ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
         event = pending_event(row)
         try:
             await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)

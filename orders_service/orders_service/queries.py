@@ -68,26 +68,31 @@ async def list_orders(
     return total, rows
 
 
-async def record_shipped(conn: asyncpg.Connection, order_id: int, at: datetime) -> bool:
-    # Only forward: a late or repeated shipped event never moves a completed order back.
-    result = await conn.execute(
+async def record_shipped(conn: asyncpg.Connection, order_id: int, at: datetime) -> datetime | None:
+    """Mark the order shipped; return when it was placed, or None if this changed nothing.
+
+    Only forward: a late or repeated shipped event never moves a completed order back."""
+    return await conn.fetchval(
         """UPDATE product_orders SET status = 'shipped', shipped_at = $2
-           WHERE id = $1 AND status = 'pending'""",
+           WHERE id = $1 AND status = 'pending'
+           RETURNING created_at""",
         order_id,
         at,
     )
-    return result != "UPDATE 0"
 
 
-async def record_completed(conn: asyncpg.Connection, order_id: int, at: datetime) -> bool:
-    result = await conn.execute(
+async def record_completed(
+    conn: asyncpg.Connection, order_id: int, at: datetime
+) -> datetime | None:
+    """Mark the order completed; return when it shipped, or None if this changed nothing."""
+    return await conn.fetchval(
         """UPDATE product_orders
            SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status <> 'completed'""",
+           WHERE id = $1 AND status <> 'completed'
+           RETURNING shipped_at""",
         order_id,
         at,
     )
-    return result != "UPDATE 0"
 
 
 async def random_barcode(conn: asyncpg.Connection, ssd_id: int | None) -> str | None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +39,17 @@ async def run_up(data_dir, until: str, within: float = 90.0) -> tuple[list[str],
     return [*lines, line, *rest.splitlines(keepends=True)], code
 
 
+@pytest.fixture
+def data_dir():
+    """Outside pytest's private temporary root: the embedded Postgres runs as its own user."""
+    path = Path(tempfile.mkdtemp(prefix="offsim-test-up-"))
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-async def test_offsim_up_shows_orders_completing_and_stops_cleanly(tmp_path):
-    lines, code = await run_up(tmp_path / "data", until="✓ order")
+async def test_offsim_up_shows_orders_completing_and_stops_cleanly(data_dir):
+    lines, code = await run_up(data_dir, until="✓ order")
     text = "".join(lines)
     assert code == 0, text
     assert "migrations: 001_schema.sql" in text
@@ -47,7 +58,7 @@ async def test_offsim_up_shows_orders_completing_and_stops_cleanly(tmp_path):
     assert text.rstrip().endswith("offsim: stopped")
 
     # A second run reuses the data: nothing to migrate, every product unchanged.
-    lines, code = await run_up(tmp_path / "data", until="+ user ")
+    lines, code = await run_up(data_dir, until="+ user ")
     text = "".join(lines)
     assert code == 0, text
     assert "migrations: up to date" in text

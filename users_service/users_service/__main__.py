@@ -6,7 +6,7 @@ from .app import create_app
 
 
 def main() -> None:
-    run(create_app, default_port=8081)
+    run(create_app, "users", default_port=8081)
 
 
 if __name__ == "__main__":

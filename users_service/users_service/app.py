@@ -7,7 +7,8 @@ import random
 from aiohttp import web
 from offsim_common import subjects
 from offsim_common.config import Settings
-from offsim_common.web import POOL, base_app, consumers_ctx, micro_ctx
+from offsim_common.openapi import setup_openapi
+from offsim_common.web import POOL, VERSION, base_app, consumers_ctx, micro_ctx
 
 from . import nats_handlers
 from .app_keys import RNG
@@ -29,4 +30,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(consumers_ctx(lambda app: [nats_handlers.restock_consumer(app[POOL])]))
     setup_routes(app)
+    setup_openapi(
+        app, "offsim users service", VERSION,
+        "Users, their smart stock devices (SSDs) and the stock the SSDs watch.",
+    )  # fmt: skip
     return app

@@ -1,35 +1,49 @@
-"""HTTP views: parse, call one function, answer."""
+"""HTTP views: parse, call one function, answer (through the documented response models)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from offsim_common.http import NotFound, int_param, json_response, read_body
-from offsim_common.messages import ConsumeRequest, RegisterRequest
+from offsim_common.messages import (
+    ConsumeRequest,
+    ConsumeResult,
+    RegisterRequest,
+    UserDetail,
+    UserRegistered,
+)
+from offsim_common.openapi import ID_SCHEMA, doc
 from offsim_common.web import JS, POOL, SETTINGS
 
 from . import queries
 from .app_keys import RNG
 from .registration import register_user
 
+ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
+
+@doc("Register a user and their SSDs (one transaction)", "users", body=RegisterRequest,
+     responses={201: UserRegistered}, errors=(400, 409))  # fmt: skip
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, RegisterRequest)
     app = request.app
     user = await register_user(app[POOL], app[JS], body, app[SETTINGS].watched_products, app[RNG])
-    return json_response(user.model_dump(), status=201)
+    return json_response(user.model_dump(mode="json"), status=201)
 
 
+@doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},
+     errors=(400, 404), path={"id": (ID_SCHEMA, "the user's id")})  # fmt: skip
 async def get_user(request: web.Request) -> web.Response:
     user_id = int_param(request.match_info["id"], "id", minimum=1)
     async with request.app[POOL].acquire() as conn:
         user = await queries.fetch_user(conn, user_id)
     if user is None:
         raise NotFound(f"user {user_id} not found", {"id": "unknown user"})
-    return json_response(user)
+    return json_response(UserDetail.model_validate(user).model_dump(mode="json"))
 
 
+@doc("An SSD reports stock used; the answer lists what fell below its reorder point", "ssds",
+     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 404), path=ID)  # fmt: skip
 async def consume(request: web.Request) -> web.Response:
-    """An SSD reports stock used; the answer tells it what fell below its reorder point."""
     ssd_id = int_param(request.match_info["id"], "id", minimum=1)
     body = await read_body(request, ConsumeRequest)
     async with request.app[POOL].acquire() as conn, conn.transaction():
@@ -44,4 +58,5 @@ async def consume(request: web.Request) -> web.Response:
         for s in stock
         if s["quantity"] < s["reorder_point"]
     ]
-    return json_response({"ssd_id": ssd_id, "stock": stock, "restock": restock})
+    result = ConsumeResult.model_validate({"ssd_id": ssd_id, "stock": stock, "restock": restock})
+    return json_response(result.model_dump(mode="json"))

@@ -1,0 +1,65 @@
+"""Logging: JSON lines when not on a terminal, and a request id on every line of one order.
+
+The id comes from an HTTP request's `X-Request-Id` (or is made there), travels in NATS headers
+from orders.pending to orders.completed, and is put back in context by each consumer, so
+`grep <id>` over all services' logs shows one order's whole life.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import uuid
+from collections.abc import Mapping
+
+from pythonjsonlogger.json import JsonFormatter
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_from(headers: Mapping[str, str] | None) -> str | None:
+    return (headers or {}).get(REQUEST_ID_HEADER)
+
+
+def request_id_headers() -> dict[str, str]:
+    """Headers that carry the current request id onto a NATS message (none if there is none)."""
+    current = request_id.get()
+    return {REQUEST_ID_HEADER: current} if current else {}
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get() or "-"
+        return True
+
+
+def setup_logging(level: str, service: str, *, json_lines: bool | None = None) -> None:
+    """Configure the root logger once per process: JSON unless stderr is a terminal."""
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    if json_lines:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields={"service": service},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

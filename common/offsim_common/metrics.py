@@ -1,0 +1,77 @@
+"""Prometheus metrics, one set for every offsim process, served at `/metrics`.
+
+Label values are bounded: routes are the router's templates (`/api/orders/{id}`), never raw
+paths, so an id scan cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter(
+    "offsim_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "offsim_http_request_duration_seconds", "HTTP request latency", ["service", "method", "route"]
+)
+NATS_MESSAGES = Counter(
+    "offsim_nats_messages_total",
+    "JetStream messages handled, by consumer and outcome (ack, term, nak, defer)",
+    ["consumer", "outcome"],
+)
+NATS_REQUESTS = Counter(
+    "offsim_nats_requests_total", "NATS requests answered, by endpoint and outcome",
+    ["endpoint", "outcome"],
+)  # fmt: skip
+ORDER_TRANSITIONS = Counter(
+    "offsim_order_transitions_total", "Orders that reached a status", ["status"]
+)
+ORDER_TRANSITION_SECONDS = Histogram(
+    "offsim_order_transition_seconds",
+    "Real seconds an order spent before a transition (pending->shipped, shipped->completed)",
+    ["transition"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 240, 480, 960),
+)
+GENERATOR_EVENTS = Counter(
+    "offsim_generator_events_total", "Simulated events sent by the generator", ["event", "outcome"]
+)
+ETL_RECORDS = Counter(
+    "offsim_etl_records_total", "OFF records processed by the ETL", ["source", "outcome"]
+)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    info = resource.get_info()
+    return info.get("path") or info.get("formatter") or info.get("prefix") or "unmatched"
+
+
+def metrics_middleware(service: str):
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = _route(request)
+            HTTP_REQUESTS.labels(service, request.method, route, str(status)).inc()
+            HTTP_LATENCY.labels(service, request.method, route).observe(
+                time.perf_counter() - started
+            )
+
+    return middleware
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
