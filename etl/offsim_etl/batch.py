@@ -1,0 +1,25 @@
+"""What an extractor hands the loader: a slice of raw records plus where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RawBatch:
+    """Raw OFF records as read, before `transform`.
+
+    `next_page` and `finished` only matter for the API: they are stored in `etl_positions` in
+    the transaction that stores the records, so the position never runs ahead of the data.
+    """
+
+    records: list[object] = field(default_factory=list)
+    # Lines that were not JSON (counted as a rejection, they have no record to hold).
+    bad_lines: int = 0
+    # Progress made by this batch, in the source's unit (bytes of the file, or products).
+    advance: int = 0
+    # The progress total, once the source knows it (the file size, the search's `count`).
+    total: int | None = None
+    page: int | None = None
+    next_page: int | None = None
+    finished: bool = False
