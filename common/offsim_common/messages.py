@@ -23,13 +23,17 @@ from pydantic import (
 
 # Six octets, separated by ':' or '-' or not at all; stored canonical as aa:bb:cc:dd:ee:ff.
 MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$"
-# Deliberately loose: the address must have one @ and a dotted domain; deliverability is not ours
-# to check.
-EMAIL_PATTERN = r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$"
+# What the stripping of names removes: Unicode White_Space, spelled out so that the validator
+# and every client reading the spec's patterns (JSON Schema regexes differ on `\s`) agree.
+BLANK = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Postgres text cannot hold NUL; refusing it here makes it a 400, not a database error.
 NO_NUL = r"^[^\x00]*$"
 # At least one visible character: names are stripped, so a blank one would end up empty.
-NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+NOT_BLANK = rf"^[^\x00]*[^\x00{BLANK}][^\x00]*$"
+# Deliberately loose: one @ and a dotted domain, no blanks or control characters; deliverability
+# is not ours to check.
+_EMAIL_CHAR = rf"[^@\x00-\x1f\x7f{BLANK}]"
+EMAIL_PATTERN = rf"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$"
 MAX_ORDER_QUANTITY = 100
 
 Name = Annotated[
@@ -59,11 +63,16 @@ class NewUser(_Strict):
     last_name: Name
     email: Annotated[
         str,
-        StringConstraints(
-            strip_whitespace=True, to_lower=True, max_length=254, pattern=EMAIL_PATTERN
-        ),
+        StringConstraints(max_length=254, pattern=EMAIL_PATTERN),
     ]
     password: Annotated[str, StringConstraints(min_length=8, max_length=256, pattern=NO_NUL)]
+
+    @field_validator("email")
+    @classmethod
+    def _lower_email(cls, value: str) -> str:
+        """One account per address, whatever its case (after validation: lowering can lengthen
+        a string, and the documented limits apply to what the client sent)."""
+        return value.lower()
 
 
 class NewDevice(_Strict):

@@ -64,8 +64,13 @@ def services(nats_url: str, database_url: str) -> Iterator[dict[str, str]]:
             proc.wait(10)
 
 
+# CI runs a fixed, derandomized set; set OFFSIM_FUZZ_EXAMPLES to explore more, at random.
+_EXPLORE = os.environ.get("OFFSIM_FUZZ_EXAMPLES")
 FUZZ = settings(
-    max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    max_examples=int(_EXPLORE or 40),
+    derandomize=_EXPLORE is None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
 )
 
 
