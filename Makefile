@@ -9,7 +9,7 @@ SIM_SPEED ?= 30
 
 .PHONY: install up test lint bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: workspace.toml requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(MEMBERS))
 	$(PYTHON) -c 'import sys; sys.exit("offsim needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -17,6 +17,12 @@ $(VENV)/.installed: workspace.toml requirements-dev.txt constraints.txt $(addsuf
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ./,$(MEMBERS))
 	touch $@
+
+# Node tools for the tests (tekton-lint), exactly as package-lock.json pins them. Without npm,
+# `make up` still works; the Tekton tests then fail and say why.
+node_modules/.installed: package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund && touch $@; \
+	else echo "make: npm not found: no tekton-lint for tests/deploy (needs Node.js 18+)" >&2; fi
 
 up: install
 	SIM_SPEED=$(SIM_SPEED) $(BIN)/offsim up

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -110,6 +109,8 @@ class ConsumerSpec(Generic[M]):
     max_deliver: int = 50
     max_ack_pending: int = 10_000
     batch: int = 64
+    fetch_timeout_s: float = 5.0
+    fetch_retry_s: float = 1.0
 
 
 def _retry_delay(msg: Msg) -> float:
@@ -122,6 +123,10 @@ async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
     token = request_id.set(request_id_from(msg.headers))
     try:
         outcome = await _dispatch(spec, msg)
+    except Exception as exc:
+        # The ack itself failed (connection lost): the server redelivers after ack_wait.
+        log.warning("%s: could not acknowledge %s: %r", spec.durable, msg.subject, exc)
+        outcome = "ack_failed"
     finally:
         request_id.reset(token)
     NATS_MESSAGES.labels(spec.durable, outcome).inc()
@@ -178,25 +183,29 @@ async def consume(
     if ready is not None:
         ready.set()
     try:
-        while True:
-            try:
-                msgs = await sub.fetch(spec.batch, timeout=5)
-            except nats.errors.TimeoutError:
-                continue
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.NoRespondersError,
-            ) as exc:
-                log.warning("%s: fetch failed (%s), retrying", spec.durable, exc)
-                await asyncio.sleep(1)
-                continue
-            await asyncio.gather(*(_handle(spec, m) for m in msgs))
+        await pull_forever(sub, spec)
     finally:
         try:
             await sub.unsubscribe()
         except Exception:  # the connection may already be closing
             pass
+
+
+async def pull_forever(sub: JetStreamContext.PullSubscription, spec: ConsumerSpec[M]) -> None:
+    """Fetch and handle batches until cancelled; no fetch error ends the loop."""
+    while True:
+        try:
+            msgs = await sub.fetch(spec.batch, timeout=spec.fetch_timeout_s)
+        except TimeoutError:
+            # Nothing to fetch: nats' own TimeoutError, or asyncio's, which a batch fetch raises
+            # when its deadline passes between its two pull requests.
+            continue
+        except Exception as exc:
+            # A reconnect, a server restart, an API error: log, back off, go on.
+            log.warning("%s: fetch failed (%r), retrying", spec.durable, exc)
+            await asyncio.sleep(spec.fetch_retry_s)
+            continue
+        await asyncio.gather(*(_handle(spec, m) for m in msgs))
 
 
 async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> list[asyncio.Task]:
@@ -205,6 +214,7 @@ async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> li
     for spec in specs:
         ready = asyncio.Event()
         task = asyncio.create_task(consume(js, spec, ready), name=spec.durable)
+        task.add_done_callback(_report_stopped)
         waiter = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
@@ -212,6 +222,16 @@ async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> li
             task.result()  # raises why the consumer could not start
         tasks.append(task)
     return tasks
+
+
+def _report_stopped(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("consumer %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def stopped_consumers(tasks: list[asyncio.Task]) -> list[str]:
+    """Names of consumers that are no longer running (health reports them)."""
+    return [task.get_name() for task in tasks if task.done()]
 
 
 async def stop_tasks(tasks: list[asyncio.Task]) -> None:

@@ -29,6 +29,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 NC = web.AppKey("nc", Client)
 JS = web.AppKey("js", JetStreamContext)
 NAME = web.AppKey("name", str)
+CONSUMERS = web.AppKey("consumers", list)
 
 VERSION = "0.1.0"
 
@@ -70,6 +71,7 @@ def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks = await bus.start_consumers(app[JS], specs(app))
+        app[CONSUMERS] = tasks
         yield
         await bus.stop_tasks(tasks)
 
@@ -104,18 +106,24 @@ async def health(request: web.Request) -> web.Response:
         problems["database"] = problem
     if problem := await _nats_problem(request.app[NC]):
         problems["nats"] = problem
+    if CONSUMERS in request.app and (stopped := bus.stopped_consumers(request.app[CONSUMERS])):
+        problems["consumers"] = f"stopped: {', '.join(stopped)}"
     if problems:
         return web.json_response({"status": "unavailable", "details": problems}, status=503)
     checked = {"database": "ok"} if POOL in request.app else {}
     return web.json_response({"status": "ok", **checked, "nats": "ok"})
 
 
-async def start_probe_server(nc: Client, port: int, name: str) -> web.AppRunner:
+async def start_probe_server(
+    nc: Client, port: int, name: str, consumers: list[asyncio.Task] | None = None
+) -> web.AppRunner:
     """`/api/health` and `/metrics` for a service with no HTTP API of its own (notifications,
     generator), so an orchestrator probes and scrapes it like the others. Stop it with
     `runner.cleanup()`."""
     app = web.Application(middlewares=[metrics_middleware(name), error_middleware])
     app[NC] = nc
+    if consumers is not None:
+        app[CONSUMERS] = consumers
     app.router.add_get("/api/health", health)
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)

@@ -27,7 +27,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await bus.ensure_streams(js)
         tasks = await bus.start_consumers(js, consumers(js, settings))
         stack.push_async_callback(bus.stop_tasks, tasks)
-        probe = await start_probe_server(nc, settings.http_port, "notifications")
+        probe = await start_probe_server(nc, settings.http_port, "notifications", tasks)
         stack.push_async_callback(probe.cleanup)
         log.info("notifications ready (sim speed x%s)", settings.sim_speed)
         await stop.wait()

@@ -1,0 +1,1 @@
+"""offsim member: the live dashboard."""

@@ -1,0 +1,170 @@
+"""From NATS to the browsers: one set of core subscriptions fanned out to every SSE client.
+
+The dashboard only watches, so it uses plain core subscriptions (no durable consumer, nothing
+acked): an event published while it is down is simply not shown, and the page's periodic
+snapshot puts the counts right. Each browser has its own bounded queue; when a client reads too
+slowly its oldest events are dropped, so one slow client never holds up the others or NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from offsim_common import subjects
+from offsim_common.messages import OrderEvent, UserRegistered
+from pydantic import ValidationError
+
+from . import queries
+
+log = logging.getLogger(__name__)
+
+ORDER_SUBJECTS = (subjects.ORDERS_PENDING, subjects.ORDERS_SHIPPED, subjects.ORDERS_COMPLETED)
+QUEUE_SIZE = 256
+NAME_CACHE_SIZE = 10_000
+
+# Put on a client's queue when the server shuts down: the stream ends.
+CLOSE = b""
+
+
+def sse_frame(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event. The JSON is on one line, so one `data:` field carries it."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class EventHub:
+    """Fans frames out to the connected clients; `publish` never waits."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
+        self.queue_size = queue_size
+        self.clients: set[asyncio.Queue[bytes]] = set()
+        self.dropped = 0
+        self.closed = False
+
+    @contextmanager
+    def client(self) -> Iterator[asyncio.Queue[bytes]]:
+        """A queue receiving every frame published while the block runs."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue(self.queue_size)
+        if self.closed:
+            queue.put_nowait(CLOSE)
+        self.clients.add(queue)
+        try:
+            yield queue
+        finally:
+            self.clients.discard(queue)
+
+    def publish(self, frame: bytes) -> None:
+        for queue in self.clients:
+            self._put(queue, frame)
+
+    def close(self) -> None:
+        """End every stream (server shutdown): aiohttp waits for open handlers otherwise."""
+        self.closed = True
+        self.publish(CLOSE)
+
+    def _put(self, queue: asyncio.Queue[bytes], frame: bytes) -> None:
+        if queue.full():
+            queue.get_nowait()  # drop the oldest: a slow reader loses history, not liveness
+            self.dropped += 1
+        queue.put_nowait(frame)
+
+
+class ProductNames:
+    """Product names for the events, which carry only barcodes; looked up once each."""
+
+    def __init__(self, pool: asyncpg.Pool, size: int = NAME_CACHE_SIZE) -> None:
+        self.pool = pool
+        self.size = size
+        self.names: dict[str, str] = {}
+
+    async def get(self, barcode: str) -> str | None:
+        if barcode not in self.names:
+            try:
+                async with self.pool.acquire(timeout=2) as conn:
+                    found = await queries.product_names(conn, [barcode])
+            except Exception as exc:  # a name is a nicety: show the event without it
+                log.warning("product name of %s not found: %s", barcode, exc)
+                return None
+            if len(self.names) >= self.size:
+                self.names.clear()
+            self.names.update(found)
+        return self.names.get(barcode)
+
+
+async def order_frame(data: bytes, names: ProductNames) -> bytes:
+    event = OrderEvent.model_validate_json(data)
+    return sse_frame(
+        "order",
+        {
+            "id": event.id,
+            "ssd_id": event.ssd_id,
+            "barcode": event.barcode,
+            "product_name": await names.get(event.barcode),
+            "quantity": event.quantity,
+            "status": event.status.value,
+            "timestamp": event.timestamp.isoformat(),
+        },
+    )
+
+
+async def user_frame(data: bytes) -> bytes:
+    user = UserRegistered.model_validate_json(data)
+    # No email on a page anyone on the network may open.
+    return sse_frame(
+        "user",
+        {
+            "id": user.id,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "devices": len(user.devices),
+        },
+    )
+
+
+async def subscribe(nc: Client, hub: EventHub, pool: asyncpg.Pool) -> list[Subscription]:
+    """Core subscriptions publishing each event to the hub as an SSE frame."""
+    names = ProductNames(pool)
+
+    def forward(to_frame: Callable[[bytes], Awaitable[bytes]]):
+        async def handle(msg: Msg) -> None:
+            try:
+                frame = await to_frame(msg.data)
+            except ValidationError as exc:
+                log.warning(
+                    "ignoring invalid message on %s: %s", msg.subject, exc.errors(include_url=False)
+                )
+                return
+            hub.publish(frame)
+
+        return handle
+
+    subs = [
+        await nc.subscribe(subject, cb=forward(lambda data: order_frame(data, names)))
+        for subject in ORDER_SUBJECTS
+    ]
+    subs.append(await nc.subscribe(subjects.USERS_REGISTERED, cb=forward(user_frame)))
+    # Once the server has our subscriptions, no event published after this returns is missed.
+    await nc.flush()
+    return subs
+
+
+async def stream(queue: asyncio.Queue[bytes], keepalive_s: float) -> AsyncIterator[bytes]:
+    """The frames of one client, with a comment line whenever nothing happened for a while (so
+    proxies keep the connection and a dead client is noticed), until the hub closes."""
+    while True:
+        try:
+            frame = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
+        except TimeoutError:
+            yield b": keep-alive\n\n"
+            continue
+        if frame == CLOSE:
+            return
+        yield frame

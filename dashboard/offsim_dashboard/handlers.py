@@ -1,0 +1,167 @@
+"""HTTP views: the page, its JSON snapshot and the event stream.
+
+The snapshot answers are read once a second at most, whatever the number of open pages (see
+`snapshot.py`); the `load_*` functions are those reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from offsim_common.config import Settings
+from offsim_common.http import BadRequest, int_param, json_response
+from offsim_common.messages import OrderStatus
+from offsim_common.web import POOL, SETTINGS
+
+from . import events, queries
+from .app_keys import HTTP, HUB, SNAPSHOTS
+
+STATIC = Path(__file__).parent / "static"
+KEEPALIVE_S = 15.0
+# Tells the browser how soon to reconnect a dropped stream.
+RETRY_MS = 2000
+
+
+def query_params(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    unknown = set(request.query) - allowed
+    if unknown:
+        raise BadRequest(
+            "unknown query parameter", {name: "not supported" for name in sorted(unknown)}
+        )
+    return dict(request.query)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def load_summary(pool: asyncpg.Pool) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        counts = await queries.count_entities(conn)
+        by_status = await queries.count_orders_by_status(conn)
+        stage_seconds = await queries.stage_seconds(conn)
+    orders = {status.value: by_status.get(status.value, 0) for status in OrderStatus}
+    return {
+        **counts,
+        "orders": {"total": sum(orders.values()), **orders},
+        # Over the newest orders: seconds pending, shipped, and from placed to completed.
+        "stage_seconds": stage_seconds,
+        "at": datetime.now(UTC),
+    }
+
+
+async def load_recent(pool: asyncpg.Pool, limit: int) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        orders = await queries.recent_orders(conn, limit)
+        transitions = await queries.recent_transitions(conn, limit)
+    return {"orders": orders, "transitions": transitions}
+
+
+async def load_ssds(pool: asyncpg.Pool, limit: int) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        ssds = await queries.active_ssds(conn, limit)
+        stock = await queries.stock_of(conn, [ssd["id"] for ssd in ssds])
+    by_ssd: dict[int, list[dict[str, Any]]] = {ssd["id"]: [] for ssd in ssds}
+    for item in stock:
+        ssd_id = item.pop("ssd_id")
+        item["below_reorder_point"] = item["quantity"] < item["reorder_point"]
+        by_ssd[ssd_id].append(item)
+    return {
+        "ssds": [
+            {
+                "id": ssd["id"],
+                "mac_address": ssd["mac_address"],
+                "owner": f"{ssd['first_name']} {ssd['last_name'][:1]}.",
+                "stock": by_ssd[ssd["id"]],
+            }
+            for ssd in ssds
+        ]
+    }
+
+
+async def load_throughput(pool: asyncpg.Pool, minutes: int) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        series = await queries.throughput(conn, minutes)
+    return {"minutes": minutes, "series": series}
+
+
+async def _health(http: aiohttp.ClientSession, url: str) -> str:
+    try:
+        async with http.get(f"{url}/api/health") as resp:
+            return "ok" if resp.status == 200 else "unavailable"
+    except (aiohttp.ClientError, TimeoutError):
+        return "unreachable"
+
+
+async def load_services(http: aiohttp.ClientSession, settings: Settings) -> dict[str, Any]:
+    services = {"users": settings.users_url, "orders": settings.orders_url}
+    statuses = await asyncio.gather(*(_health(http, url) for url in services.values()))
+    return {
+        "services": [
+            {"name": name, "url": url, "status": status}
+            for (name, url), status in zip(services.items(), statuses, strict=True)
+        ]
+    }
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    query_params(request, set())
+    pool = request.app[POOL]
+    return json_response(await request.app[SNAPSHOTS].get("summary", lambda: load_summary(pool)))
+
+
+async def get_recent(request: web.Request) -> web.Response:
+    query = query_params(request, {"limit"})
+    limit = int_param(query.get("limit"), "limit", default=12, minimum=1, maximum=100)
+    pool = request.app[POOL]
+    body = await request.app[SNAPSHOTS].get(("recent", limit), lambda: load_recent(pool, limit))
+    return json_response(body)
+
+
+async def list_ssds(request: web.Request) -> web.Response:
+    query = query_params(request, {"limit"})
+    limit = int_param(query.get("limit"), "limit", default=4, minimum=1, maximum=24)
+    pool = request.app[POOL]
+    body = await request.app[SNAPSHOTS].get(("ssds", limit), lambda: load_ssds(pool, limit))
+    return json_response(body)
+
+
+async def get_throughput(request: web.Request) -> web.Response:
+    query = query_params(request, {"minutes"})
+    minutes = int_param(query.get("minutes"), "minutes", default=15, minimum=1, maximum=120)
+    pool = request.app[POOL]
+    body = await request.app[SNAPSHOTS].get(
+        ("throughput", minutes), lambda: load_throughput(pool, minutes)
+    )
+    return json_response(body)
+
+
+async def get_services(request: web.Request) -> web.Response:
+    """The health of the services the dashboard shows (USERS_URL, ORDERS_URL)."""
+    query_params(request, set())
+    app = request.app
+    body = await app[SNAPSHOTS].get("services", lambda: load_services(app[HTTP], app[SETTINGS]))
+    return json_response(body)
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `order` and `user`, as they happen, until the client leaves."""
+    query_params(request, set())
+    response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.content_type = "text/event-stream"
+    # Registered before the headers go out: once a client sees the response, it gets every event.
+    with request.app[HUB].client() as queue:
+        await response.prepare(request)
+        try:
+            await response.write(f"retry: {RETRY_MS}\n\n".encode())
+            async for frame in events.stream(queue, KEEPALIVE_S):
+                await response.write(frame)
+        except ConnectionResetError:
+            pass  # the browser went away
+    return response

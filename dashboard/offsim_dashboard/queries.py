@@ -1,0 +1,138 @@
+"""All of the dashboard's SQL: read-only. Functions take a connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+# The dashboard looks for recent activity among the newest orders only, so its queries stay cheap
+# however long the simulation has run.
+RECENT_WINDOW = 500
+
+
+async def count_entities(conn: asyncpg.Connection) -> dict[str, int]:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM users) AS users,
+                  (SELECT count(*) FROM ssds) AS ssds,
+                  (SELECT count(*) FROM products) AS products"""
+    )
+    return dict(row)
+
+
+async def count_orders_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM product_orders GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}
+
+
+async def stage_seconds(conn: asyncpg.Connection) -> dict[str, float | None]:
+    """Average seconds an order spends in each stage, and end to end, over the newest orders."""
+    row = await conn.fetchrow(
+        """SELECT avg(extract(epoch FROM shipped_at - created_at))::float8 AS pending,
+                  avg(extract(epoch FROM completed_at - shipped_at))::float8 AS shipped,
+                  avg(extract(epoch FROM completed_at - created_at))::float8 AS completed
+           FROM (SELECT created_at, shipped_at, completed_at
+                 FROM product_orders ORDER BY id DESC LIMIT $1) newest""",
+        RECENT_WINDOW,
+    )
+    return dict(row)
+
+
+async def recent_orders(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest orders with their product and the time of each transition."""
+    rows = await conn.fetch(
+        """SELECT o.id, o.ssd_id, o.barcode, p.name AS product_name, p.image_url, o.quantity,
+                  o.status, o.created_at, o.shipped_at, o.completed_at
+           FROM product_orders o JOIN products p ON p.barcode = o.barcode
+           ORDER BY o.id DESC LIMIT $1""",
+        limit,
+    )
+    return [dict(row) for row in rows]
+
+
+async def recent_transitions(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    """The latest transitions (pending, shipped, completed) of the newest orders, newest first."""
+    rows = await conn.fetch(
+        """WITH newest AS (
+               SELECT * FROM product_orders ORDER BY id DESC LIMIT $2
+           )
+           SELECT t.at, t.status, o.id, o.ssd_id, o.barcode, p.name AS product_name, o.quantity
+           FROM newest o
+           JOIN products p ON p.barcode = o.barcode
+           CROSS JOIN LATERAL (VALUES ('pending', o.created_at), ('shipped', o.shipped_at),
+                                      ('completed', o.completed_at)) AS t(status, at)
+           WHERE t.at IS NOT NULL
+           ORDER BY t.at DESC, o.id DESC LIMIT $1""",
+        limit,
+        RECENT_WINDOW,
+    )
+    return [dict(row) for row in rows]
+
+
+async def active_ssds(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    """A few SSDs, those with the newest orders first (then the newest SSDs), with their owner."""
+    rows = await conn.fetch(
+        """WITH recent AS (
+               SELECT ssd_id, max(id) AS last_order
+               FROM (SELECT ssd_id, id FROM product_orders ORDER BY id DESC LIMIT $2) r
+               GROUP BY ssd_id
+           )
+           SELECT s.id, s.mac_address, u.first_name, u.last_name, s.created_at
+           FROM ssds s
+           JOIN users u ON u.id = s.user_id
+           LEFT JOIN recent r ON r.ssd_id = s.id
+           ORDER BY r.last_order DESC NULLS LAST, s.id DESC
+           LIMIT $1""",
+        limit,
+        RECENT_WINDOW,
+    )
+    return [dict(row) for row in rows]
+
+
+async def stock_of(conn: asyncpg.Connection, ssd_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """The stock each SSD watches, with the product and the status of its open order, if any."""
+    rows = await conn.fetch(
+        """SELECT ps.ssd_id, ps.barcode, p.name, p.quantity AS package, p.image_url,
+                  ps.quantity, ps.reorder_point, ps.capacity, o.status AS on_order
+           FROM product_ssds ps
+           JOIN products p ON p.barcode = ps.barcode
+           LEFT JOIN product_orders o
+                  ON o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode AND o.status <> 'completed'
+           WHERE ps.ssd_id = ANY($1::bigint[])
+           ORDER BY ps.ssd_id, p.name, ps.barcode""",
+        list(ssd_ids),
+    )
+    return [dict(row) for row in rows]
+
+
+async def throughput(conn: asyncpg.Connection, minutes: int) -> list[dict[str, Any]]:
+    """Orders placed and completed in each of the last `minutes` minutes (the current one last)."""
+    rows = await conn.fetch(
+        """WITH span AS (
+               SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS since
+           )
+           SELECT m.minute,
+                  coalesce(placed.n, 0) AS placed,
+                  coalesce(completed.n, 0) AS completed
+           FROM span
+           CROSS JOIN generate_series(span.since, date_trunc('minute', now()), interval '1 minute')
+                AS m(minute)
+           LEFT JOIN (SELECT date_trunc('minute', created_at) AS minute, count(*) AS n
+                      FROM product_orders, span WHERE created_at >= span.since GROUP BY 1) placed
+                  ON placed.minute = m.minute
+           LEFT JOIN (SELECT date_trunc('minute', completed_at) AS minute, count(*) AS n
+                      FROM product_orders, span WHERE completed_at >= span.since GROUP BY 1)
+                     completed
+                  ON completed.minute = m.minute
+           ORDER BY m.minute""",
+        minutes,
+    )
+    return [dict(row) for row in rows]
+
+
+async def product_names(conn: asyncpg.Connection, barcodes: Iterable[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT barcode, name FROM products WHERE barcode = ANY($1::text[])", list(barcodes)
+    )
+    return {row["barcode"]: row["name"] for row in rows}

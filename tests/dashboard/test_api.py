@@ -1,0 +1,243 @@
+"""The dashboard's JSON snapshot: /api/summary, /api/recent, /api/ssds, /api/throughput,
+/api/services, and the page itself, on the real database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from offsim_common.web import POOL
+
+from tests.conftest import eventually
+from tests.helpers import register
+
+NUTELLA_IMAGE = (
+    "https://images.openfoodfacts.org/images/products/301/762/042/2003/front_en.633.400.jpg"
+)
+
+
+async def place(orders, ssd_id: int, barcode: str, quantity: int = 2) -> dict:
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": barcode, "quantity": quantity}
+    )
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def stock_of(users, user: dict) -> list[str]:
+    body = await (await users.get(f"/api/users/{user['id']}")).json()
+    return [item["barcode"] for item in body["ssds"][0]["stock"]]
+
+
+async def test_summary_empty_database_returns_zero_counts(dashboard):
+    resp = await dashboard.get("/api/summary")
+    assert resp.status == 200
+    body = await resp.json()
+    assert (body["users"], body["ssds"]) == (0, 0)
+    assert isinstance(body["products"], int)
+    assert body["orders"] == {"total": 0, "pending": 0, "shipped": 0, "completed": 0}
+    assert body["stage_seconds"] == {"pending": None, "shipped": None, "completed": None}
+    assert body["at"]
+
+
+async def test_summary_after_registration_and_orders_counts_each(
+    dashboard, users, orders, products, pool
+):
+    user = await register(users, "one@example.org", devices=2)
+    await register(users, "two@example.org")
+    ssd_id = user["devices"][0]["id"]
+    barcodes = await stock_of(users, user)
+    first = await place(orders, ssd_id, barcodes[0])
+    await place(orders, ssd_id, barcodes[1])
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE product_orders SET status = 'completed', completed_at = now() WHERE id = $1",
+            first["id"],
+        )
+
+    body = await (await dashboard.get("/api/summary")).json()
+    assert (body["users"], body["ssds"], body["products"]) == (2, 3, len(products))
+    assert body["orders"] == {"total": 2, "pending": 1, "shipped": 0, "completed": 1}
+    # Only the completed order has times, and it never shipped: no time pending or shipped.
+    stages = body["stage_seconds"]
+    assert stages["pending"] is None and stages["shipped"] is None
+    assert stages["completed"] >= 0
+
+
+async def test_recent_lists_newest_orders_and_transitions(dashboard, users, orders, products, pool):
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    barcodes = await stock_of(users, user)
+    placed = [await place(orders, ssd_id, barcode) for barcode in barcodes]
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """UPDATE product_orders SET status = 'shipped', shipped_at = now() + interval '1 s'
+               WHERE id = $1""",
+            placed[0]["id"],
+        )
+
+    resp = await dashboard.get("/api/recent?limit=2")
+    assert resp.status == 200
+    body = await resp.json()
+    assert [o["id"] for o in body["orders"]] == [placed[2]["id"], placed[1]["id"]]
+    newest = body["orders"][0]
+    assert newest["status"] == "pending" and newest["product_name"]
+    assert newest["barcode"] == barcodes[2] and newest["quantity"] == 2
+    # The newest transition first: the shipment, one second after the placements.
+    assert len(body["transitions"]) == 2
+    assert body["transitions"][0] | {"at": None} == {
+        "at": None,
+        "status": "shipped",
+        "id": placed[0]["id"],
+        "ssd_id": ssd_id,
+        "barcode": barcodes[0],
+        "product_name": body["transitions"][0]["product_name"],
+        "quantity": 2,
+    }
+    assert body["transitions"][1]["status"] == "pending"
+
+
+async def test_ssds_shows_stock_against_reorder_point_with_images(
+    dashboard, users, orders, products, pool
+):
+    old = await register(users, "old@example.org")
+    active = await register(users, "active@example.org")
+    ssd_id = active["devices"][0]["id"]
+    barcodes = await stock_of(users, active)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE products SET image_url = $1 WHERE barcode = $2", NUTELLA_IMAGE, products[0]
+        )
+        await conn.execute(
+            """UPDATE product_ssds SET quantity = 1, reorder_point = 3, capacity = 9
+               WHERE ssd_id = $1 AND barcode = $2""",
+            ssd_id,
+            barcodes[0],
+        )
+    await place(orders, ssd_id, barcodes[0], quantity=8)
+    # The old SSD's order is older than the active one's: the active SSD comes first.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE product_orders SET created_at = created_at - interval '1 hour'")
+    await place(orders, ssd_id, barcodes[1], quantity=1)
+
+    resp = await dashboard.get("/api/ssds?limit=2")
+    assert resp.status == 200
+    ssds = (await resp.json())["ssds"]
+    assert [s["id"] for s in ssds] == [ssd_id, old["devices"][0]["id"]]
+    assert ssds[0]["owner"] == "Test U." and ssds[0]["mac_address"]
+    stock = {item["barcode"]: item for item in ssds[0]["stock"]}
+    assert set(stock) == set(barcodes)
+    low = stock[barcodes[0]]
+    assert (low["quantity"], low["reorder_point"], low["capacity"]) == (1, 3, 9)
+    assert low["below_reorder_point"] is True and low["on_order"] == "pending"
+    assert low["name"]
+    assert stock[barcodes[2]]["on_order"] is None
+    for item in stock.values():
+        assert item["image_url"] == (NUTELLA_IMAGE if item["barcode"] == products[0] else None)
+
+    one = await (await dashboard.get("/api/ssds")).json()
+    assert len(one["ssds"]) == 2  # default 4, but only two exist
+
+
+async def test_throughput_counts_placed_and_completed_this_minute(
+    dashboard, users, orders, products, pool
+):
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    barcodes = await stock_of(users, user)
+    placed = [await place(orders, ssd_id, barcode) for barcode in barcodes]
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE product_orders SET status = 'completed', completed_at = now() WHERE id = $1",
+            placed[0]["id"],
+        )
+        # An order from yesterday is outside the window.
+        await conn.execute(
+            """UPDATE product_orders SET created_at = now() - interval '1 day' WHERE id = $1""",
+            placed[2]["id"],
+        )
+
+    resp = await dashboard.get("/api/throughput?minutes=5")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["minutes"] == 5 and len(body["series"]) == 5
+    minutes = [m["minute"] for m in body["series"]]
+    assert minutes == sorted(minutes)
+    assert sum(m["placed"] for m in body["series"]) == 2
+    assert sum(m["completed"] for m in body["series"]) == 1
+    assert body["series"][-1]["completed"] in (0, 1)  # 0 only if a minute turned meanwhile
+
+    default = await (await dashboard.get("/api/throughput")).json()
+    assert len(default["series"]) == 15
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/ssds?limit=abc", "limit"),
+        ("/api/ssds?limit=0", "limit"),
+        ("/api/ssds?limit=25", "limit"),
+        ("/api/throughput?minutes=-1", "minutes"),
+        ("/api/throughput?minutes=121", "minutes"),
+        ("/api/throughput?minutes=1.5", "minutes"),
+        ("/api/recent?limit=101", "limit"),
+        ("/api/recent?offset=3", "offset"),
+        ("/api/summary?verbose=1", "verbose"),
+        ("/api/events?since=4", "since"),
+    ],
+)
+async def test_bad_query_parameter_returns_400_naming_it(dashboard, path, field):
+    resp = await dashboard.get(path)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "bad_request"
+    assert set(body["details"]) == {field}
+
+
+async def test_database_down_returns_json_500_not_a_traceback(dashboard):
+    await dashboard.app[POOL].close()
+    resp = await dashboard.get("/api/summary")
+    assert resp.status == 500
+    assert (await resp.json())["error"] == "internal_error"
+
+
+async def test_services_reports_health_of_users_and_orders(
+    aiohttp_client, settings, pool, nc, users, unused_tcp_port
+):
+    from offsim_dashboard.app import create_app
+
+    client = await aiohttp_client(
+        create_app(
+            replace(
+                settings,
+                users_url=str(users.make_url("")).rstrip("/"),
+                orders_url=f"http://127.0.0.1:{unused_tcp_port}",
+            )
+        )
+    )
+    body = await (await client.get("/api/services")).json()
+    assert [(s["name"], s["status"]) for s in body["services"]] == [
+        ("users", "ok"),
+        ("orders", "unreachable"),
+    ]
+
+
+async def test_page_and_static_assets_are_served(dashboard):
+    resp = await dashboard.get("/")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    html = await resp.text()
+    assert "Product data © " in html and "Open Food Facts</a> contributors" in html
+    assert "ODbL" in html
+    # No CDN: every script and stylesheet comes from this server.
+    assert "//cdn" not in html and 'src="/static/app.js"' in html
+    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        resp = await dashboard.get(asset)
+        assert resp.status == 200 and kind in resp.content_type
+
+
+async def test_health_reports_ok(dashboard):
+    async def healthy():
+        return (await dashboard.get("/api/health")).status == 200
+
+    await eventually(healthy, within=5)

