@@ -40,4 +40,4 @@ bench: install
 	$(BIN)/python bench/etl.py
 
 clean:
-	rm -rf $(VENV) .offsim
+	rm -rf $(VENV) .offsim node_modules

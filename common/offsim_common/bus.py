@@ -59,8 +59,11 @@ async def connect(url: str, name: str) -> Client:
     return nc
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or update the streams; every service calls it, whichever starts first wins."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or update the streams; every service calls it, whichever starts first wins.
+
+    `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
+    when a node is lost. Every service must be given the same value."""
     for name, stream_subjects in (
         (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS),
         (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS),
@@ -72,6 +75,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             retention=api.RetentionPolicy.LIMITS,
             max_age=STREAM_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=replicas,
         )
         try:
             await js.stream_info(name)

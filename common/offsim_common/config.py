@@ -63,6 +63,8 @@ class Settings:
     delivery_delay: tuple[float, float] = (60.0, 240.0)
     # Users service: how many products each new SSD watches.
     watched_products: int = 3
+    # JetStream replicas of the ORDERS and USERS streams: 3 on a 3-node cluster.
+    stream_replicas: int = 1
     # Generator.
     users_url: str = "http://127.0.0.1:8081"
     orders_url: str = "http://127.0.0.1:8082"
@@ -91,6 +93,7 @@ class Settings:
             supplier_delay=_range(env, "OFFSIM_SUPPLIER_DELAY", cls.supplier_delay),
             delivery_delay=_range(env, "OFFSIM_DELIVERY_DELAY", cls.delivery_delay),
             watched_products=_int(env, "OFFSIM_WATCHED_PRODUCTS", cls.watched_products, 1),
+            stream_replicas=_int(env, "OFFSIM_STREAM_REPLICAS", cls.stream_replicas, 1),
             users_url=(env.get("USERS_URL") or cls.users_url).rstrip("/"),
             orders_url=(env.get("ORDERS_URL") or cls.orders_url).rstrip("/"),
             seed=_int(env, "OFFSIM_SEED", 0) if seed else None,

@@ -59,7 +59,7 @@ async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
 async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[NC] = await bus.connect(app[SETTINGS].nats_url, name=app[NAME])
     app[JS] = app[NC].jetstream()
-    await bus.ensure_streams(app[JS])
+    await bus.ensure_streams(app[JS], app[SETTINGS].stream_replicas)
     yield
     # drain() lets in-flight requests and handlers finish before the connection closes.
     if not app[NC].is_closed:

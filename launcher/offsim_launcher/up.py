@@ -34,6 +34,7 @@ DATABASE = "offsim"
 NATS_PORT = 4222
 USERS_PORT = 8081
 ORDERS_PORT = 8082
+DASHBOARD_PORT = 8085
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,10 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             )
 
         users_port, orders_port = pick_port(USERS_PORT), pick_port(ORDERS_PORT)
+        dashboard_port = pick_port(DASHBOARD_PORT)
         users_url = f"http://127.0.0.1:{users_port}"
         orders_url = f"http://127.0.0.1:{orders_port}"
+        dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
                   "SIM_SPEED": str(settings.sim_speed),
                   "USERS_URL": users_url, "ORDERS_URL": orders_url}  # fmt: skip
@@ -117,6 +120,8 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
                   logs / "orders.log"),
             Child("notifications", "notifications_service",
                   {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "notifications.log"),
+            Child("dashboard", "offsim_dashboard",
+                  {**common, "HTTP_PORT": str(dashboard_port)}, logs / "dashboard.log"),
             Child("generator", "offsim_generator",
                   {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "generator.log"),
         ]  # fmt: skip
@@ -130,13 +135,16 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         feed = Feed(pool)
         await feed.subscribe(nc)
 
-        for child in children[:3]:
+        users, orders, _, dashboard, generator = children
+        for child in children[:-1]:
             await child.start()
-        await wait_healthy(users_url, children[0])
-        await wait_healthy(orders_url, children[1])
-        await children[3].start()
+        for url, child in ((users_url, users), (orders_url, orders), (dashboard_url, dashboard)):
+            await wait_healthy(url, child)
+        await generator.start()
         say(f"users service   {users_url}   (e.g. curl {users_url}/api/health)")
         say(f"orders service  {orders_url}   (e.g. curl {orders_url}/api/orders)")
+        say(f"API docs        {users_url}/api/docs   {orders_url}/api/docs")
+        say(f"dashboard       {dashboard_url}   (open it in a browser to watch)")
         say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
         supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]
         await stop.wait()

@@ -24,7 +24,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         nc = await bus.connect(settings.nats_url, name="notifications")
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
-        await bus.ensure_streams(js)
+        await bus.ensure_streams(js, settings.stream_replicas)
         tasks = await bus.start_consumers(js, consumers(js, settings))
         stack.push_async_callback(bus.stop_tasks, tasks)
         probe = await start_probe_server(nc, settings.http_port, "notifications", tasks)

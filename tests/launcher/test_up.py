@@ -55,6 +55,7 @@ async def test_offsim_up_shows_orders_completing_and_stops_cleanly(data_dir):
     assert "migrations: 001_schema.sql" in text
     assert "products kept" in text
     assert "+ user " in text and " pending " in text and " shipped " in text
+    assert "dashboard       http://127.0.0.1:" in text
     assert text.rstrip().endswith("offsim: stopped")
 
     # A second run reuses the data: nothing to migrate, every product unchanged.
