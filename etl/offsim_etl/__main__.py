@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from offsim_common.config import ConfigError, Settings
+from prometheus_client import start_http_server
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EtlError
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object instead of text"
     )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve Prometheus metrics (offsim_etl_records_total) on this port while running, "
+        "for a long API crawl or dump load",
+    )  # fmt: skip
 
     api = parser.add_argument_group("--source api")
     api.add_argument(
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     # Our retry warnings say it in one line; urllib3's repeat it with the whole URL.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port)
     try:
         with logging_redirect_tqdm():
             summary = asyncio.run(

@@ -59,6 +59,7 @@ async def test_cli_help_documents_sources_options_and_environment(database_url: 
         "--backoff",
         "--quiet",
         "--json",
+        "--metrics-port",
         "DATABASE_URL",
         "OFF_API_URL",
         "OFF_SEARCH_RATE",
@@ -118,3 +119,21 @@ async def test_second_concurrent_run_is_refused(db: asyncpg.Pool, etl_settings: 
                 await run_etl(etl_settings, progress=False)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", RUN_LOCK)
+
+
+async def test_etl_counts_records_in_its_prometheus_metric(
+    db: asyncpg.Pool, etl_settings: Settings
+) -> None:
+    """What `--metrics-port` serves: offsim_etl_records_total moves with the run's summary."""
+    from offsim_common.metrics import ETL_RECORDS
+
+    def count(outcome: str) -> float:
+        return ETL_RECORDS.labels("sample", outcome)._value.get()
+
+    before = {outcome: count(outcome) for outcome in ("inserted", "unchanged", "rejected")}
+    first = await run_etl(etl_settings, "sample", progress=False)
+    second = await run_etl(etl_settings, "sample", progress=False)
+
+    assert count("inserted") - before["inserted"] == first.inserted == 1026
+    assert count("unchanged") - before["unchanged"] == second.unchanged == 1026
+    assert count("rejected") - before["rejected"] == 2 * first.rejected_total
