@@ -87,7 +87,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
     client = await nats.connect(nats_url)
     js = client.jetstream()
-    for stream in (subjects.ORDERS_STREAM, subjects.USERS_STREAM):
+    for stream in (subjects.ORDERS_STREAM, subjects.USERS_STREAM, subjects.DEAD_LETTER_STREAM):
         try:
             await js.delete_stream(stream)
         except NotFoundError:

@@ -1,9 +1,11 @@
 """NATS and JetStream: connecting, the streams, publishing, and running durable consumers.
 
 Every JetStream consumer in offsim runs through :func:`consume`, which writes down the ack policy
-once: a handler that returns is acked (after its transaction committed); a payload that fails
-validation is logged and terminated; :class:`Defer` asks for redelivery later; any other error is
-logged and nak'ed with back-off, so one bad message never stops a consumer.
+once: a handler that returns is acked (after its transaction committed); :class:`Defer` asks for
+redelivery later; any other error is logged and nak'ed with back-off. A payload that fails
+validation, or a message that failed on every one of its `max_deliver` deliveries, is logged,
+copied to the dead-letter stream (`deadletter.<durable>`) and terminated: one bad message never
+stops a consumer, and none is lost without a trace.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ M = TypeVar("M", bound=BaseModel)
 # published (crash between publish and ack) is de-duplicated by the server.
 DUPLICATE_WINDOW_S = 3600.0
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
+REASON_HEADER = "Offsim-Dead-Letter-Reason"
+SUBJECT_HEADER = "Offsim-Original-Subject"
 
 
 async def connect(url: str, name: str) -> Client:
@@ -64,16 +69,17 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
     `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
     when a node is lost. Every service must be given the same value."""
-    for name, stream_subjects in (
-        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS),
-        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS),
+    for name, stream_subjects, max_age in (
+        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S),
+        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S),
+        (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS, DEAD_LETTER_MAX_AGE_S),
     ):
         config = api.StreamConfig(
             name=name,
             subjects=list(stream_subjects),
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
-            max_age=STREAM_MAX_AGE_S,
+            max_age=max_age,
             duplicate_window=DUPLICATE_WINDOW_S,
             num_replicas=replicas,
         )
@@ -110,7 +116,8 @@ class ConsumerSpec(Generic[M]):
     model: type[M]
     handler: Callable[[M, Msg], Awaitable[None]]
     ack_wait_s: float = 30.0
-    max_deliver: int = 50
+    # With back-off capped at 30 s, about 45 minutes of retries before a message is dead-lettered.
+    max_deliver: int = 100
     max_ack_pending: int = 10_000
     batch: int = 64
     fetch_timeout_s: float = 5.0
@@ -122,11 +129,11 @@ def _retry_delay(msg: Msg) -> float:
     return min(0.5 * 2 ** (attempt - 1), 30.0)
 
 
-async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
+async def _handle(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> None:
     # The request id that caused this message goes on every log line and message it causes.
     token = request_id.set(request_id_from(msg.headers))
     try:
-        outcome = await _dispatch(spec, msg)
+        outcome = await _dispatch(js, spec, msg)
     except Exception as exc:
         # The ack itself failed (connection lost): the server redelivers after ack_wait.
         log.warning("%s: could not acknowledge %s: %r", spec.durable, msg.subject, exc)
@@ -136,35 +143,46 @@ async def _handle(spec: ConsumerSpec[M], msg: Msg) -> None:
     NATS_MESSAGES.labels(spec.durable, outcome).inc()
 
 
-async def _dispatch(spec: ConsumerSpec[M], msg: Msg) -> str:
+async def _dispatch(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> str:
     try:
         payload = spec.model.model_validate_json(msg.data)
     except ValidationError as exc:
-        log.error(
-            "%s: dropping invalid message on %s: %s; data=%r",
-            spec.durable,
-            msg.subject,
-            exc.errors(include_url=False),
-            msg.data[:500],
-        )
-        await msg.term()
-        return "term"
+        reason = f"invalid: {exc.errors(include_url=False, include_input=False)}"
+        log.error("%s: invalid message on %s: %s; data=%r",
+                  spec.durable, msg.subject, reason, msg.data[:500])  # fmt: skip
+        await dead_letter(js, spec, msg, reason)
+        return "dead_letter"
     try:
         await spec.handler(payload, msg)
     except Defer as defer:
         await msg.nak(delay=defer.delay)
         return "defer"
-    except Exception:
-        log.exception(
-            "%s: failed on %s (delivery %s), will retry",
-            spec.durable,
-            msg.subject,
-            msg.metadata.num_delivered,
-        )
+    except Exception as exc:
+        delivered = msg.metadata.num_delivered or 1
+        if delivered >= spec.max_deliver:
+            log.exception("%s: failed on %s %d times, giving up",
+                          spec.durable, msg.subject, delivered)  # fmt: skip
+            await dead_letter(js, spec, msg, f"failed {delivered} times: {exc!r}")
+            return "dead_letter"
+        log.exception("%s: failed on %s (delivery %d), will retry",
+                      spec.durable, msg.subject, delivered)  # fmt: skip
         await msg.nak(delay=_retry_delay(msg))
         return "nak"
     await msg.ack()
     return "ack"
+
+
+async def dead_letter(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reason: str) -> None:
+    """Keep the message on deadletter.<durable> for a person to read, then stop its deliveries.
+    Terminated only once the copy is stored: if storing fails, the message comes back."""
+    headers = {
+        **(msg.headers or {}),
+        REASON_HEADER: reason[:500],
+        SUBJECT_HEADER: msg.subject,
+        "Nats-Msg-Id": f"{spec.durable}-{msg.metadata.sequence.stream}",
+    }
+    await js.publish(f"{subjects.DEAD_LETTER_PREFIX}.{spec.durable}", msg.data, headers=headers)
+    await msg.term()
 
 
 async def consume(
@@ -187,7 +205,7 @@ async def consume(
     if ready is not None:
         ready.set()
     try:
-        await pull_forever(sub, spec)
+        await pull_forever(js, sub, spec)
     finally:
         try:
             await sub.unsubscribe()
@@ -195,7 +213,9 @@ async def consume(
             pass
 
 
-async def pull_forever(sub: JetStreamContext.PullSubscription, spec: ConsumerSpec[M]) -> None:
+async def pull_forever(
+    js: JetStreamContext, sub: JetStreamContext.PullSubscription, spec: ConsumerSpec[M]
+) -> None:
     """Fetch and handle batches until cancelled; no fetch error ends the loop."""
     while True:
         try:
@@ -209,7 +229,7 @@ async def pull_forever(sub: JetStreamContext.PullSubscription, spec: ConsumerSpe
             log.warning("%s: fetch failed (%r), retrying", spec.durable, exc)
             await asyncio.sleep(spec.fetch_retry_s)
             continue
-        await asyncio.gather(*(_handle(spec, m) for m in msgs))
+        await asyncio.gather(*(_handle(js, spec, m) for m in msgs))
 
 
 async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> list[asyncio.Task]:

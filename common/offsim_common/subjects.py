@@ -15,6 +15,11 @@ ORDERS_STREAM = "ORDERS"
 ORDERS_STREAM_SUBJECTS = (ORDERS_PENDING, ORDERS_SHIPPED, ORDERS_COMPLETED)
 USERS_STREAM = "USERS"
 USERS_STREAM_SUBJECTS = (USERS_REGISTERED,)
+# Messages a consumer gave up on (invalid, or failing on every delivery), kept for a person to
+# read: deadletter.<durable>, with the reason and the original subject in headers.
+DEAD_LETTER_STREAM = "DEADLETTER"
+DEAD_LETTER_PREFIX = "deadletter"
+DEAD_LETTER_STREAM_SUBJECTS = (f"{DEAD_LETTER_PREFIX}.>",)
 
 # Durable consumers, named <service>-<step>. Replicas of a service share its durables, so each
 # event is handled by one replica.

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 
 import nats.errors
-from offsim_common import bus
+from offsim_common import bus, subjects
 from pydantic import BaseModel
 
 
@@ -41,7 +41,7 @@ async def test_fetch_loop_survives_every_fetch_failure():
     )
     spec = bus.ConsumerSpec(stream="S", durable="d", subject="s", model=Ping,
                             handler=None, fetch_timeout_s=0.01, fetch_retry_s=0)  # fmt: skip
-    loop = asyncio.create_task(bus.pull_forever(sub, spec))
+    loop = asyncio.create_task(bus.pull_forever(None, sub, spec))
     await asyncio.wait_for(sub.drained.wait(), 5)
     assert not loop.done()
     assert sub.calls == 4
@@ -50,25 +50,64 @@ async def test_fetch_loop_survives_every_fetch_failure():
         await loop
 
 
-async def test_consumer_terminates_invalid_messages_and_goes_on(nc):
+async def start(nc, handler, **spec_args):
+    """A fresh stream and a consumer on it, through the same code the services use."""
     js = nc.jetstream()
+    await bus.ensure_streams(js)
     stream, subject = f"T{uuid.uuid4().hex[:8]}", f"test.{uuid.uuid4().hex[:8]}"
     await js.add_stream(name=stream, subjects=[subject])
+    spec = bus.ConsumerSpec(
+        stream=stream, durable=f"d{uuid.uuid4().hex[:8]}", subject=subject, model=Ping,
+        handler=handler, fetch_timeout_s=0.1, **spec_args,
+    )  # fmt: skip
+    return js, spec, await bus.start_consumers(js, [spec])
+
+
+async def dead_letters(js, durable: str, count: int) -> list:
+    sub = await js.subscribe(f"{subjects.DEAD_LETTER_PREFIX}.{durable}", ordered_consumer=True)
+    try:
+        return [await sub.next_msg(timeout=5) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_invalid_messages_are_dead_lettered_and_the_consumer_goes_on(nc):
     seen: asyncio.Queue[int] = asyncio.Queue()
 
     async def handle(ping: Ping, msg) -> None:
         await seen.put(ping.n)
 
-    spec = bus.ConsumerSpec(stream=stream, durable="bad-input", subject=subject, model=Ping,
-                            handler=handle, fetch_timeout_s=0.1)  # fmt: skip
-    tasks = await bus.start_consumers(js, [spec])
+    js, spec, tasks = await start(nc, handle)
     try:
-        await js.publish(subject, b"not json")
-        await js.publish(subject, b'{"n": "x"}')
-        await js.publish(subject, b'{"n": 3}')
+        await js.publish(spec.subject, b"not json")
+        await js.publish(spec.subject, b'{"n": "x"}')
+        await js.publish(spec.subject, b'{"n": 3}')
         assert await asyncio.wait_for(seen.get(), 5) == 3
-        info = await js.consumer_info(stream, "bad-input")
+        kept = await dead_letters(js, spec.durable, 2)
+        assert [m.data for m in kept] == [b"not json", b'{"n": "x"}']
+        assert all(m.headers[bus.SUBJECT_HEADER] == spec.subject for m in kept)
+        assert kept[1].headers[bus.REASON_HEADER].startswith("invalid:")
+        info = await js.consumer_info(spec.stream, spec.durable)
         assert info.num_ack_pending == 0 and info.num_redelivered == 0
     finally:
         await bus.stop_tasks(tasks)
-        await js.delete_stream(stream)
+        await js.delete_stream(spec.stream)
+
+
+async def test_message_failing_every_delivery_is_dead_lettered(nc):
+    attempts: list[int] = []
+
+    async def handle(ping: Ping, msg) -> None:
+        attempts.append(msg.metadata.num_delivered)
+        raise RuntimeError("database down")
+
+    js, spec, tasks = await start(nc, handle, max_deliver=2)
+    try:
+        await js.publish(spec.subject, b'{"n": 1}')
+        [kept] = await dead_letters(js, spec.durable, 1)
+        assert kept.data == b'{"n": 1}'
+        assert "failed 2 times" in kept.headers[bus.REASON_HEADER]
+        assert attempts == [1, 2]
+    finally:
+        await bus.stop_tasks(tasks)
+        await js.delete_stream(spec.stream)
