@@ -29,7 +29,7 @@ class ScriptedSubscription:
         if self.failures:
             raise self.failures.pop(0)
         self.drained.set()
-        await asyncio.sleep(timeout)
+        await asyncio.Event().wait()  # then a fetch that waits until the loop is cancelled
         return []
 
 
