@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from pydantic import BaseModel, ValidationError
 
 from . import subjects
@@ -36,6 +37,7 @@ DUPLICATE_WINDOW_S = 3600.0
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
 REASON_HEADER = "Offsim-Dead-Letter-Reason"
+PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 SUBJECT_HEADER = "Offsim-Original-Subject"
 
 
@@ -135,9 +137,10 @@ async def _handle(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> None
     try:
         outcome = await _dispatch(js, spec, msg)
     except Exception as exc:
-        # The ack itself failed (connection lost): the server redelivers after ack_wait.
-        log.warning("%s: could not acknowledge %s: %r", spec.durable, msg.subject, exc)
-        outcome = "ack_failed"
+        # Acknowledging (or storing a dead letter) failed, the connection being lost: the
+        # server delivers the message again after ack_wait.
+        log.warning("%s: could not settle a message on %s: %r", spec.durable, msg.subject, exc)
+        outcome = "unsettled"
     finally:
         request_id.reset(token)
     NATS_MESSAGES.labels(spec.durable, outcome).inc()
@@ -159,6 +162,12 @@ async def _dispatch(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> st
         return "defer"
     except Exception as exc:
         delivered = msg.metadata.num_delivered or 1
+        if isinstance(exc, PERMANENT_ERRORS):
+            # Retrying cannot help: the data contradicts the database (an unknown order, a
+            # value out of a column's range). Keep it for a person instead.
+            log.error("%s: %s cannot be applied: %r", spec.durable, msg.subject, exc)
+            await dead_letter(js, spec, msg, f"cannot be applied: {exc!r}")
+            return "dead_letter"
         if delivered >= spec.max_deliver:
             log.exception("%s: failed on %s %d times, giving up",
                           spec.durable, msg.subject, delivered)  # fmt: skip
@@ -185,59 +194,92 @@ async def dead_letter(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reason
     await msg.term()
 
 
-async def consume(
-    js: JetStreamContext, spec: ConsumerSpec[M], ready: asyncio.Event | None = None
-) -> None:
-    """Run a durable pull consumer until cancelled. Replicas bind the same durable, so each
-    message goes to one of them."""
-    config = api.ConsumerConfig(
+def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
         durable_name=spec.durable,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
+        # Unlimited on the server, which would drop a message silently at its limit (a timed-out
+        # ack or a lost connection counts as a delivery too); `spec.max_deliver` is applied by
+        # `_dispatch`, which dead-letters instead.
+        max_deliver=-1,
         max_ack_pending=spec.max_ack_pending,
         filter_subject=spec.subject,
     )
-    sub = await js.pull_subscribe(
-        spec.subject, durable=spec.durable, stream=spec.stream, config=config
-    )
-    if ready is not None:
-        ready.set()
+
+
+async def _bind(js: JetStreamContext, spec: ConsumerSpec, replicas: int):
+    """Create or update the durable (so a changed setting reaches a durable kept from an older
+    version), then bind to it."""
     try:
-        await pull_forever(js, sub, spec)
-    finally:
+        await js.add_consumer(spec.stream, _consumer_config(spec))
+    except NotFoundError:
+        # The stream itself is gone (a NATS restarted without its storage): make it again.
+        await ensure_streams(js, replicas)
+        await js.add_consumer(spec.stream, _consumer_config(spec))
+    return await js.pull_subscribe_bind(spec.durable, spec.stream)
+
+
+async def consume(
+    js: JetStreamContext, spec: ConsumerSpec[M], ready: asyncio.Event | None = None,
+    replicas: int = 1,
+) -> None:  # fmt: skip
+    """Run a durable pull consumer until cancelled. Replicas of a service bind the same durable,
+    so each message goes to one of them. If the durable disappears from the server, it is made
+    again."""
+    while True:
+        sub = await _bind(js, spec, replicas)
+        if ready is not None:
+            ready.set()
         try:
-            await sub.unsubscribe()
-        except Exception:  # the connection may already be closing
-            pass
+            await pull_forever(js, sub, spec)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be closing
+                pass
+        log.warning("%s: the consumer is gone from the server; making it again", spec.durable)
+
+
+# Consecutive fetch failures that mean the durable is gone, not a passing disconnection.
+GONE_AFTER = 3
 
 
 async def pull_forever(
     js: JetStreamContext, sub: JetStreamContext.PullSubscription, spec: ConsumerSpec[M]
 ) -> None:
-    """Fetch and handle batches until cancelled; no fetch error ends the loop."""
+    """Fetch and handle batches until cancelled, or return when the durable is gone."""
+    missing = 0
     while True:
         try:
             msgs = await sub.fetch(spec.batch, timeout=spec.fetch_timeout_s)
         except TimeoutError:
             # Nothing to fetch: nats' own TimeoutError, or asyncio's, which a batch fetch raises
             # when its deadline passes between its two pull requests.
+            missing = 0
             continue
         except Exception as exc:
             # A reconnect, a server restart, an API error: log, back off, go on.
+            if isinstance(exc, NotFoundError | ServiceUnavailableError):
+                missing += 1
+                if missing >= GONE_AFTER:
+                    return
             log.warning("%s: fetch failed (%r), retrying", spec.durable, exc)
             await asyncio.sleep(spec.fetch_retry_s)
             continue
+        missing = 0
         await asyncio.gather(*(_handle(js, spec, m) for m in msgs))
 
 
-async def start_consumers(js: JetStreamContext, specs: list[ConsumerSpec]) -> list[asyncio.Task]:
+async def start_consumers(
+    js: JetStreamContext, specs: list[ConsumerSpec], replicas: int = 1
+) -> list[asyncio.Task]:
     """Start each consumer in a task and return once all are bound to their durables."""
     tasks = []
     for spec in specs:
         ready = asyncio.Event()
-        task = asyncio.create_task(consume(js, spec, ready), name=spec.durable)
+        task = asyncio.create_task(consume(js, spec, ready, replicas), name=spec.durable)
         task.add_done_callback(_report_stopped)
         waiter = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -124,9 +125,10 @@ class OrderEvent(BaseModel):
     ssd_id: Id
     barcode: Barcode
     product_id: str | None = None
-    quantity: Annotated[int, Field(ge=1)]
+    quantity: Annotated[int, Field(ge=1, le=MAX_ORDER_QUANTITY)]
     status: OrderStatus
-    timestamp: datetime
+    timestamp: AwareDatetime = Field(description="when the order reached this status")
+    created_at: AwareDatetime | None = Field(None, description="when the order was placed")
 
     @model_validator(mode="before")
     @classmethod
@@ -146,15 +148,17 @@ class OrderEvent(BaseModel):
 
     @property
     def msg_id(self) -> str:
-        """JetStream de-duplication id: one message per order and status."""
-        return f"order-{self.id}-{self.status.value}"
+        """JetStream de-duplication id: one message per order and status. The placing time
+        keeps it unique when a wiped database hands out ids again to a NATS that remembers."""
+        placed = f"-{self.created_at.timestamp():.6f}" if self.created_at else ""
+        return f"order-{self.id}{placed}-{self.status.value}"
 
 
 class RandomOrderRequest(BaseModel):
     """Body of an orders.random request. Empty in the original; an `ssd_id` asks the orders
     service for a product that SSD watches."""
 
-    ssd_id: int | None = None
+    ssd_id: Id | None = None
 
 
 class RandomSsdReply(BaseModel):

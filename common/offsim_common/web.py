@@ -70,7 +70,7 @@ def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
     """A cleanup context running the service's durable consumers for the app's lifetime."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tasks = await bus.start_consumers(app[JS], specs(app))
+        tasks = await bus.start_consumers(app[JS], specs(app), app[SETTINGS].stream_replicas)
         app[CONSUMERS] = tasks
         yield
         await bus.stop_tasks(tasks)

@@ -25,7 +25,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)
-        tasks = await bus.start_consumers(js, consumers(js, settings))
+        tasks = await bus.start_consumers(js, consumers(js, settings), settings.stream_replicas)
         stack.push_async_callback(bus.stop_tasks, tasks)
         probe = await start_probe_server(nc, settings.http_port, "notifications", tasks)
         stack.push_async_callback(probe.cleanup)

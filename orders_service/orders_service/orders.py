@@ -15,6 +15,7 @@ import asyncpg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects
 from offsim_common.http import Conflict, NotFound
+from offsim_common.logs import request_id
 from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
 from offsim_common.metrics import ORDER_TRANSITIONS
 
@@ -33,6 +34,7 @@ def pending_event(row: asyncpg.Record) -> OrderEvent:
         quantity=row["quantity"],
         status=OrderStatus.PENDING,
         timestamp=row["created_at"],
+        created_at=row["created_at"],
     )
 
 
@@ -41,7 +43,7 @@ async def create_order(
 ) -> dict[str, Any]:
     async with pool.acquire() as conn:
         try:
-            row = await queries.insert_order(conn, order)
+            row = await queries.insert_order(conn, order, request_id.get())
         except asyncpg.ForeignKeyViolationError as exc:
             if exc.constraint_name == "product_orders_ssd_id_fkey":
                 raise NotFound(f"SSD {order.ssd_id} not found", {"ssd_id": "unknown SSD"}) from None
@@ -71,7 +73,11 @@ async def republish_forever(pool: asyncpg.Pool, js: JetStreamContext, every_s: f
             async with pool.acquire() as conn, conn.transaction():
                 for row in await queries.unpublished_orders(conn, REPUBLISH_AFTER_S):
                     event = pending_event(row)
-                    await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
+                    token = request_id.set(row["request_id"])  # the placing request's
+                    try:
+                        await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
+                    finally:
+                        request_id.reset(token)
                     await queries.mark_published(conn, row["id"])
                     log.info("order %s re-published", row["id"])
         except asyncio.CancelledError:

@@ -12,13 +12,17 @@ ORDER_COLUMNS = "id, ssd_id, barcode, quantity, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
 
 
-async def insert_order(conn: asyncpg.Connection, order: OrderRequest) -> asyncpg.Record:
+async def insert_order(
+    conn: asyncpg.Connection, order: OrderRequest, request_id: str | None
+) -> asyncpg.Record:
     return await conn.fetchrow(
-        f"""INSERT INTO product_orders (ssd_id, barcode, quantity) VALUES ($1, $2, $3)
+        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, request_id)
+            VALUES ($1, $2, $3, $4)
             RETURNING {ORDER_COLUMNS}""",
         order.ssd_id,
         order.barcode,
         order.quantity,
+        request_id,
     )
 
 
@@ -33,7 +37,7 @@ async def unpublished_orders(conn: asyncpg.Connection, older_than_s: float) -> l
     """Orders whose orders.pending was never acknowledged; locked so one replica re-publishes
     each (call inside a transaction)."""
     return await conn.fetch(
-        f"""SELECT {ORDER_COLUMNS} FROM product_orders
+        f"""SELECT {ORDER_COLUMNS}, request_id FROM product_orders
             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT 100
             FOR UPDATE SKIP LOCKED""",

@@ -111,3 +111,55 @@ async def test_message_failing_every_delivery_is_dead_lettered(nc):
     finally:
         await bus.stop_tasks(tasks)
         await js.delete_stream(spec.stream)
+
+
+async def test_consumer_settings_reach_a_durable_kept_from_before(nc):
+    """A durable made by an older version (server-side max_deliver 50) is updated on start, so
+    the server never drops a message at a limit the code does not know about."""
+    from nats.js import api
+
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    stream, subject = f"T{uuid.uuid4().hex[:8]}", f"test.{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=stream, subjects=[subject])
+    await js.add_consumer(stream, api.ConsumerConfig(
+        durable_name="kept", ack_policy=api.AckPolicy.EXPLICIT, max_deliver=50,
+        filter_subject=subject, ack_wait=30,
+    ))  # fmt: skip
+
+    async def handle(ping: Ping, msg) -> None:
+        pass
+
+    spec = bus.ConsumerSpec(stream=stream, durable="kept", subject=subject, model=Ping,
+                            handler=handle, fetch_timeout_s=0.1)  # fmt: skip
+    tasks = await bus.start_consumers(js, [spec])
+    try:
+        info = await js.consumer_info(stream, "kept")
+        assert info.config.max_deliver == -1
+    finally:
+        await bus.stop_tasks(tasks)
+        await js.delete_stream(stream)
+
+
+async def test_consumer_deleted_on_the_server_is_made_again(nc):
+    """A NATS restarted without its storage loses the durables: the consumer makes its own
+    again and goes on delivering."""
+    seen: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handle(ping: Ping, msg) -> None:
+        await seen.put(ping.n)
+
+    js, spec, tasks = await start(nc, handle, fetch_retry_s=0.05)
+    try:
+        await js.publish(spec.subject, b'{"n": 1}')
+        assert await asyncio.wait_for(seen.get(), 5) == 1
+        await js.delete_consumer(spec.stream, spec.durable)
+        await js.publish(spec.subject, b'{"n": 2}')
+        # The new durable starts from the stream's beginning: 1 again (consumers are
+        # idempotent), then 2.
+        got = {await asyncio.wait_for(seen.get(), 10) for _ in range(2)}
+        assert got == {1, 2}
+        assert bus.stopped_consumers(tasks) == []
+    finally:
+        await bus.stop_tasks(tasks)
+        await js.delete_stream(spec.stream)

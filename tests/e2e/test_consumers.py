@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from offsim_common import bus, subjects
+from offsim_common.logs import REQUEST_ID_HEADER
 from offsim_common.messages import OrderEvent, OrderStatus
+from offsim_common.web import NC
 
 from tests.conftest import eventually
 from tests.helpers import register
@@ -64,8 +66,8 @@ async def test_orders_published_while_down_are_republished(orders, nc, pool, use
     ssd_id = (await register(users))["devices"][0]["id"]
     async with pool.acquire() as conn:
         order_id = await conn.fetchval(
-            """INSERT INTO product_orders (ssd_id, barcode, quantity, created_at)
-               VALUES ($1, $2, 1, now() - interval '1 minute') RETURNING id""",
+            """INSERT INTO product_orders (ssd_id, barcode, quantity, created_at, request_id)
+               VALUES ($1, $2, 1, now() - interval '1 minute', 'placed-by-42') RETURNING id""",
             ssd_id,
             products[0],
         )
@@ -79,3 +81,41 @@ async def test_orders_published_while_down_are_republished(orders, nc, pool, use
     await eventually(published)
     msg = await nc.jetstream().get_last_msg(subjects.ORDERS_STREAM, subjects.ORDERS_PENDING)
     assert OrderEvent.model_validate_json(msg.data).id == order_id
+    # The request that placed it still names the order on the bus.
+    assert msg.headers[REQUEST_ID_HEADER] == "placed-by-42"
+
+
+async def test_order_placed_while_nats_is_down_is_kept_for_the_republisher(
+    orders, users, pool, products
+):
+    ssd_id = (await register(users))["devices"][0]["id"]
+    await orders.app[NC].close()
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": products[0], "quantity": 1}
+    )
+    assert resp.status == 201  # the order stands
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, published_at FROM product_orders WHERE id = $1",
+            (await resp.json())["id"],
+        )
+    assert row["status"] == "pending" and row["published_at"] is None
+
+
+async def test_completed_event_for_an_unknown_order_is_dead_lettered_at_once(users, nc, pool):
+    """A foreign-key violation cannot heal by retrying: no hundred tracebacks, one dead letter."""
+    js = nc.jetstream()
+    event = OrderEvent(
+        id=424242, ssd_id=1, barcode="3017620422003", quantity=1,
+        status=OrderStatus.COMPLETED, timestamp=datetime.now(UTC),
+    )  # fmt: skip
+    await bus.publish(js, subjects.ORDERS_COMPLETED, event, event.msg_id)
+    sub = await js.subscribe(
+        f"{subjects.DEAD_LETTER_PREFIX}.{subjects.USERS_RESTOCK}", ordered_consumer=True
+    )
+    msg = await sub.next_msg(timeout=10)
+    await sub.unsubscribe()
+    assert OrderEvent.model_validate_json(msg.data).id == 424242
+    assert msg.headers[bus.REASON_HEADER].startswith("cannot be applied")
+    info = await js.consumer_info(subjects.ORDERS_STREAM, subjects.USERS_RESTOCK)
+    assert info.num_redelivered == 0
