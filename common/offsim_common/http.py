@@ -79,6 +79,13 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise BadRequest("invalid request body", validation_details(exc)) from None
 
 
+def reject_unknown_params(request: web.Request, known: set[str]) -> None:
+    """A 400 naming any query parameter the endpoint does not take (a typo filters nothing)."""
+    unknown = set(request.query) - known
+    if unknown:
+        raise BadRequest("unknown query parameter", {name: "not supported" for name in unknown})
+
+
 def int_param(
     value: str | None,
     name: str,

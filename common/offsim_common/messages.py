@@ -229,6 +229,7 @@ class ConsumedItem(BaseModel):
     reorder_point: int
     capacity: int
     consumed: int
+    on_order: bool = Field(description="an order for it is pending or shipped")
 
 
 class RestockItem(BaseModel):
@@ -239,7 +240,9 @@ class RestockItem(BaseModel):
 class ConsumeResult(BaseModel):
     ssd_id: int
     stock: list[ConsumedItem]
-    restock: list[RestockItem] = Field(description="products now below their reorder point")
+    restock: list[RestockItem] = Field(
+        description="products below their reorder point with no order on its way"
+    )
 
 
 class Order(BaseModel):

@@ -57,10 +57,15 @@ async def run(
             stack.push_async_callback(probe.cleanup)
         sim = Simulation(settings, http, nc, settings.seed)
 
+        ticking = asyncio.Lock()
+
         async def tick() -> None:
-            await sim.tick()
-            if max_events is not None and sim.stats["events"] >= max_events:
-                stop.set()
+            async with ticking:
+                if stop.is_set():
+                    return
+                await sim.tick()
+                if max_events is not None and sim.stats["events"] >= max_events:
+                    stop.set()
 
         scheduler = AsyncIOScheduler()
         # One tick at a time; ticks missed while one runs are merged, not queued up.
@@ -74,14 +79,23 @@ async def run(
         )
         scheduler.start()
         stack.callback(scheduler.shutdown, wait=False)
+        # On the way out, before the HTTP session and NATS close: no new tick, and the one
+        # running finishes, so every event sent is counted and none is cut off mid-request.
+        stack.push_async_callback(_finish_ticks, scheduler, ticking)
         log.info("generator ticking every %.3fs (x%s)", interval, settings.sim_speed)
         timeout = settings.simulated(sim_hours * 3600) if sim_hours is not None else None
         try:
             await asyncio.wait_for(stop.wait(), timeout)
         except TimeoutError:
             pass
-        log.info("generator done: %s", dict(sorted(sim.stats.items())))
+    log.info("generator done: %s", dict(sorted(sim.stats.items())))
     return sim
+
+
+async def _finish_ticks(scheduler: AsyncIOScheduler, ticking: asyncio.Lock) -> None:
+    scheduler.pause()
+    async with ticking:
+        pass
 
 
 async def amain(argv: list[str] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 - register: a new person with one or two devices (POST /api/register).
 - random_order: the original's product-order event, a scatter-gather on orders.random, then
-  POST /api/orders with a quantity of 1 to 4.
+  POST /api/orders with a quantity of 1 to 4. Unlike the original, the product is one the SSD
+  watches: a second orders.random request names the SSD the first one drew.
 - consume: an SSD reports the stock used at home; whatever falls below its reorder point is
   ordered back up to capacity, one open order per product (the orders service answers 409 for a
   second one, which is counted, not retried).
@@ -21,6 +22,7 @@ import aiohttp
 from faker import Faker
 from nats.aio.client import Client
 from offsim_common.config import Settings
+from offsim_common.messages import RandomOrderRequest
 from offsim_common.metrics import GENERATOR_EVENTS
 
 from .people import registration
@@ -92,7 +94,9 @@ class Simulation:
         if not gathered.complete:
             raise ServiceError(f"orders.random incomplete: {gathered}")
         self._learn(gathered.ssd_id)
-        await self._order(gathered.ssd_id, gathered.barcode, self.rng.randint(1, 4))
+        watched = await gather_random(self.nc, request=RandomOrderRequest(ssd_id=gathered.ssd_id))
+        barcode = watched.barcode or gathered.barcode
+        await self._order(gathered.ssd_id, barcode, self.rng.randint(1, 4))
 
     async def consume(self) -> None:
         if not self.known_ssds:

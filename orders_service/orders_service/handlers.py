@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from offsim_common.http import BadRequest, NotFound, int_param, json_response, read_body
+from offsim_common.http import (
+    BadRequest,
+    NotFound,
+    int_param,
+    json_response,
+    read_body,
+    reject_unknown_params,
+)
 from offsim_common.messages import (
     Order,
     OrderDetail,
@@ -58,9 +65,7 @@ ORDER_FILTERS = {
      errors=(400,), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
     query = request.query
-    unknown = set(query) - {"ssd_id", "status", "limit", "offset"}
-    if unknown:
-        raise BadRequest("unknown query parameter", {name: "not supported" for name in unknown})
+    reject_unknown_params(request, set(ORDER_FILTERS))
     ssd_id = int_param(query.get("ssd_id"), "ssd_id", default=0, minimum=1) or None
     status = query.get("status")
     if status is not None and status not in set(OrderStatus):
@@ -77,6 +82,7 @@ async def list_orders(request: web.Request) -> web.Response:
 @doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
      errors=(400,), query=PAGING)  # fmt: skip
 async def list_products(request: web.Request) -> web.Response:
+    reject_unknown_params(request, set(PAGING))
     limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total = await queries.count_products(conn)

@@ -32,6 +32,15 @@ async def test_generator_runs_simulated_hours_and_orders_complete(
     assert placed == sim.stats["order.random"] + sim.stats["order.restock"] > 0
     # Consumption made SSDs reorder on their own, not only the random product-order event.
     assert sim.stats["order.restock"] > 0
+    async with pool.acquire() as conn:
+        # Every order, random ones included, is for a product its SSD watches (the original's
+        # random orders were for any product of the catalogue).
+        unwatched = await conn.fetchval(
+            """SELECT count(*) FROM product_orders o WHERE NOT EXISTS (
+                   SELECT 1 FROM product_ssds ps WHERE ps.ssd_id = o.ssd_id
+                   AND ps.barcode = o.barcode AND ps.reorder_point > 0)"""
+        )
+    assert unwatched == 0
 
     async def all_completed():
         async with pool.acquire() as conn:

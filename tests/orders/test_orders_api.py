@@ -114,6 +114,7 @@ async def test_get_and_list_orders(orders, ssd_id, products):
         ("/api/orders?ssd_id=abc", 400, "ssd_id"),
         ("/api/orders?color=red", 400, "color"),
         ("/api/products?offset=-1", 400, "offset"),
+        ("/api/products?page=2", 400, "page"),
         ("/api/products/0000000", 404, "barcode"),
     ],
 )

@@ -56,3 +56,21 @@ async def test_consume_errors(users, pool, products):
     assert resp.status == 404 and "barcode" in (await resp.json())["details"]
     resp = await users.post(f"/api/ssds/{ssd_id}/consume", json={"quantity": 0})
     assert resp.status == 400 and "quantity" in (await resp.json())["details"]
+
+
+async def test_consume_does_not_ask_to_restock_what_is_already_on_order(
+    users, orders, pool, products
+):
+    ssd_id, stock = await registered_ssd(users)
+    item = stock[0]
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": item["barcode"], "quantity": 2}
+    )
+    assert resp.status == 201
+    body = await (
+        await users.post(
+            f"/api/ssds/{ssd_id}/consume", json={"barcode": item["barcode"], "quantity": 100}
+        )
+    ).json()
+    assert body["stock"][0]["quantity"] == 0 and body["stock"][0]["on_order"] is True
+    assert body["restock"] == []

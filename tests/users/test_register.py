@@ -113,6 +113,15 @@ async def test_register_user_taken_mac_returns_409_and_stores_nothing(users, poo
         )
 
 
+async def test_register_user_same_mac_twice_in_one_request_returns_400(users, pool):
+    body = body_with(
+        "devices", [{"mac_address": "aa:bb:cc:00:11:22"}, {"mac_address": "AABBCC001122"}]
+    )
+    resp = await users.post("/api/register", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["details"] == {"devices": "duplicate MAC"}
+
+
 async def test_get_user_returns_ssds_and_stock(users, pool, products):
     created = await (await users.post("/api/register", json=VALID)).json()
     resp = await users.get(f"/api/users/{created['id']}")

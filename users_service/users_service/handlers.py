@@ -53,10 +53,11 @@ async def consume(request: web.Request) -> web.Response:
     if body.barcode is not None and not rows:
         raise NotFound(f"SSD {ssd_id} does not watch {body.barcode}", {"barcode": "not watched"})
     stock = [dict(row) for row in rows]
+    # Below its reorder point and not already on its way: one open order per product.
     restock = [
         {"barcode": s["barcode"], "quantity": s["capacity"] - s["quantity"]}
         for s in stock
-        if s["quantity"] < s["reorder_point"]
+        if s["quantity"] < s["reorder_point"] and not s["on_order"]
     ]
     result = ConsumeResult.model_validate({"ssd_id": ssd_id, "stock": stock, "restock": restock})
     return json_response(result.model_dump(mode="json"))

@@ -118,7 +118,10 @@ async def consume_stock(
            WHERE ps.ssd_id = t.ssd_id AND ps.barcode = t.barcode
            RETURNING ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
                      t.before - ps.quantity AS consumed,
-                     (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name""",
+                     (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name,
+                     EXISTS (SELECT 1 FROM product_orders o
+                             WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode
+                               AND o.status <> 'completed') AS on_order""",
         ssd_id,
         barcode,
         quantity,
