@@ -304,3 +304,17 @@ async def stop_tasks(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def watch(
+    js: JetStreamContext, watched: list[str], cb: Callable[[Msg], Awaitable[None]]
+) -> list:
+    """Follow subjects for display, from now on, as the streams store them: ordered ephemeral
+    consumers, so a re-publish the stream de-duplicated is not shown twice (a plain
+    subscription would see both copies)."""
+    return [
+        await js.subscribe(
+            subject, cb=cb, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+        )
+        for subject in watched
+    ]

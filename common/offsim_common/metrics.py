@@ -19,7 +19,8 @@ HTTP_LATENCY = Histogram(
 )
 NATS_MESSAGES = Counter(
     "offsim_nats_messages_total",
-    "JetStream messages handled, by consumer and outcome (ack, term, nak, defer)",
+    "JetStream messages handled, by consumer and outcome "
+    "(ack, defer, nak, dead_letter, unsettled)",
     ["consumer", "outcome"],
 )
 NATS_REQUESTS = Counter(

@@ -127,9 +127,10 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
     components = _Components(spec)
     error = components.ref(ErrorBody)
     operations: dict[str, dict[str, Any]] = {}
+    callable_routes = set(documented_routes(app))
     for route in app.router.routes():
         path = _route_path(route.resource)
-        if path is None or (route.method, path) not in documented_routes(app):
+        if path is None or (route.method, path) not in callable_routes:
             continue
         meta: Doc | None = getattr(route.handler, "__openapi__", None)
         if meta is None:

@@ -19,17 +19,15 @@ import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from offsim_common import subjects
+from offsim_common import bus, subjects
 from offsim_common.messages import OrderEvent, UserRegistered
+from offsim_common.products import ProductNames
 from pydantic import ValidationError
-
-from . import queries
 
 log = logging.getLogger(__name__)
 
 ORDER_SUBJECTS = (subjects.ORDERS_PENDING, subjects.ORDERS_SHIPPED, subjects.ORDERS_COMPLETED)
 QUEUE_SIZE = 256
-NAME_CACHE_SIZE = 10_000
 
 # Put on a client's queue when the server shuts down: the stream ends.
 CLOSE = b""
@@ -77,28 +75,6 @@ class EventHub:
         queue.put_nowait(frame)
 
 
-class ProductNames:
-    """Product names for the events, which carry only barcodes; looked up once each."""
-
-    def __init__(self, pool: asyncpg.Pool, size: int = NAME_CACHE_SIZE) -> None:
-        self.pool = pool
-        self.size = size
-        self.names: dict[str, str] = {}
-
-    async def get(self, barcode: str) -> str | None:
-        if barcode not in self.names:
-            try:
-                async with self.pool.acquire(timeout=2) as conn:
-                    found = await queries.product_names(conn, [barcode])
-            except Exception as exc:  # a name is a nicety: show the event without it
-                log.warning("product name of %s not found: %s", barcode, exc)
-                return None
-            if len(self.names) >= self.size:
-                self.names.clear()
-            self.names.update(found)
-        return self.names.get(barcode)
-
-
 async def order_frame(data: bytes, names: ProductNames) -> bytes:
     event = OrderEvent.model_validate_json(data)
     return sse_frame(
@@ -130,7 +106,7 @@ async def user_frame(data: bytes) -> bytes:
 
 
 async def subscribe(nc: Client, hub: EventHub, pool: asyncpg.Pool) -> list[Subscription]:
-    """Core subscriptions publishing each event to the hub as an SSE frame."""
+    """Follow the streams, publishing each event to the hub as an SSE frame."""
     names = ProductNames(pool)
 
     def forward(to_frame: Callable[[bytes], Awaitable[bytes]]):
@@ -146,13 +122,9 @@ async def subscribe(nc: Client, hub: EventHub, pool: asyncpg.Pool) -> list[Subsc
 
         return handle
 
-    subs = [
-        await nc.subscribe(subject, cb=forward(lambda data: order_frame(data, names)))
-        for subject in ORDER_SUBJECTS
-    ]
-    subs.append(await nc.subscribe(subjects.USERS_REGISTERED, cb=forward(user_frame)))
-    # Once the server has our subscriptions, no event published after this returns is missed.
-    await nc.flush()
+    js = nc.jetstream()
+    subs = await bus.watch(js, list(ORDER_SUBJECTS), forward(lambda data: order_frame(data, names)))
+    subs += await bus.watch(js, [subjects.USERS_REGISTERED], forward(user_frame))
     return subs
 
 

@@ -129,10 +129,3 @@ async def throughput(conn: asyncpg.Connection, minutes: int) -> list[dict[str, A
         minutes,
     )
     return [dict(row) for row in rows]
-
-
-async def product_names(conn: asyncpg.Connection, barcodes: Iterable[str]) -> dict[str, str]:
-    rows = await conn.fetch(
-        "SELECT barcode, name FROM products WHERE barcode = ANY($1::text[])", list(barcodes)
-    )
-    return {row["barcode"]: row["name"] for row in rows}

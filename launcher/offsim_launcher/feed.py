@@ -1,7 +1,7 @@
 """The live feed `offsim up` prints: registrations, orders and their transitions, with counts.
 
-It listens on the same subjects as the services (plain subscriptions see what JetStream stores),
-so it shows what really crossed the bus.
+It follows the streams the services write (ordered consumers from now on), so it shows what
+really crossed the bus, once.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ from typing import TextIO
 import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from offsim_common import subjects
+from offsim_common import bus, subjects
+from offsim_common.products import ProductNames
 
 MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
 
 
 class Feed:
     def __init__(self, pool: asyncpg.Pool, out: TextIO = sys.stdout) -> None:
-        self.pool = pool
+        self.names = ProductNames(pool)
         self.out = out
         # Events seen since start: orders placed, shipped, completed.
         self.counts: Counter[str] = Counter()
-        self._names: dict[str, str] = {}
 
     async def subscribe(self, nc: Client) -> None:
-        await nc.subscribe(subjects.USERS_REGISTERED, cb=self._on_user)
-        for subject in subjects.ORDERS_STREAM_SUBJECTS:
-            await nc.subscribe(subject, cb=self._on_order)
+        js = nc.jetstream()
+        await bus.watch(js, [subjects.USERS_REGISTERED], self._on_user)
+        await bus.watch(js, list(subjects.ORDERS_STREAM_SUBJECTS), self._on_order)
 
     def say(self, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
@@ -56,7 +56,7 @@ class Feed:
         try:
             order = json.loads(msg.data)
             status = order["status"]
-            name = await self._product_name(order["barcode"])
+            name = await self.names.get(order["barcode"]) or order["barcode"]
         except (ValueError, KeyError, TypeError):
             self.say(f"? unreadable order event: {msg.data[:60]!r}")
             return
@@ -65,10 +65,3 @@ class Feed:
             f"{MARKS.get(status, '?')} order {order['id']} {status:<9} SSD {order['ssd_id']}: "
             f"{order['quantity']} x {name[:28]}"
         )
-
-    async def _product_name(self, barcode: str) -> str:
-        if barcode not in self._names:
-            async with self.pool.acquire() as conn:
-                name = await conn.fetchval("SELECT name FROM products WHERE barcode = $1", barcode)
-            self._names[barcode] = name or barcode
-        return self._names[barcode]

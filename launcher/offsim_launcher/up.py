@@ -132,6 +132,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         stack.push_async_callback(pool.close)
         nc = await bus.connect(nats_url, name="offsim-up")
         stack.push_async_callback(nc.close)
+        await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)
         feed = Feed(pool)
         await feed.subscribe(nc)
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.deploy.workspace import (
+    DOCKERFILE,
     ROOT,
     Member,
     built_members,
@@ -147,8 +148,9 @@ def test_services_run_console_scripts_that_exist(merged, combination):
         script = console_script(service["command"])
         assert script in scripts_in_image(member), f"{combination}/{name}: {script}"
         if "build" in service:
-            assert service["build"]["dockerfile"] == f"{member.folder}/Dockerfile"
-            assert Path(service["build"]["context"]) == ROOT
+            build = service["build"]
+            assert build["dockerfile"] == DOCKERFILE and Path(build["context"]) == ROOT, name
+            assert build["args"] == {"MEMBER": member.folder}, f"{combination}/{name}"
 
 
 @pytest.mark.parametrize("combination", list(MERGES))
@@ -193,6 +195,14 @@ def test_services_probe_their_health_endpoint(merged, combination):
         assert service["environment"]["HTTP_PORT"] == str(port)
         probe = " ".join(service["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/api/health" in probe, name
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_one_shots_turn_the_image_health_check_off(merged, combination):
+    """One Dockerfile gives every image a HEALTHCHECK; a one-shot serves nothing to probe."""
+    for name, (service, _) in offsim_services(merged[combination]).items():
+        if name not in LONG_RUNNING:
+            assert service["healthcheck"] == {"disable": True}, f"{combination}/{name}"
 
 
 # --- the servers ------------------------------------------------------------------------------
@@ -349,8 +359,8 @@ def test_compose_images_are_named_after_distributions():
     for folder, member in members().items():
         if not member.scripts:
             continue
-        services = [s for s in base.values() if s.get("build", {}).get("dockerfile")
-                    == f"{folder}/Dockerfile"]  # fmt: skip
+        services = [s for s in base.values() if s.get("build", {}).get("args", {}).get("MEMBER")
+                    == folder]  # fmt: skip
         assert services, folder
         for service in services:
             assert service["image"].endswith(f"/{member.distribution}:${{OFFSIM_VERSION:-local}}")

@@ -9,7 +9,14 @@ import shutil
 
 import pytest
 
-from tests.deploy.workspace import ROOT, built_members, load_yaml_documents, node_tool, run
+from tests.deploy.workspace import (
+    DOCKERFILE,
+    ROOT,
+    built_members,
+    load_yaml_documents,
+    node_tool,
+    run,
+)
 
 TEKTON = ROOT / "tekton"
 FILES = sorted(TEKTON.rglob("*.yaml"))
@@ -157,11 +164,24 @@ def test_pipeline_lints_tests_then_builds_every_member():
                    for step in definition["steps"]):  # fmt: skip
             continue
         params = {p["name"]: p["value"] for p in task["params"]}
-        builds[params["dockerfile"]] = params["image"]
+        builds[params["member"]] = params["image"]
+        assert "dockerfile" not in params, f"{name}: every image comes from the one Dockerfile"
         assert task["runAfter"] == [make["test"]], name
-    assert builds == {
-        f"{m.folder}/Dockerfile": f"$(params.registry)/{m.distribution}" for m in built_members()
-    }
+    assert builds == {m.folder: f"$(params.registry)/{m.distribution}" for m in built_members()}
+
+
+def test_images_are_built_from_the_root_dockerfile_with_member():
+    (build,) = [t for t in by_kind("Task").values() if "buildah" in json.dumps(t)]
+    params = {p["name"]: p for p in build["spec"]["params"]}
+    assert params["dockerfile"]["default"] == DOCKERFILE and (ROOT / DOCKERFILE).is_file()
+    assert "default" not in params["member"], "a build names its member"
+    (step,) = build["spec"]["steps"]
+    env = {e["name"]: e["value"] for e in step["env"]}
+    assert env["MEMBER"] == "$(params.member)" and env["DOCKERFILE"] == "$(params.dockerfile)"
+    script = " ".join(step["script"].replace("\\\n", " ").split())  # continuations joined
+    (build_command,) = re.findall(r"buildah \S+ build .*? \. ", script)
+    for flag in ['--file "$DOCKERFILE"', '--build-arg "MEMBER=$MEMBER"', '--target "$TARGET"']:
+        assert flag in build_command, flag
 
 
 def test_images_are_built_with_buildah():

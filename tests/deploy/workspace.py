@@ -26,6 +26,8 @@ from offsim_common.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# Every image is built from this one file, with the member as the build argument MEMBER.
+DOCKERFILE = "Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,6 @@ class Member:
     distribution: str  # also the image's name
     scripts: frozenset[str]
     workspace_deps: tuple[str, ...]  # folders of the members it depends on, directly
-
-    @property
-    def dockerfile(self) -> Path:
-        return ROOT / self.folder / "Dockerfile"
 
 
 @cache

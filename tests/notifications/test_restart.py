@@ -49,6 +49,12 @@ async def start_notifications(nats_url: str) -> asyncio.subprocess.Process:
     return proc
 
 
+async def stock(pool) -> dict[tuple[int, str], int]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT ssd_id, barcode, quantity FROM product_ssds")
+    return {(r["ssd_id"], r["barcode"]): r["quantity"] for r in rows}
+
+
 async def status_counts(pool) -> dict[str, int]:
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT status, count(*) FROM product_orders GROUP BY status")
@@ -60,6 +66,7 @@ async def test_notifications_killed_with_orders_in_flight_completes_each_once(
     users, orders, nc, pool, products, nats_url
 ):
     devices = (await register(users, devices=2))["devices"]
+    before = await stock(pool)
     ids = []
     for device in devices:
         for barcode in products:
@@ -93,8 +100,10 @@ async def test_notifications_killed_with_orders_in_flight_completes_each_once(
         completed.append(OrderEvent.model_validate_json(msg.data).id)
     await sub.unsubscribe()
     assert sorted(completed) == sorted(ids)  # each order completed once on the bus
-    async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM stock_deliveries") == len(ids)
+    # ...and delivered once: every (SSD, product) holds exactly 2 more than before.
+    after = await stock(pool)
+    assert len(after) == len(ids)
+    assert all(after[key] == before.get(key, 0) + 2 for key in after), (before, after)
 
 
 async def _at_least_shipped(pool, n: int) -> bool:
