@@ -79,11 +79,15 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise BadRequest("invalid request body", validation_details(exc)) from None
 
 
-def reject_unknown_params(request: web.Request, known: set[str]) -> None:
-    """A 400 naming any query parameter the endpoint does not take (a typo filters nothing)."""
+def query_params(request: web.Request, known: set[str]) -> dict[str, str]:
+    """The query, or a 400 naming any parameter the endpoint does not take (a typo must not
+    silently filter nothing)."""
     unknown = set(request.query) - known
     if unknown:
-        raise BadRequest("unknown query parameter", {name: "not supported" for name in unknown})
+        raise BadRequest(
+            "unknown query parameter", {name: "not supported" for name in sorted(unknown)}
+        )
+    return dict(request.query)
 
 
 def int_param(

@@ -19,8 +19,7 @@ HTTP_LATENCY = Histogram(
 )
 NATS_MESSAGES = Counter(
     "offsim_nats_messages_total",
-    "JetStream messages handled, by consumer and outcome "
-    "(ack, defer, nak, dead_letter, unsettled)",
+    "JetStream messages handled, by consumer and outcome (ack, defer, nak, dead_letter, unsettled)",
     ["consumer", "outcome"],
 )
 NATS_REQUESTS = Counter(

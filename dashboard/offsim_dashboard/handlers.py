@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 from offsim_common.config import Settings
-from offsim_common.http import BadRequest, int_param, json_response
+from offsim_common.http import int_param, json_response, query_params
 from offsim_common.messages import OrderStatus
 from offsim_common.web import POOL, SETTINGS
 
@@ -26,15 +26,6 @@ STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
 # Tells the browser how soon to reconnect a dropped stream.
 RETRY_MS = 2000
-
-
-def query_params(request: web.Request, allowed: set[str]) -> dict[str, str]:
-    unknown = set(request.query) - allowed
-    if unknown:
-        raise BadRequest(
-            "unknown query parameter", {name: "not supported" for name in sorted(unknown)}
-        )
-    return dict(request.query)
 
 
 async def index(request: web.Request) -> web.FileResponse:

@@ -8,8 +8,8 @@ from offsim_common.http import (
     NotFound,
     int_param,
     json_response,
+    query_params,
     read_body,
-    reject_unknown_params,
 )
 from offsim_common.messages import (
     Order,
@@ -65,7 +65,7 @@ ORDER_FILTERS = {
      errors=(400,), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
     query = request.query
-    reject_unknown_params(request, set(ORDER_FILTERS))
+    query_params(request, set(ORDER_FILTERS))
     ssd_id = int_param(query.get("ssd_id"), "ssd_id", default=0, minimum=1) or None
     status = query.get("status")
     if status is not None and status not in set(OrderStatus):
@@ -82,7 +82,7 @@ async def list_orders(request: web.Request) -> web.Response:
 @doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
      errors=(400,), query=PAGING)  # fmt: skip
 async def list_products(request: web.Request) -> web.Response:
-    reject_unknown_params(request, set(PAGING))
+    query_params(request, set(PAGING))
     limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total = await queries.count_products(conn)
