@@ -113,12 +113,12 @@ async def test_register_user_taken_mac_returns_409_and_stores_nothing(users, poo
         )
 
 
-async def test_register_user_same_mac_twice_in_one_request_returns_400(users, pool):
+async def test_register_user_same_mac_twice_in_one_request_returns_409(users, pool):
     body = body_with(
         "devices", [{"mac_address": "aa:bb:cc:00:11:22"}, {"mac_address": "AABBCC001122"}]
     )
     resp = await users.post("/api/register", json=body)
-    assert resp.status == 400
+    assert resp.status == 409
     assert (await resp.json())["details"] == {"devices": "duplicate MAC"}
 
 

@@ -9,7 +9,7 @@ import random
 import asyncpg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects
-from offsim_common.http import BadRequest, Conflict
+from offsim_common.http import Conflict
 from offsim_common.messages import Device, RegisterRequest, UserRegistered
 
 from . import queries
@@ -29,7 +29,9 @@ async def register_user(
     then announce the registration."""
     macs = [device.mac_address for device in body.devices]
     if len(set(macs)) != len(macs):
-        raise BadRequest("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
+        # A conflict like a MAC already registered (the same device twice), which is also how
+        # the spec can describe it: two spellings of one MAC are both schema-valid strings.
+        raise Conflict("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
     password_hash = await asyncio.to_thread(hash_password, body.user.password)
     try:
         async with pool.acquire() as conn, conn.transaction():
