@@ -1,4 +1,5 @@
-"""offsim: `offsim up` runs the whole simulation; `offsim migrate` applies the migrations."""
+"""offsim: `offsim up` runs the whole simulation; `offsim migrate` applies the migrations;
+`offsim feed` shows the live feed of a simulation running elsewhere."""
 
 from __future__ import annotations
 
@@ -24,12 +25,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     up.add_argument("--no-sample", action="store_true", help="do not load the bundled products")
     commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
+    commands.add_parser(
+        "feed", help="print the live feed of the simulation at NATS_URL / DATABASE_URL"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             from .up import run_up
 
             run_up(args.data_dir, load_sample=not args.no_sample)
+        elif args.command == "feed":
+            from .feed import follow
+            from .up import run_until_signal
+
+            run_until_signal(follow, Settings.from_env())
         else:
             applied = asyncio.run(migrate(Settings.from_env().database_url))
             print(f"applied: {', '.join(applied)}" if applied else "database is up to date")

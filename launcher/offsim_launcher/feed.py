@@ -6,6 +6,7 @@ really crossed the bus, once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections import Counter
@@ -16,15 +17,32 @@ import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from offsim_common import bus, subjects
+from offsim_common.config import Settings
 from offsim_common.products import ProductNames
 
 MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
 
 
+async def follow(settings: Settings, stop: asyncio.Event) -> None:
+    """`offsim feed`: the live feed of a simulation running elsewhere (compose, Kubernetes),
+    from its NATS_URL and DATABASE_URL, until `stop`."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await bus.connect(settings.nats_url, name="offsim-feed")
+    try:
+        await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)
+        feed = Feed(pool)
+        await feed.subscribe(nc)
+        feed.say(f"following {settings.nats_url}")
+        await stop.wait()
+    finally:
+        await nc.close()
+        await pool.close()
+
+
 class Feed:
-    def __init__(self, pool: asyncpg.Pool, out: TextIO = sys.stdout) -> None:
+    def __init__(self, pool: asyncpg.Pool, out: TextIO | None = None) -> None:
         self.names = ProductNames(pool)
-        self.out = out
+        self.out = out  # None: whatever sys.stdout is when a line is printed
         # Events seen since start: orders placed, shipped, completed.
         self.counts: Counter[str] = Counter()
 
@@ -39,7 +57,7 @@ class Feed:
             f"users {self.counts['users']} · orders {self.counts['pending']} · "
             f"shipped {self.counts['shipped']} · completed {self.counts['completed']}"
         )
-        print(f"{stamp}  {text:<70} [{totals}]", file=self.out, flush=True)
+        print(f"{stamp}  {text:<70} [{totals}]", file=self.out or sys.stdout, flush=True)
 
     async def _on_user(self, msg: Msg) -> None:
         try:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,8 +156,10 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
     say("stopped")
 
 
-def run_up(data_dir: Path, load_sample: bool) -> None:
-    settings = Settings.from_env()
+def run_until_signal(
+    work: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+) -> None:
+    """Run `work` until Ctrl-C or SIGTERM sets its stop event, then let it finish in order."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -164,6 +167,11 @@ def run_up(data_dir: Path, load_sample: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await up(settings, UpOptions(data_dir, load_sample), stop)
+        await work(settings, stop)
 
     asyncio.run(main())
+
+
+def run_up(data_dir: Path, load_sample: bool) -> None:
+    options = UpOptions(data_dir, load_sample)
+    run_until_signal(lambda settings, stop: up(settings, options, stop), Settings.from_env())
