@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from offsim_common import bus, subjects
 from offsim_common.config import Settings
+from offsim_common.db import create_pool
 from offsim_common.products import ProductNames
 
 MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
@@ -26,7 +27,7 @@ MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
 async def follow(settings: Settings, stop: asyncio.Event) -> None:
     """`offsim feed`: the live feed of a simulation running elsewhere (compose, Kubernetes),
     from its NATS_URL and DATABASE_URL, until `stop`."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await create_pool(settings.database_url, max_size=2)
     nc = await bus.connect(settings.nats_url, name="offsim-feed")
     try:
         await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 from offsim_common import bus
 from offsim_common.config import Settings
+from offsim_common.db import create_pool
 from offsim_common.migrate import migrate
 from offsim_etl import run_etl
 
@@ -129,7 +129,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         for child in children:  # popped last first: the generator stops before the services
             stack.push_async_callback(child.stop)
 
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        pool = await create_pool(database_url, max_size=2)
         stack.push_async_callback(pool.close)
         nc = await bus.connect(nats_url, name="offsim-up")
         stack.push_async_callback(nc.close)
