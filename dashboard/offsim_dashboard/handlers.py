@@ -7,6 +7,7 @@ The snapshot answers are read once a second at most, whatever the number of open
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,36 +102,38 @@ async def load_services(http: aiohttp.ClientSession, settings: Settings) -> dict
     }
 
 
+async def snapshot(
+    request: web.Request, key: Hashable, load: Callable[[asyncpg.Pool], Awaitable[dict]]
+) -> web.Response:
+    """Answer from the shared snapshot for `key`, read from the database at most once a second
+    whatever the number of open pages."""
+    pool = request.app[POOL]
+    return json_response(await request.app[SNAPSHOTS].get(key, lambda: load(pool)))
+
+
 async def get_summary(request: web.Request) -> web.Response:
     query_params(request, set())
-    pool = request.app[POOL]
-    return json_response(await request.app[SNAPSHOTS].get("summary", lambda: load_summary(pool)))
+    return await snapshot(request, "summary", load_summary)
 
 
 async def get_recent(request: web.Request) -> web.Response:
     query = query_params(request, {"limit"})
     limit = int_param(query.get("limit"), "limit", default=12, minimum=1, maximum=100)
-    pool = request.app[POOL]
-    body = await request.app[SNAPSHOTS].get(("recent", limit), lambda: load_recent(pool, limit))
-    return json_response(body)
+    return await snapshot(request, ("recent", limit), lambda pool: load_recent(pool, limit))
 
 
 async def list_ssds(request: web.Request) -> web.Response:
     query = query_params(request, {"limit"})
     limit = int_param(query.get("limit"), "limit", default=4, minimum=1, maximum=24)
-    pool = request.app[POOL]
-    body = await request.app[SNAPSHOTS].get(("ssds", limit), lambda: load_ssds(pool, limit))
-    return json_response(body)
+    return await snapshot(request, ("ssds", limit), lambda pool: load_ssds(pool, limit))
 
 
 async def get_throughput(request: web.Request) -> web.Response:
     query = query_params(request, {"minutes"})
     minutes = int_param(query.get("minutes"), "minutes", default=15, minimum=1, maximum=120)
-    pool = request.app[POOL]
-    body = await request.app[SNAPSHOTS].get(
-        ("throughput", minutes), lambda: load_throughput(pool, minutes)
+    return await snapshot(
+        request, ("throughput", minutes), lambda pool: load_throughput(pool, minutes)
     )
-    return json_response(body)
 
 
 async def get_services(request: web.Request) -> web.Response:

@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from offsim_common.config import ConfigError, Settings
 from prometheus_client import start_http_server
@@ -52,35 +54,29 @@ examples:
 exit status: 0 on success, 1 on any error (one line on stderr), 2 on bad arguments.
 """
 
+T = TypeVar("T", int, float)
+
 API_ONLY = ("query", "page_size", "max_pages", "restart", "retries", "backoff")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(kind: Callable[[str], T], minimum: T, maximum: T | None = None) -> Callable[[str], T]:
+    """An argparse type: `kind` of the text, within [minimum, maximum]."""
+
+    def parse(text: str) -> T:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _page_size(text: str) -> int:
-    value = _positive(text)
-    if value > MAX_PAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_PAGE_SIZE}, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive = _bounded(int, 1)
+_count = _bounded(int, 0)
+_page_size = _bounded(int, 1, MAX_PAGE_SIZE)
+_seconds = _bounded(float, 0.0)
 
 
 def build_parser() -> argparse.ArgumentParser:

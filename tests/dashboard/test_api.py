@@ -29,6 +29,14 @@ async def stock_of(users, user: dict) -> list[str]:
     return [item["barcode"] for item in body["ssds"][0]["stock"]]
 
 
+async def order_all_watched(users, orders) -> tuple[int, list[str], list[dict]]:
+    """A new user's SSD, the products it watches, and one order placed for each."""
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    barcodes = await stock_of(users, user)
+    return ssd_id, barcodes, [await place(orders, ssd_id, barcode) for barcode in barcodes]
+
+
 async def test_summary_empty_database_returns_zero_counts(dashboard):
     resp = await dashboard.get("/api/summary")
     assert resp.status == 200
@@ -65,10 +73,7 @@ async def test_summary_after_registration_and_orders_counts_each(
 
 
 async def test_recent_lists_newest_orders_and_transitions(dashboard, users, orders, products, pool):
-    user = await register(users)
-    ssd_id = user["devices"][0]["id"]
-    barcodes = await stock_of(users, user)
-    placed = [await place(orders, ssd_id, barcode) for barcode in barcodes]
+    ssd_id, barcodes, placed = await order_all_watched(users, orders)
     async with pool.acquire() as conn:
         await conn.execute(
             """UPDATE product_orders SET status = 'shipped', shipped_at = now() + interval '1 s'
@@ -142,10 +147,7 @@ async def test_ssds_shows_stock_against_reorder_point_with_images(
 async def test_throughput_counts_placed_and_completed_this_minute(
     dashboard, users, orders, products, pool
 ):
-    user = await register(users)
-    ssd_id = user["devices"][0]["id"]
-    barcodes = await stock_of(users, user)
-    placed = [await place(orders, ssd_id, barcode) for barcode in barcodes]
+    *_, placed = await order_all_watched(users, orders)
     async with pool.acquire() as conn:
         await conn.execute(
             "UPDATE product_orders SET status = 'completed', completed_at = now() WHERE id = $1",
