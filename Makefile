@@ -7,7 +7,7 @@ MEMBERS := $(shell $(PYTHON) -c 'import tomllib; print(" ".join(tomllib.load(ope
 # A demo wants to see orders complete in seconds, not minutes; override with `make up SIM_SPEED=1`.
 SIM_SPEED ?= 30
 
-.PHONY: install up test lint bench clean
+.PHONY: install up test lint bench compose-check clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -34,6 +34,12 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The compose files run for real: every image built and the stack run on a throwaway Podman
+# engine, base + dev and then base + prod (deploy/compose-check/README.md). As root it installs
+# Podman from Debian when missing; elsewhere without Podman it skips and says why.
+compose-check: install
+	$(BIN)/python deploy/compose-check/check.py
 
 bench: install
 	$(BIN)/python bench/services.py

