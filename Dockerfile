@@ -6,7 +6,7 @@
 #   docker build --build-arg MEMBER=users_service --target dev -t offsim-users:dev .
 # Targets: `dev` (an editable install; a long-running service restarts when a mounted .py file
 # changes; compose's dev file mounts the source on /src) and `prod` (the default: runtime
-# dependencies only, non-root).
+# dependencies only, in a virtual environment, non-root).
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS base
@@ -43,12 +43,19 @@ RUN set -- && for folder in ./*/; do set -- "$@" --editable "$folder"; done \
 USER 10001:10001
 CMD ["offsim-image", "dev"]
 
+# The runtime: a virtual environment holding only the wheels built above (--no-index): the
+# member, the members it needs and their dependencies at constraints.txt's versions; no pip in
+# it, no source, no build tools. prod copies it whole. (Not a RUN --mount of the wheels in prod:
+# Podman's builder leaves a mount's content out of its layer cache key, so every member's prod
+# image reused the first one's install.)
+FROM base AS install
+COPY --from=build /wheels /wheels
+RUN python -m venv --without-pip /opt/offsim \
+ && pip --python /opt/offsim/bin/python install --no-index /wheels/*.whl
+
 FROM base AS prod
-# Only the wheels built above (--no-index): the member, the members it needs and their
-# dependencies at constraints.txt's versions; no source, no build tools, nothing of the build
-# stage but what pip installs.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index /wheels/*.whl
+COPY --from=install /opt/offsim /opt/offsim
+ENV PATH=/opt/offsim/bin:$PATH
 COPY --from=select /image/image.json /etc/offsim/image.json
 USER 10001:10001
 # GET /api/health on HTTP_PORT or the service's default port; a one-shot (etl, the launcher's

@@ -38,7 +38,7 @@ from tests.deploy.workspace import (
 
 BUILT = built_members()
 HELPER = ROOT / "tools" / "image_member.py"
-STAGES = ["base", "select", "build", "dev", "prod"]
+STAGES = ["base", "select", "build", "dev", "install", "prod"]
 
 
 @dataclass
@@ -222,8 +222,9 @@ def test_only_select_sees_the_whole_context():
     another member invalidates nothing after it; base takes the helper, nothing else."""
     assert copies(STAGE["select"]) == [(None, ".", "/context")]
     assert copies(STAGE["base"]) == [(None, "tools/image_member.py", "/usr/local/bin/offsim-image")]
-    for name in ("build", "dev", "prod"):
+    for name in ("build", "dev"):
         assert all(origin == "select" for origin, _, _ in copies(STAGE[name])), name
+    assert {origin for origin, _, _ in copies(STAGE["prod"])} == {"install", "select"}
 
 
 def test_select_runs_the_helper():
@@ -232,15 +233,24 @@ def test_select_runs_the_helper():
 
 
 def test_prod_installs_only_built_wheels():
-    """The build stage makes wheels with the constraints; prod installs them with no index, no
-    source and no build tools, so only runtime dependencies end up in it."""
+    """The build stage makes wheels with the constraints; `install` puts them, with no index,
+    into a virtual environment without pip, and prod copies only that environment: no
+    source and no build tools, only runtime dependencies."""
     build_runs = " ".join(STAGE["build"].all("RUN"))
     assert "pip wheel --wheel-dir /wheels" in build_runs and "-c constraints.txt" in build_runs
+    install = STAGE["install"]
+    assert copies(install) == [("build", "/wheels", "/wheels")]
+    (command,) = install.all("RUN")
+    assert "python -m venv --without-pip /opt/offsim" in command
+    assert "pip --python /opt/offsim/bin/python install --no-index /wheels/*.whl" in command
+    assert "watchfiles" not in command
     prod = STAGE["prod"]
-    assert copies(prod) == [("select", "/image/image.json", "/etc/offsim/image.json")]
-    (install,) = prod.all("RUN")
-    assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in install
-    assert "pip install --no-index /wheels/*.whl" in install and "watchfiles" not in install
+    assert copies(prod) == [
+        ("install", "/opt/offsim", "/opt/offsim"),
+        ("select", "/image/image.json", "/etc/offsim/image.json"),
+    ]
+    assert not prod.all("RUN"), "prod runs nothing at build time: it only copies"
+    assert any(env.startswith("PATH=/opt/offsim/bin:") for env in prod.all("ENV"))
 
 
 def test_prod_health_check_and_command():
