@@ -13,7 +13,7 @@ base + dev and then base + prod:
 4. `down`, `up` again, and find the same order and user (the volumes keep the data);
 5. `down -v`, always, and leave no container or engine process behind;
 
-and then the Tekton `offsim-make` Task's step in its image (tekton_task.py).
+and, beside them, the Tekton `offsim-make` Task's step in its image (tekton_task.py).
 
 Without Podman and without the right to install it (root with apt-get), it skips and says why.
 """
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine import Engine, HealthChecks, Unavailable, ensure_podman, log
-from tekton_task import run_make_task
+from tekton_task import MakeTaskRun
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "offsim-check"
@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.start()
         engine.build_standins()
         health.start()
+        tekton = None if args.no_tekton else MakeTaskRun(engine, args.tekton_target)
+        if tekton is not None:
+            tekton.start()
         if args.only in (None, "dev"):
             dev = Stack(engine, "dev", ["docker-compose.yml", "docker-compose.dev.yml"], secret)
             exercise(dev, published=set(PORTS), build=["--build"])
@@ -351,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             prod.step(f"built the release images {release['OFFSIM_REGISTRY']}/*:"
                       f"{release['OFFSIM_VERSION']} locally")  # fmt: skip
             exercise(prod, published={"dashboard"}, build=["--pull", "never"])
-        if not args.no_tekton:
-            run_make_task(engine, args.tekton_target)
+        if tekton is not None:
+            tekton.result()
     except (CheckFailed, RuntimeError) as failure:
         log(f"FAILED: {failure}")
         return 1

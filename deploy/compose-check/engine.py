@@ -17,6 +17,7 @@ Two things Podman does differently from Docker, handled here:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import resource
@@ -86,8 +87,17 @@ class Engine:
 
     def __init__(self, cache: Path) -> None:
         self.cache = cache
-        self.run_dir = Path(tempfile.mkdtemp(prefix="offsim-check-"))
+        # Fixed paths: Podman records its run folders in the storage's database and keeps
+        # using the first ones it saw, so they must be the same at every run.
+        self.run_dir = cache / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = (self.run_dir / "lock").open("w")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Unavailable(f"another compose check is running on {cache}") from None
         self.socket = self.run_dir / "podman.sock"
+        self.socket.unlink(missing_ok=True)
         self.env = {**os.environ, **self._configure()}
         self.service: subprocess.Popen | None = None
 
@@ -103,6 +113,7 @@ class Engine:
 default_ulimits = ["nofile={nofile}:{nofile}", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
+tmp_dir = "{self.run_dir}/tmp"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 [network]
@@ -142,6 +153,7 @@ short-name-mode = "permissive"
         return result
 
     def start(self) -> None:
+        self._forget_old_run_folders()
         log_file = (self.run_dir / "service.log").open("w")
         self.service = subprocess.Popen(
             ["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
@@ -156,6 +168,19 @@ short-name-mode = "permissive"
                 return
             time.sleep(0.2)
         raise RuntimeError(f"podman system service did not answer: {self.service_log()}")
+
+    def _forget_old_run_folders(self) -> None:
+        """A storage made with other run folders (an older layout of this check) keeps them in
+        its database; with no container in it, the database can go (images stay)."""
+        recorded = self.podman("info", "--format", "{{.Store.RunRoot}}", check=False)
+        if recorded.returncode == 0 and recorded.stdout.strip() == str(self.run_dir / "runroot"):
+            return
+        if self.podman("ps", "-aq", check=False).stdout.strip():
+            return
+        database = self.cache / "storage" / "libpod" / "bolt_state.db"
+        if database.exists():
+            log("the engine's storage recorded other run folders: its state database is reset")
+            database.unlink()
 
     def version(self) -> str:
         return self.podman("version", "--format", "{{.Client.Version}}").stdout.strip()
@@ -179,14 +204,19 @@ short-name-mode = "permissive"
                 self.service.wait()
         # conmon, aardvark-dns or a health check of this engine still running would outlive
         # the check: their command lines name the engine's run folder.
+        deadline = time.monotonic() + 15  # a container's clean-up may still be finishing
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
         for pid in self.processes():
-            log(f"ending a process left behind: {pid}")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            log(f"ending a process left behind: {pid} {command.decode(errors='replace')[:200]}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.lock.close()
 
     def processes(self) -> list[int]:
-        """The processes whose command line names this engine's run folder."""
+        """The processes whose command line names this engine's run folder (conmon,
+        aardvark-dns, a container's clean-up)."""
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
