@@ -26,12 +26,19 @@ _UNDOCUMENTED = {"/api/openapi.json", DOCS_PREFIX, f"{DOCS_PREFIX}/", "/metrics"
 ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
 STRING_SCHEMA = {"type": "string"}
 
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, or a missing or invalid field (named in `details`)",
     404: "unknown id",
     405: "method not allowed",
     409: "conflict with stored data",
-    503: "a dependency (database or NATS) does not answer",
+    503: "the database does not answer: retry after the `Retry-After` header's seconds",
 }
 
 
@@ -160,6 +167,7 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
             operation["responses"][str(status)] = {
                 "description": ERROR_DESCRIPTIONS[status],
                 "content": {"application/json": {"schema": error}},
+                **({"headers": RETRY_AFTER} if status == 503 else {}),
             }
         operations.setdefault(path, {})[route.method.lower()] = operation
     for path, ops in operations.items():

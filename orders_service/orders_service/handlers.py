@@ -21,7 +21,7 @@ from offsim_common.messages import (
     ProductPage,
 )
 from offsim_common.openapi import ID_SCHEMA, STRING_SCHEMA, doc
-from offsim_common.web import JS, POOL
+from offsim_common.web import JS, NC, POOL
 
 from . import queries
 from .orders import create_order
@@ -35,15 +35,16 @@ PAGING = {
 
 
 @doc("Place an order; it is published on orders.pending", "orders", body=OrderRequest,
-     responses={201: Order}, errors=(400, 404, 409))  # fmt: skip
+     responses={201: Order}, errors=(400, 404, 409, 503))  # fmt: skip
 async def place_order(request: web.Request) -> web.Response:
     body = await read_body(request, OrderRequest)
-    order = await create_order(request.app[POOL], request.app[JS], body)
+    app = request.app
+    order = await create_order(app[POOL], app[NC], app[JS], body)
     return json_response(Order.model_validate(order).model_dump(mode="json"), status=201)
 
 
 @doc("An order, its status and the time of each transition", "orders",
-     responses={200: OrderDetail}, errors=(400, 404),
+     responses={200: OrderDetail}, errors=(400, 404, 503),
      path={"id": (ID_SCHEMA, "the order's id")})  # fmt: skip
 async def get_order(request: web.Request) -> web.Response:
     order_id = int_param(request.match_info["id"], "id", minimum=1)
@@ -62,7 +63,7 @@ ORDER_FILTERS = {
 
 
 @doc("Orders, newest first, filtered by SSD and status", "orders", responses={200: OrderPage},
-     errors=(400,), query=ORDER_FILTERS)  # fmt: skip
+     errors=(400, 503), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
     query = request.query
     query_params(request, set(ORDER_FILTERS))
@@ -80,7 +81,7 @@ async def list_orders(request: web.Request) -> web.Response:
 
 
 @doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
-     errors=(400,), query=PAGING)  # fmt: skip
+     errors=(400, 503), query=PAGING)  # fmt: skip
 async def list_products(request: web.Request) -> web.Response:
     query_params(request, set(PAGING))
     limit, offset = paging(request)
@@ -91,7 +92,7 @@ async def list_products(request: web.Request) -> web.Response:
     return json_response(page.model_dump(mode="json"))
 
 
-@doc("One product", "products", responses={200: Product}, errors=(404,),
+@doc("One product", "products", responses={200: Product}, errors=(404, 503),
      path={"barcode": (STRING_SCHEMA, "the product's barcode (OFF code)")})  # fmt: skip
 async def get_product(request: web.Request) -> web.Response:
     barcode = request.match_info["barcode"]

@@ -2,7 +2,8 @@
 
 The order is committed first, then published on orders.pending with a de-duplication id. If the
 publish fails (NATS down), the row keeps `published_at IS NULL` and the re-publisher sends it
-later, so no order is ever stuck in pending as in the original.
+later, so no order is ever stuck in pending as in the original. No pooled connection is held
+while waiting on NATS: a slow or absent NATS never starves the pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from typing import Any
 
 import asyncpg
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects
 from offsim_common.http import Conflict, NotFound
@@ -39,7 +41,7 @@ def pending_event(row: asyncpg.Record) -> OrderEvent:
 
 
 async def create_order(
-    pool: asyncpg.Pool, js: JetStreamContext, order: OrderRequest
+    pool: asyncpg.Pool, nc: Client, js: JetStreamContext, order: OrderRequest
 ) -> dict[str, Any]:
     async with pool.acquire() as conn:
         try:
@@ -55,33 +57,55 @@ async def create_order(
                 f"SSD {order.ssd_id} already has an open order for {order.barcode}",
                 {"barcode": "an order for this product is already open"},
             ) from None
-        ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
-        event = pending_event(row)
+    ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
+    event = pending_event(row)
+    try:
+        await bus.announce(nc, js, subjects.ORDERS_PENDING, event, event.msg_id)
+    except Exception as exc:  # the order stands; the re-publisher will announce it
+        log.warning("order %s saved but not yet published: %r", row["id"], exc)
+    else:
         try:
-            await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
-        except Exception as exc:  # the order stands; the re-publisher will announce it
-            log.warning("order %s saved but not yet published: %s", row["id"], exc)
-        else:
-            await queries.mark_published(conn, row["id"])
+            async with pool.acquire() as conn:
+                await queries.mark_published(conn, [row["id"]])
+        except Exception as exc:  # published all the same; a re-publish is de-duplicated
+            log.warning("order %s published but not marked so: %r", row["id"], exc)
     return dict(row)
 
 
+# How long a replica's claim on unpublished orders lasts: it publishes them within it.
+CLAIM_S = 30.0
+
+
+async def republish_once(pool: asyncpg.Pool, js: JetStreamContext) -> int:
+    """Announce the orders whose publish failed; return how many were announced. Replicas share
+    the work by claiming rows for CLAIM_S; no connection is held while publishing."""
+    async with pool.acquire() as conn:
+        rows = await queries.claim_unpublished(conn, REPUBLISH_AFTER_S, CLAIM_S)
+    published = []
+    try:
+        for row in rows:
+            event = pending_event(row)
+            token = request_id.set(row["request_id"])  # the placing request's
+            try:
+                await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
+            finally:
+                request_id.reset(token)
+            published.append(row["id"])
+            log.info("order %s re-published", row["id"])
+    finally:
+        if published:
+            async with pool.acquire() as conn:
+                await queries.mark_published(conn, published)
+    return len(published)
+
+
 async def republish_forever(pool: asyncpg.Pool, js: JetStreamContext, every_s: float = 5.0) -> None:
-    """Announce orders whose publish failed. Replicas share the work through SKIP LOCKED."""
+    """Announce orders whose publish failed, every `every_s` seconds."""
     while True:
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                for row in await queries.unpublished_orders(conn, REPUBLISH_AFTER_S):
-                    event = pending_event(row)
-                    token = request_id.set(row["request_id"])  # the placing request's
-                    try:
-                        await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
-                    finally:
-                        request_id.reset(token)
-                    await queries.mark_published(conn, row["id"])
-                    log.info("order %s re-published", row["id"])
+            await republish_once(pool, js)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("re-publishing pending orders failed: %s", exc)
+            log.warning("re-publishing pending orders failed: %r", exc)
         await asyncio.sleep(every_s)

@@ -26,22 +26,30 @@ async def insert_order(
     )
 
 
-async def mark_published(conn: asyncpg.Connection, order_id: int) -> None:
+async def mark_published(conn: asyncpg.Connection, order_ids: list[int]) -> None:
     await conn.execute(
-        "UPDATE product_orders SET published_at = now() WHERE id = $1 AND published_at IS NULL",
-        order_id,
+        """UPDATE product_orders SET published_at = now(), publish_claimed_until = NULL
+           WHERE id = ANY($1::bigint[]) AND published_at IS NULL""",
+        order_ids,
     )
 
 
-async def unpublished_orders(conn: asyncpg.Connection, older_than_s: float) -> list[asyncpg.Record]:
-    """Orders whose orders.pending was never acknowledged; locked so one replica re-publishes
-    each (call inside a transaction)."""
+async def claim_unpublished(
+    conn: asyncpg.Connection, older_than_s: float, claim_s: float
+) -> list[asyncpg.Record]:
+    """Orders whose orders.pending was never acknowledged, claimed for `claim_s` seconds so
+    that one replica re-publishes each (a lapsed claim is taken again)."""
     return await conn.fetch(
-        f"""SELECT {ORDER_COLUMNS}, request_id FROM product_orders
-            WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT 100
-            FOR UPDATE SKIP LOCKED""",
+        f"""UPDATE product_orders SET publish_claimed_until = now() + make_interval(secs => $2)
+            WHERE id IN (
+                SELECT id FROM product_orders
+                WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+                  AND (publish_claimed_until IS NULL OR publish_claimed_until < now())
+                ORDER BY created_at LIMIT 100
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}, request_id""",
         older_than_s,
+        claim_s,
     )
 
 

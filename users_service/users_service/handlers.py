@@ -12,7 +12,7 @@ from offsim_common.messages import (
     UserRegistered,
 )
 from offsim_common.openapi import ID_SCHEMA, doc
-from offsim_common.web import JS, POOL, SETTINGS
+from offsim_common.web import JS, NC, POOL, SETTINGS
 
 from . import queries
 from .app_keys import RNG
@@ -22,16 +22,18 @@ ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
 
 @doc("Register a user and their SSDs (one transaction)", "users", body=RegisterRequest,
-     responses={201: UserRegistered}, errors=(400, 409))  # fmt: skip
+     responses={201: UserRegistered}, errors=(400, 409, 503))  # fmt: skip
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, RegisterRequest)
     app = request.app
-    user = await register_user(app[POOL], app[JS], body, app[SETTINGS].watched_products, app[RNG])
+    user = await register_user(
+        app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG]
+    )
     return json_response(user.model_dump(mode="json"), status=201)
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},
-     errors=(400, 404), path={"id": (ID_SCHEMA, "the user's id")})  # fmt: skip
+     errors=(400, 404, 503), path={"id": (ID_SCHEMA, "the user's id")})  # fmt: skip
 async def get_user(request: web.Request) -> web.Response:
     user_id = int_param(request.match_info["id"], "id", minimum=1)
     async with request.app[POOL].acquire() as conn:
@@ -42,7 +44,8 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 @doc("An SSD reports stock used; the answer lists what fell below its reorder point", "ssds",
-     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 404), path=ID)  # fmt: skip
+     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 404, 503),
+     path=ID)  # fmt: skip
 async def consume(request: web.Request) -> web.Response:
     ssd_id = int_param(request.match_info["id"], "id", minimum=1)
     body = await read_body(request, ConsumeRequest)

@@ -7,6 +7,7 @@ import logging
 import random
 
 import asyncpg
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects
 from offsim_common.http import Conflict
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 async def register_user(
     pool: asyncpg.Pool,
+    nc: Client,
     js: JetStreamContext,
     body: RegisterRequest,
     watched: int,
@@ -53,7 +55,7 @@ async def register_user(
         devices=[Device(**dict(d)) for d in devices],
     )
     try:
-        await bus.publish(js, subjects.USERS_REGISTERED, registered, f"user-{registered.id}")
+        await bus.announce(nc, js, subjects.USERS_REGISTERED, registered, f"user-{registered.id}")
     except Exception as exc:  # the event only feeds displays; the registration stands
-        log.warning("could not announce user %s: %s", registered.id, exc)
+        log.warning("could not announce user %s: %r", registered.id, exc)
     return registered
