@@ -25,7 +25,7 @@ from offsim_common.migrate import migrate
 from offsim_launcher import embedded
 
 TEST_DB = "offsim_test"
-SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries"
+SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries, idempotency_keys"
 
 
 @pytest.fixture(scope="session")

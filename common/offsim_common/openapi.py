@@ -17,6 +17,7 @@ from apispec import APISpec
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
+from .idempotency import KEY_PATTERN
 from .messages import ErrorBody
 
 SPEC = web.AppKey("openapi_spec", dict)
@@ -25,6 +26,14 @@ _UNDOCUMENTED = {"/api/openapi.json", DOCS_PREFIX, f"{DOCS_PREFIX}/", "/metrics"
 
 ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
 STRING_SCHEMA = {"type": "string"}
+IDEMPOTENCY_KEY = {
+    "Idempotency-Key": (
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": KEY_PATTERN},
+        "a unique key per operation (IETF httpapi Idempotency-Key draft): a retry with the same "
+        "key and body replays the first answer with no second effect; kept 24 hours, per "
+        "credential",
+    )
+}
 
 RETRY_AFTER = {
     "Retry-After": {
@@ -37,7 +46,9 @@ ERROR_DESCRIPTIONS = {
     400: "malformed JSON, or a missing or invalid field (named in `details`)",
     404: "unknown id",
     405: "method not allowed",
-    409: "conflict with stored data",
+    409: "conflict with stored data, or a request with the same `Idempotency-Key` is still "
+    "being processed",
+    422: "the `Idempotency-Key` was already used for a different request",
     503: "the database does not answer: retry after the `Retry-After` header's seconds",
 }
 
@@ -51,6 +62,7 @@ class Doc:
     errors: tuple[int, ...] = ()
     query: dict[str, tuple[dict, str]] = field(default_factory=dict)
     path: dict[str, tuple[dict, str]] = field(default_factory=dict)
+    headers: dict[str, tuple[dict, str]] = field(default_factory=dict)
 
 
 def doc(summary: str, tag: str, **kwargs: Any) -> Callable:
@@ -150,6 +162,10 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
             {"name": name, "in": "query", "required": False, "schema": schema,
              "description": text}
             for name, (schema, text) in meta.query.items()
+        ] + [
+            {"name": name, "in": "header", "required": False, "schema": schema,
+             "description": text}
+            for name, (schema, text) in meta.headers.items()
         ]  # fmt: skip
         if parameters:
             operation["parameters"] = parameters

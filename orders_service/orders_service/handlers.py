@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
+from offsim_common import idempotency
 from offsim_common.http import (
     BadRequest,
     NotFound,
@@ -20,11 +22,11 @@ from offsim_common.messages import (
     Product,
     ProductPage,
 )
-from offsim_common.openapi import ID_SCHEMA, STRING_SCHEMA, doc
+from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, STRING_SCHEMA, doc
 from offsim_common.web import JS, NC, POOL
 
 from . import queries
-from .orders import create_order
+from .orders import announce_order, insert_order
 
 MAX_PAGE = 500
 MAX_OFFSET = 2**31 - 1
@@ -35,12 +37,22 @@ PAGING = {
 
 
 @doc("Place an order; it is published on orders.pending", "orders", body=OrderRequest,
-     responses={201: Order}, errors=(400, 404, 409, 503))  # fmt: skip
+     responses={201: Order}, errors=(400, 404, 409, 422, 503),
+     headers=IDEMPOTENCY_KEY)  # fmt: skip
 async def place_order(request: web.Request) -> web.Response:
     body = await read_body(request, OrderRequest)
+    key = await idempotency.request_key(request)
     app = request.app
-    order = await create_order(app[POOL], app[NC], app[JS], body)
-    return json_response(Order.model_validate(order).model_dump(mode="json"), status=201)
+
+    async def place(conn: asyncpg.Connection) -> tuple[web.Response, asyncpg.Record]:
+        row = await insert_order(conn, body)
+        order = Order.model_validate(dict(row)).model_dump(mode="json")
+        return json_response(order, status=201), row
+
+    response, row = await idempotency.run_once(app[POOL], key, place)
+    if row is not None:  # not a replay
+        await announce_order(app[POOL], app[NC], app[JS], row)
+    return response
 
 
 @doc("An order, its status and the time of each transition", "orders",

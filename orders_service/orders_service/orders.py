@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from offsim_common import bus, subjects
+from offsim_common import bus, idempotency, subjects
 from offsim_common.http import Conflict, NotFound
 from offsim_common.logs import request_id
 from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
@@ -40,36 +39,40 @@ def pending_event(row: asyncpg.Record) -> OrderEvent:
     )
 
 
-async def create_order(
-    pool: asyncpg.Pool, nc: Client, js: JetStreamContext, order: OrderRequest
-) -> dict[str, Any]:
-    async with pool.acquire() as conn:
-        try:
-            row = await queries.insert_order(conn, order, request_id.get())
-        except asyncpg.ForeignKeyViolationError as exc:
-            if exc.constraint_name == "product_orders_ssd_id_fkey":
-                raise NotFound(f"SSD {order.ssd_id} not found", {"ssd_id": "unknown SSD"}) from None
-            raise NotFound(
-                f"product {order.barcode} not found", {"barcode": "unknown product"}
-            ) from None
-        except asyncpg.UniqueViolationError:
-            raise Conflict(
-                f"SSD {order.ssd_id} already has an open order for {order.barcode}",
-                {"barcode": "an order for this product is already open"},
-            ) from None
+async def insert_order(conn: asyncpg.Connection, order: OrderRequest) -> asyncpg.Record:
+    """Store the order (the caller owns the transaction), or raise the error to answer."""
+    try:
+        return await queries.insert_order(conn, order, request_id.get())
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name == "product_orders_ssd_id_fkey":
+            raise NotFound(f"SSD {order.ssd_id} not found", {"ssd_id": "unknown SSD"}) from None
+        raise NotFound(
+            f"product {order.barcode} not found", {"barcode": "unknown product"}
+        ) from None
+    except asyncpg.UniqueViolationError:
+        raise Conflict(
+            f"SSD {order.ssd_id} already has an open order for {order.barcode}",
+            {"barcode": "an order for this product is already open"},
+        ) from None
+
+
+async def announce_order(
+    pool: asyncpg.Pool, nc: Client, js: JetStreamContext, row: asyncpg.Record
+) -> None:
+    """Publish a committed order on orders.pending, then mark it published. A failure leaves it
+    to the re-publisher; no connection is held while publishing."""
     ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
     event = pending_event(row)
     try:
         await bus.announce(nc, js, subjects.ORDERS_PENDING, event, event.msg_id)
     except Exception as exc:  # the order stands; the re-publisher will announce it
         log.warning("order %s saved but not yet published: %r", row["id"], exc)
-    else:
-        try:
-            async with pool.acquire() as conn:
-                await queries.mark_published(conn, [row["id"]])
-        except Exception as exc:  # published all the same; a re-publish is de-duplicated
-            log.warning("order %s published but not marked so: %r", row["id"], exc)
-    return dict(row)
+        return
+    try:
+        async with pool.acquire() as conn:
+            await queries.mark_published(conn, [row["id"]])
+    except Exception as exc:  # published all the same; a re-publish is de-duplicated
+        log.warning("order %s published but not marked so: %r", row["id"], exc)
 
 
 # How long a replica's claim on unpublished orders lasts: it publishes them within it.
@@ -100,10 +103,13 @@ async def republish_once(pool: asyncpg.Pool, js: JetStreamContext) -> int:
 
 
 async def republish_forever(pool: asyncpg.Pool, js: JetStreamContext, every_s: float = 5.0) -> None:
-    """Announce orders whose publish failed, every `every_s` seconds."""
+    """Announce orders whose publish failed, every `every_s` seconds; forget expired
+    idempotency keys on the way."""
     while True:
         try:
             await republish_once(pool, js)
+            async with pool.acquire() as conn:
+                await idempotency.purge_expired(conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from offsim_common import idempotency
 from offsim_common.http import NotFound, int_param, json_response, read_body
 from offsim_common.messages import (
     ConsumeRequest,
@@ -11,7 +12,7 @@ from offsim_common.messages import (
     UserDetail,
     UserRegistered,
 )
-from offsim_common.openapi import ID_SCHEMA, doc
+from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, doc
 from offsim_common.web import JS, NC, POOL, SETTINGS
 
 from . import queries
@@ -22,14 +23,16 @@ ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
 
 @doc("Register a user and their SSDs (one transaction)", "users", body=RegisterRequest,
-     responses={201: UserRegistered}, errors=(400, 409, 503))  # fmt: skip
+     responses={201: UserRegistered}, errors=(400, 409, 422, 503),
+     headers=IDEMPOTENCY_KEY)  # fmt: skip
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, RegisterRequest)
+    # The body carries a password: its fingerprint is a slow hash, like the password's.
+    key = await idempotency.request_key(request, slow=True)
     app = request.app
-    user = await register_user(
-        app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG]
+    return await register_user(
+        app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG], key
     )
-    return json_response(user.model_dump(mode="json"), status=201)
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},

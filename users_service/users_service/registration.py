@@ -7,10 +7,11 @@ import logging
 import random
 
 import asyncpg
+from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from offsim_common import bus, subjects
-from offsim_common.http import Conflict
+from offsim_common import bus, idempotency, subjects
+from offsim_common.http import Conflict, json_response
 from offsim_common.messages import Device, RegisterRequest, UserRegistered
 
 from . import queries
@@ -26,36 +27,45 @@ async def register_user(
     body: RegisterRequest,
     watched: int,
     rng: random.Random,
-) -> UserRegistered:
+    key: idempotency.Key | None = None,
+) -> web.Response:
     """Store the user and all devices in one transaction, give each device products to watch,
-    then announce the registration."""
+    then announce the registration. With an idempotency key, a retry replays the first answer."""
     macs = [device.mac_address for device in body.devices]
     if len(set(macs)) != len(macs):
         # A conflict like a MAC already registered (the same device twice), which is also how
         # the spec can describe it: two spellings of one MAC are both schema-valid strings.
         raise Conflict("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
     password_hash = await asyncio.to_thread(hash_password, body.user.password)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
+
+    async def store(conn: asyncpg.Connection) -> tuple[web.Response, UserRegistered]:
+        try:
             user = await queries.insert_user(conn, body.user, password_hash)
             devices = await queries.insert_devices(conn, user["id"], macs)
             for device in devices:
                 await queries.watch_random_products(conn, device["id"], watched, rng)
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "users_email_key":
-            raise Conflict("email already registered", {"user.email": "taken"}) from None
-        raise Conflict(
-            "a device with this MAC address is already registered", {"devices": "mac_address taken"}
-        ) from None
-    registered = UserRegistered(
-        id=user["id"],
-        first_name=user["first_name"],
-        last_name=user["last_name"],
-        email=user["email"],
-        devices=[Device(**dict(d)) for d in devices],
-    )
-    try:
-        await bus.announce(nc, js, subjects.USERS_REGISTERED, registered, f"user-{registered.id}")
-    except Exception as exc:  # the event only feeds displays; the registration stands
-        log.warning("could not announce user %s: %r", registered.id, exc)
-    return registered
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "users_email_key":
+                raise Conflict("email already registered", {"user.email": "taken"}) from None
+            raise Conflict(
+                "a device with this MAC address is already registered",
+                {"devices": "mac_address taken"},
+            ) from None
+        registered = UserRegistered(
+            id=user["id"],
+            first_name=user["first_name"],
+            last_name=user["last_name"],
+            email=user["email"],
+            devices=[Device(**dict(d)) for d in devices],
+        )
+        return json_response(registered.model_dump(mode="json"), status=201), registered
+
+    response, registered = await idempotency.run_once(pool, key, store)
+    if registered is not None:  # not a replay
+        try:
+            await bus.announce(
+                nc, js, subjects.USERS_REGISTERED, registered, f"user-{registered.id}"
+            )
+        except Exception as exc:  # the event only feeds displays; the registration stands
+            log.warning("could not announce user %s: %r", registered.id, exc)
+    return response
