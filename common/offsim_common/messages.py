@@ -50,6 +50,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
 
 
+class OrderKind(StrEnum):
+    ORDER = "order"
+    RESTOCK = "restock"
+
+
 class OrderStatus(StrEnum):
     PENDING = "pending"
     SHIPPED = "shipped"
@@ -99,6 +104,12 @@ class OrderRequest(_Strict):
     ssd_id: Id
     barcode: Barcode
     quantity: Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)]
+    kind: OrderKind = Field(
+        OrderKind.ORDER,
+        description="`order` (the default): any number may be open for one SSD and product; "
+        "`restock`: placed by the SSD's own restocking, at most one open per SSD and product "
+        "(a second is a 409)",
+    )
 
 
 class ConsumeRequest(_Strict):
@@ -250,6 +261,7 @@ class Order(BaseModel):
     ssd_id: int
     barcode: str
     quantity: int
+    kind: OrderKind
     status: OrderStatus
     created_at: datetime
 

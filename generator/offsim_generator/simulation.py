@@ -5,8 +5,8 @@
   POST /api/orders with a quantity of 1 to 4. Unlike the original, the product is one the SSD
   watches: a second orders.random request names the SSD the first one drew.
 - consume: an SSD reports the stock used at home; whatever falls below its reorder point is
-  ordered back up to capacity, one open order per product (the orders service answers 409 for a
-  second one, which is counted, not retried).
+  ordered back up to capacity as a `restock` order, one open per product (the orders service
+  answers 409 for a second one, which is counted, not retried).
 
 A service that is down or answers an error is logged and counted; the next tick tries again.
 """
@@ -121,8 +121,9 @@ class Simulation:
     async def _order(self, ssd_id: int, barcode: str, quantity: int, restock: bool = False) -> None:
         status, body = await self._post(
             f"{self.settings.orders_url}/api/orders",
-            {"ssd_id": ssd_id, "barcode": barcode, "quantity": quantity},
-        )
+            {"ssd_id": ssd_id, "barcode": barcode, "quantity": quantity,
+             "kind": "restock" if restock else "order"},
+        )  # fmt: skip
         if status == 409:
             self.stats["order.already_open"] += 1
             return

@@ -49,10 +49,10 @@ async def insert_order(conn: asyncpg.Connection, order: OrderRequest) -> asyncpg
         raise NotFound(
             f"product {order.barcode} not found", {"barcode": "unknown product"}
         ) from None
-    except asyncpg.UniqueViolationError:
+    except asyncpg.UniqueViolationError:  # only restock orders are one open at a time
         raise Conflict(
-            f"SSD {order.ssd_id} already has an open order for {order.barcode}",
-            {"barcode": "an order for this product is already open"},
+            f"SSD {order.ssd_id} already has an open restock order for {order.barcode}",
+            {"barcode": "a restock order for this product is already open"},
         ) from None
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from offsim_common.messages import OrderRequest
 
-ORDER_COLUMNS = "id, ssd_id, barcode, quantity, status, created_at"
+ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
 
 
@@ -16,12 +16,13 @@ async def insert_order(
     conn: asyncpg.Connection, order: OrderRequest, request_id: str | None
 ) -> asyncpg.Record:
     return await conn.fetchrow(
-        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, request_id)
-            VALUES ($1, $2, $3, $4)
+        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, kind, request_id)
+            VALUES ($1, $2, $3, $4, $5)
             RETURNING {ORDER_COLUMNS}""",
         order.ssd_id,
         order.barcode,
         order.quantity,
+        order.kind.value,
         request_id,
     )
 
@@ -55,7 +56,8 @@ async def claim_unpublished(
 
 async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.status, o.created_at, o.shipped_at,
+        """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
+                  o.shipped_at,
                   o.completed_at, p.name AS product_name
            FROM product_orders o JOIN products p ON p.barcode = o.barcode WHERE o.id = $1""",
         order_id,
