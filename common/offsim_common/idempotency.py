@@ -119,7 +119,8 @@ async def replay_or_lock(conn: asyncpg.Connection, key: Key) -> web.Response | N
             "this Idempotency-Key was used for a different request",
             {HEADER: "already used with another body or endpoint"},
         )
-    return web.Response(body=row["body"], status=row["status"], content_type="application/json")
+    body = _unseal_fields(key, row["body"])
+    return web.Response(body=body, status=row["status"], content_type="application/json")
 
 
 async def record(conn: asyncpg.Connection, key: Key, response: web.Response) -> None:
@@ -135,8 +136,34 @@ async def record(conn: asyncpg.Connection, key: Key, response: web.Response) -> 
         key.key,
         key.fingerprint,
         response.status,
-        response.body,
+        _seal_fields(key, response.body),
     )
+
+
+# Fields of an answer that are shown once and never stored in clear (a user's token).
+SEALED_FIELDS = ("token",)
+_SEALED = "sealed:"
+
+
+def _seal_fields(key: Key, body: bytes) -> bytes:
+    data = json.loads(body)
+    if not isinstance(data, dict) or not any(f in data for f in SEALED_FIELDS):
+        return body
+    for field in SEALED_FIELDS:
+        if isinstance(data.get(field), str):
+            data[field] = _SEALED + seal(key, data[field])
+    return json.dumps(data).encode()
+
+
+def _unseal_fields(key: Key, body: bytes) -> bytes:
+    data = json.loads(body)
+    if not isinstance(data, dict) or not any(f in data for f in SEALED_FIELDS):
+        return body
+    for field in SEALED_FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and value.startswith(_SEALED):
+            data[field] = unseal(key, value.removeprefix(_SEALED))
+    return json.dumps(data).encode()
 
 
 def seal(key: Key, secret: str) -> str:

@@ -209,6 +209,15 @@ class Health(BaseModel):
     details: dict[str, str] | None = Field(None, description="what failed, when unavailable")
 
 
+class RegisterResult(UserRegistered):
+    """The registered user and devices, with the user's bearer token."""
+
+    token: str = Field(
+        description="the user's bearer token (`Authorization: Bearer <token>`): shown once, "
+        "stored only as a hash"
+    )
+
+
 class StockItem(BaseModel):
     barcode: str
     product_name: str

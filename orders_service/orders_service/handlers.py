@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 from offsim_common import idempotency
+from offsim_common.auth import authenticate, require_ssd_owner
 from offsim_common.http import (
     BadRequest,
     NotFound,
@@ -23,7 +24,7 @@ from offsim_common.messages import (
     ProductPage,
 )
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, STRING_SCHEMA, doc
-from offsim_common.web import JS, NC, POOL
+from offsim_common.web import JS, NC, POOL, SETTINGS
 
 from . import queries
 from .orders import announce_order, insert_order
@@ -37,14 +38,16 @@ PAGING = {
 
 
 @doc("Place an order; it is published on orders.pending", "orders", body=OrderRequest,
-     responses={201: Order}, errors=(400, 404, 409, 422, 503),
-     headers=IDEMPOTENCY_KEY)  # fmt: skip
+     responses={201: Order}, errors=(400, 401, 403, 404, 409, 422, 503),
+     headers=IDEMPOTENCY_KEY, auth=True)  # fmt: skip
 async def place_order(request: web.Request) -> web.Response:
+    app = request.app
+    caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     body = await read_body(request, OrderRequest)
     key = await idempotency.request_key(request)
-    app = request.app
 
     async def place(conn: asyncpg.Connection) -> tuple[web.Response, asyncpg.Record]:
+        await require_ssd_owner(conn, caller, body.ssd_id)
         row = await insert_order(conn, body)
         order = Order.model_validate(dict(row)).model_dump(mode="json")
         return json_response(order, status=201), row

@@ -13,7 +13,7 @@ import pytest
 from orders_service.app import create_app as orders_app
 from users_service.app import create_app as users_app
 
-from tests.conftest import eventually
+from tests.conftest import AS_SERVICE, eventually
 from tests.helpers import registration
 from tests.proxy import Proxy
 
@@ -38,8 +38,8 @@ async def nats_proxy(nats_url) -> AsyncIterator[Proxy]:
 async def services(pg_proxy, aiohttp_client, settings, pool, nc, products):
     """Both services, their database behind the proxy; one registered user with an SSD."""
     proxied = replace(settings, database_url=pg_proxy.url)
-    users = await aiohttp_client(users_app(proxied))
-    orders = await aiohttp_client(orders_app(proxied))
+    users = await aiohttp_client(users_app(proxied), headers=AS_SERVICE)
+    orders = await aiohttp_client(orders_app(proxied), headers=AS_SERVICE)
     resp = await users.post("/api/register", json=registration("outage@example.org"))
     assert resp.status == 201, await resp.text()
     user = await resp.json()
@@ -110,7 +110,8 @@ async def test_database_silent_every_endpoint_returns_503_fast(services, pg_prox
 
 @pytest.fixture
 async def orders_behind_nats_proxy(nats_proxy, aiohttp_client, settings, pool, nc, users):
-    return await aiohttp_client(orders_app(replace(settings, nats_url=nats_proxy.url)))
+    proxied = replace(settings, nats_url=nats_proxy.url)
+    return await aiohttp_client(orders_app(proxied), headers=AS_SERVICE)
 
 
 @pytest.mark.parametrize("outage", ["refuse", "blackhole"])

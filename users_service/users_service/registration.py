@@ -11,8 +11,9 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, idempotency, subjects
+from offsim_common.auth import new_token
 from offsim_common.http import Conflict, json_response
-from offsim_common.messages import Device, RegisterRequest, UserRegistered
+from offsim_common.messages import Device, RegisterRequest, RegisterResult, UserRegistered
 
 from . import queries
 from .passwords import hash_password
@@ -30,13 +31,15 @@ async def register_user(
     key: idempotency.Key | None = None,
 ) -> web.Response:
     """Store the user and all devices in one transaction, give each device products to watch,
-    then announce the registration. With an idempotency key, a retry replays the first answer."""
+    then announce the registration (without the token). The answer holds the user's new bearer
+    token. With an idempotency key, a retry replays the first answer."""
     macs = [device.mac_address for device in body.devices]
     if len(set(macs)) != len(macs):
         # A conflict like a MAC already registered (the same device twice), which is also how
         # the spec can describe it: two spellings of one MAC are both schema-valid strings.
         raise Conflict("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
     password_hash = await asyncio.to_thread(hash_password, body.user.password)
+    token, token_hash = new_token()
 
     async def store(conn: asyncpg.Connection) -> tuple[web.Response, UserRegistered]:
         try:
@@ -44,6 +47,7 @@ async def register_user(
             devices = await queries.insert_devices(conn, user["id"], macs)
             for device in devices:
                 await queries.watch_random_products(conn, device["id"], watched, rng)
+            await queries.insert_token(conn, user["id"], token_hash)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "users_email_key":
                 raise Conflict("email already registered", {"user.email": "taken"}) from None
@@ -58,7 +62,8 @@ async def register_user(
             email=user["email"],
             devices=[Device(**dict(d)) for d in devices],
         )
-        return json_response(registered.model_dump(mode="json"), status=201), registered
+        answer = RegisterResult(**registered.model_dump(), token=token)
+        return json_response(answer.model_dump(mode="json"), status=201), registered
 
     response, registered = await idempotency.run_once(pool, key, store)
     if registered is not None:  # not a replay
