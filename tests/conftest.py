@@ -25,7 +25,10 @@ from offsim_common.migrate import migrate
 from offsim_launcher import embedded
 
 TEST_DB = "offsim_test"
-SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries"
+SERVICE_TOKEN = "test-service-token"
+# The in-process clients act with the service credential unless a test says otherwise.
+AS_SERVICE = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries, idempotency_keys"
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +72,7 @@ def settings(nats_url: str, database_url: str) -> Settings:
         http_port=0,
         sim_speed=600.0,
         log_level="DEBUG",
+        service_token=SERVICE_TOKEN,
     )
 
 
@@ -141,14 +145,14 @@ async def eventually(check, within: float = 20.0, interval: float = 0.02):
 async def users(aiohttp_client, settings, pool, nc):
     from users_service.app import create_app
 
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(create_app(settings), headers=AS_SERVICE)
 
 
 @pytest.fixture
 async def orders(aiohttp_client, settings, pool, nc):
     from orders_service.app import create_app
 
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(create_app(settings), headers=AS_SERVICE)
 
 
 @pytest.fixture

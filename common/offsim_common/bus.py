@@ -96,10 +96,33 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         await js.update_stream(config)
 
 
-async def publish(js: JetStreamContext, subject: str, message: BaseModel, msg_id: str) -> None:
+# How long an HTTP request waits for the stream's ack of an event it announces. Past it the
+# request answers anyway (the order stands and is re-published): NATS down never holds it up.
+REQUEST_PUBLISH_TIMEOUT_S = 0.5
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    message: BaseModel,
+    msg_id: str,
+    ack_timeout_s: float | None = None,
+) -> None:
     """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish."""
     headers = {"Nats-Msg-Id": msg_id, **request_id_headers()}
-    await js.publish(subject, message.model_dump_json().encode(), headers=headers)
+    await js.publish(
+        subject, message.model_dump_json().encode(), headers=headers, timeout=ack_timeout_s
+    )
+
+
+async def announce(
+    nc: Client, js: JetStreamContext, subject: str, message: BaseModel, msg_id: str
+) -> None:
+    """Publish on behalf of an HTTP request: at once an error if NATS is not connected, and
+    never longer than REQUEST_PUBLISH_TIMEOUT_S."""
+    if not nc.is_connected:
+        raise ConnectionError("NATS is not connected")
+    await publish(js, subject, message, msg_id, ack_timeout_s=REQUEST_PUBLISH_TIMEOUT_S)
 
 
 class Defer(Exception):

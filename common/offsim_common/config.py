@@ -73,6 +73,9 @@ class Settings:
     weights: dict[str, float] = field(
         default_factory=lambda: {"register": 1.0, "random_order": 1.0, "consume": 2.0}
     )
+    # The service credential: a bearer token that acts for any user and SSD (the services
+    # accept it, the generator sends it). Unset: only users' own tokens are accepted.
+    service_token: str | None = field(default=None, repr=False)
     # ETL.
     off_api_url: str = "https://world.openfoodfacts.org"
     off_search_rate: float = 10.0
@@ -103,6 +106,7 @@ class Settings:
                 "random_order": _float(env, "OFFSIM_WEIGHT_RANDOM_ORDER", 1.0),
                 "consume": _float(env, "OFFSIM_WEIGHT_CONSUME", 2.0),
             },
+            service_token=env.get("OFFSIM_SERVICE_TOKEN") or None,
             off_api_url=(env.get("OFF_API_URL") or cls.off_api_url).rstrip("/"),
             off_search_rate=_float(env, "OFF_SEARCH_RATE", cls.off_search_rate),
         )

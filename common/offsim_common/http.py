@@ -6,20 +6,31 @@ problem, anything unexpected is logged and answered 500 without a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+from collections.abc import Awaitable
 from datetime import date, datetime
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .db import is_unavailable
 from .logs import REQUEST_ID_HEADER, new_request_id, request_id
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+# What a 503 tells the client to wait before trying again, in seconds.
+RETRY_AFTER_S = 2
+# An HTTP request of the users and orders services is answered by then, a 503 if a dependency
+# kept it waiting: a client can tell "retry later" from "you broke it", and never hangs.
+REQUEST_DEADLINE_S = 1.5
 
 
 class ApiError(Exception):
@@ -33,6 +44,9 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": self.code, "message": self.message, "details": self.details}
+
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class BadRequest(ApiError):
@@ -51,8 +65,20 @@ class Conflict(ApiError):
 
 
 class Unavailable(ApiError):
+    """A dependency does not answer: try again after `Retry-After` seconds."""
+
     status = 503
     code = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_S)}
+
+
+def database_unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(
+        "the database is unavailable; retry later",
+        {"database": str(exc) or type(exc).__name__},
+    )
 
 
 def _field(loc: tuple) -> str:
@@ -128,12 +154,55 @@ async def request_id_middleware(request: web.Request, handler) -> web.StreamResp
         request_id.reset(token)
 
 
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await `awaitable` for at most `seconds`, else raise TimeoutError at once. Unlike
+    `asyncio.wait_for`, the answer never waits for the work to unwind: it is cancelled and
+    finishes in the background (returning a connection to the pool may itself wait on a server
+    that has gone silent)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:  # our caller went away
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_discard_outcome)
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    return task.result()
+
+
+def _discard_outcome(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("work cut off at its deadline ended with %r", task.exception())
+
+
+def deadline_middleware(seconds: float):
+    """Answer every request within `seconds`: one still waiting on the database (a server that
+    accepts connections but never answers) is answered 503 at its deadline."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler) -> web.StreamResponse:
+        if request.path.startswith("/api/docs"):
+            return await handler(request)
+        try:
+            return await within(handler(request), seconds)
+        except TimeoutError as exc:
+            if request.path == "/api/health":
+                raise
+            raise Unavailable(
+                "no answer from the database in time; retry later", {"database": str(exc)}
+            ) from None
+
+    return deadline
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status)
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -143,7 +212,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
             status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k == "Allow"},
         )
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc):
+            log.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
+            error = database_unavailable(exc)
+            return web.json_response(error.body(), status=error.status, headers=error.headers())
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
             {"error": "internal_error", "message": "internal server error", "details": {}},

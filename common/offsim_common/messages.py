@@ -50,6 +50,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
 
 
+class OrderKind(StrEnum):
+    ORDER = "order"
+    RESTOCK = "restock"
+
+
 class OrderStatus(StrEnum):
     PENDING = "pending"
     SHIPPED = "shipped"
@@ -99,6 +104,12 @@ class OrderRequest(_Strict):
     ssd_id: Id
     barcode: Barcode
     quantity: Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)]
+    kind: OrderKind = Field(
+        OrderKind.ORDER,
+        description="`order` (the default): any number may be open for one SSD and product; "
+        "`restock`: placed by the SSD's own restocking, at most one open per SSD and product "
+        "(a second is a 409)",
+    )
 
 
 class ConsumeRequest(_Strict):
@@ -198,6 +209,15 @@ class Health(BaseModel):
     details: dict[str, str] | None = Field(None, description="what failed, when unavailable")
 
 
+class RegisterResult(UserRegistered):
+    """The registered user and devices, with the user's bearer token."""
+
+    token: str = Field(
+        description="the user's bearer token (`Authorization: Bearer <token>`): shown once, "
+        "stored only as a hash"
+    )
+
+
 class StockItem(BaseModel):
     barcode: str
     product_name: str
@@ -250,6 +270,7 @@ class Order(BaseModel):
     ssd_id: int
     barcode: str
     quantity: int
+    kind: OrderKind
     status: OrderStatus
     created_at: datetime
 

@@ -17,6 +17,7 @@ from apispec import APISpec
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
+from .idempotency import KEY_PATTERN
 from .messages import ErrorBody
 
 SPEC = web.AppKey("openapi_spec", dict)
@@ -25,13 +26,35 @@ _UNDOCUMENTED = {"/api/openapi.json", DOCS_PREFIX, f"{DOCS_PREFIX}/", "/metrics"
 
 ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}
 STRING_SCHEMA = {"type": "string"}
+IDEMPOTENCY_KEY = {
+    "Idempotency-Key": (
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": KEY_PATTERN},
+        "a unique key per operation (IETF httpapi Idempotency-Key draft): a retry with the same "
+        "key and body replays the first answer with no second effect; kept 24 hours, per "
+        "credential",
+    )
+}
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
+BEARER = "bearerAuth"
 
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, or a missing or invalid field (named in `details`)",
+    401: "no bearer token, or one that is not valid (`WWW-Authenticate: Bearer`)",
+    403: "the token is not the owner's (of this user or SSD) nor the service credential",
     404: "unknown id",
     405: "method not allowed",
-    409: "conflict with stored data",
-    503: "a dependency (database or NATS) does not answer",
+    409: "conflict with stored data, or a request with the same `Idempotency-Key` is still "
+    "being processed",
+    422: "the `Idempotency-Key` was already used for a different request",
+    503: "the database does not answer: retry after the `Retry-After` header's seconds",
 }
 
 
@@ -44,6 +67,9 @@ class Doc:
     errors: tuple[int, ...] = ()
     query: dict[str, tuple[dict, str]] = field(default_factory=dict)
     path: dict[str, tuple[dict, str]] = field(default_factory=dict)
+    headers: dict[str, tuple[dict, str]] = field(default_factory=dict)
+    # Needs a bearer token (the owner's, or the service credential).
+    auth: bool = False
 
 
 def doc(summary: str, tag: str, **kwargs: Any) -> Callable:
@@ -124,6 +150,15 @@ def documented_routes(app: web.Application) -> list[tuple[str, str]]:
 def build_spec(app: web.Application, title: str, version: str, description: str) -> dict:
     spec = APISpec(title=title, version=version, openapi_version="3.0.3",
                    info={"description": description})  # fmt: skip
+    spec.components.security_scheme(
+        BEARER,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a user's token (from POST /api/register) or the service credential "
+            "(OFFSIM_SERVICE_TOKEN)",
+        },
+    )
     components = _Components(spec)
     error = components.ref(ErrorBody)
     operations: dict[str, dict[str, Any]] = {}
@@ -136,6 +171,8 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
         if meta is None:
             continue
         operation: dict[str, Any] = {"summary": meta.summary, "tags": [meta.tag], "responses": {}}
+        if meta.auth:
+            operation["security"] = [{BEARER: []}]
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": schema, "description": text}
             for name, (schema, text) in meta.path.items()
@@ -143,6 +180,10 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
             {"name": name, "in": "query", "required": False, "schema": schema,
              "description": text}
             for name, (schema, text) in meta.query.items()
+        ] + [
+            {"name": name, "in": "header", "required": False, "schema": schema,
+             "description": text}
+            for name, (schema, text) in meta.headers.items()
         ]  # fmt: skip
         if parameters:
             operation["parameters"] = parameters
@@ -160,6 +201,8 @@ def build_spec(app: web.Application, title: str, version: str, description: str)
             operation["responses"][str(status)] = {
                 "description": ERROR_DESCRIPTIONS[status],
                 "content": {"application/json": {"schema": error}},
+                **({"headers": RETRY_AFTER} if status == 503 else {}),
+                **({"headers": WWW_AUTHENTICATE} if status == 401 else {}),
             }
         operations.setdefault(path, {})[route.method.lower()] = operation
     for path, ops in operations.items():
@@ -190,6 +233,7 @@ _SWAGGER_PAGE = """<!doctype html>
 <link rel="stylesheet" href="/api/docs/static/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/api/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "/api/openapi.json", dom_id: "#swagger-ui"}});</script>
+<script>SwaggerUIBundle({{url: "/api/openapi.json", dom_id: "#swagger-ui",
+  persistAuthorization: true}});</script>
 </body></html>
 """

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from . import bus
 from .config import Settings
 from .db import create_pool
-from .http import error_middleware, request_id_middleware
+from .http import deadline_middleware, error_middleware, request_id_middleware, within
 from .logs import setup_logging
 from .messages import Health
 from .metrics import NATS_REQUESTS, metrics, metrics_middleware
@@ -34,13 +34,15 @@ CONSUMERS = web.AppKey("consumers", list)
 VERSION = "0.1.0"
 
 
-def base_app(settings: Settings, name: str) -> web.Application:
+def base_app(settings: Settings, name: str, deadline_s: float | None = None) -> web.Application:
     """An application with request ids, metrics and JSON errors, the pool and NATS opened in
     `cleanup_ctx`, `/api/health` and `/metrics`. Services append their own contexts after
-    these, so they close first."""
-    app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware(name), error_middleware]
-    )
+    these, so they close first. With `deadline_s`, every request is answered within it (a 503
+    when a dependency kept it waiting)."""
+    middlewares = [request_id_middleware, metrics_middleware(name), error_middleware]
+    if deadline_s is not None:
+        middlewares.append(deadline_middleware(deadline_s))
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app[NAME] = name
     app.cleanup_ctx.append(pg_ctx)
@@ -61,9 +63,12 @@ async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
     app[JS] = app[NC].jetstream()
     await bus.ensure_streams(app[JS], app[SETTINGS].stream_replicas)
     yield
-    # drain() lets in-flight requests and handlers finish before the connection closes.
-    if not app[NC].is_closed:
+    # drain() lets in-flight requests and handlers finish before the connection closes; a
+    # connection that is down (NATS is away) has nothing to drain and is closed.
+    if app[NC].is_connected:
         await app[NC].drain()
+    elif not app[NC].is_closed:
+        await app[NC].close()
 
 
 def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
@@ -78,10 +83,19 @@ def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
     return ctx
 
 
+# Each dependency's check has this long; they run side by side, so /api/health answers well
+# within 2 s whatever is down.
+HEALTH_CHECK_TIMEOUT_S = 1.0
+
+
+async def _select_one(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
+
+
 async def _database_problem(pool: asyncpg.Pool) -> str | None:
     try:
-        async with pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
+        await within(_select_one(pool), HEALTH_CHECK_TIMEOUT_S)
     except Exception as exc:  # any failure means unhealthy, whatever its kind
         return str(exc) or type(exc).__name__
     return None
@@ -91,7 +105,7 @@ async def _nats_problem(nc: Client) -> str | None:
     if not nc.is_connected:
         return "not connected"
     try:
-        await asyncio.wait_for(nc.flush(), timeout=2)
+        await within(nc.flush(), HEALTH_CHECK_TIMEOUT_S)
     except Exception as exc:
         return str(exc) or type(exc).__name__
     return None
@@ -102,10 +116,12 @@ async def _nats_problem(nc: Client) -> str | None:
 async def health(request: web.Request) -> web.Response:
     """200 only when every dependency this process has (database, NATS) answers."""
     problems: dict[str, Any] = {}
-    if POOL in request.app and (problem := await _database_problem(request.app[POOL])):
-        problems["database"] = problem
-    if problem := await _nats_problem(request.app[NC]):
-        problems["nats"] = problem
+    checks = {"nats": _nats_problem(request.app[NC])}
+    if POOL in request.app:
+        checks["database"] = _database_problem(request.app[POOL])
+    for dependency, problem in zip(checks, await asyncio.gather(*checks.values()), strict=True):
+        if problem:
+            problems[dependency] = problem
     if CONSUMERS in request.app and (stopped := bus.stopped_consumers(request.app[CONSUMERS])):
         problems["consumers"] = f"stopped: {', '.join(stopped)}"
     if problems:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,20 @@ def say(text: str) -> None:
     print(f"offsim: {text}", flush=True)
 
 
+def service_token(data: Path) -> str:
+    """The service credential of this data folder: made once, kept in `service-token` (readable
+    by its owner only), the same for every service and the generator."""
+    path = data / "service-token"
+    if path.exists():
+        return path.read_text().strip()
+    data.mkdir(parents=True, exist_ok=True)
+    token = "offsim_service_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return token
+
+
 async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> None:
     data = options.data_dir.resolve()
     logs = data / "logs"
@@ -111,9 +126,11 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         users_url = f"http://127.0.0.1:{users_port}"
         orders_url = f"http://127.0.0.1:{orders_port}"
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        token = settings.service_token or service_token(data)
         common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
                   "SIM_SPEED": str(settings.sim_speed),
-                  "USERS_URL": users_url, "ORDERS_URL": orders_url}  # fmt: skip
+                  "USERS_URL": users_url, "ORDERS_URL": orders_url,
+                  "OFFSIM_SERVICE_TOKEN": token}  # fmt: skip
         children = [
             Child("users", "users_service", {**common, "HTTP_PORT": str(users_port)},
                   logs / "users.log"),
@@ -146,6 +163,8 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
         say(f"users service   {users_url}   (e.g. curl {users_url}/api/health)")
         say(f"orders service  {orders_url}   (e.g. curl {orders_url}/api/orders)")
         say(f"API docs        {users_url}/api/docs   {orders_url}/api/docs")
+        if not settings.service_token:
+            say(f"service token   in {data / 'service-token'} (Authorization: Bearer ...)")
         say(f"dashboard       {dashboard_url}   (open it in a browser to watch)")
         say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
         supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from offsim_common import subjects
 from offsim_common.config import Settings
+from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
 from offsim_common.web import JS, POOL, VERSION, base_app, consumers_ctx, micro_ctx
 
@@ -26,7 +27,7 @@ async def republisher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = base_app(settings, "orders")
+    app = base_app(settings, "orders", deadline_s=REQUEST_DEADLINE_S)
     app.cleanup_ctx.append(
         micro_ctx(
             "orders",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
+from offsim_common import idempotency
+from offsim_common.auth import authenticate, require_ssd_owner
 from offsim_common.http import (
     BadRequest,
     NotFound,
@@ -20,11 +23,11 @@ from offsim_common.messages import (
     Product,
     ProductPage,
 )
-from offsim_common.openapi import ID_SCHEMA, STRING_SCHEMA, doc
-from offsim_common.web import JS, POOL
+from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, STRING_SCHEMA, doc
+from offsim_common.web import JS, NC, POOL, SETTINGS
 
 from . import queries
-from .orders import create_order
+from .orders import announce_order, insert_order
 
 MAX_PAGE = 500
 MAX_OFFSET = 2**31 - 1
@@ -35,15 +38,28 @@ PAGING = {
 
 
 @doc("Place an order; it is published on orders.pending", "orders", body=OrderRequest,
-     responses={201: Order}, errors=(400, 404, 409))  # fmt: skip
+     responses={201: Order}, errors=(400, 401, 403, 404, 409, 422, 503),
+     headers=IDEMPOTENCY_KEY, auth=True)  # fmt: skip
 async def place_order(request: web.Request) -> web.Response:
+    app = request.app
+    caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     body = await read_body(request, OrderRequest)
-    order = await create_order(request.app[POOL], request.app[JS], body)
-    return json_response(Order.model_validate(order).model_dump(mode="json"), status=201)
+    key = await idempotency.request_key(request)
+
+    async def place(conn: asyncpg.Connection) -> tuple[web.Response, asyncpg.Record]:
+        await require_ssd_owner(conn, caller, body.ssd_id)
+        row = await insert_order(conn, body)
+        order = Order.model_validate(dict(row)).model_dump(mode="json")
+        return json_response(order, status=201), row
+
+    response, row = await idempotency.run_once(app[POOL], key, place)
+    if row is not None:  # not a replay
+        await announce_order(app[POOL], app[NC], app[JS], row)
+    return response
 
 
 @doc("An order, its status and the time of each transition", "orders",
-     responses={200: OrderDetail}, errors=(400, 404),
+     responses={200: OrderDetail}, errors=(400, 404, 503),
      path={"id": (ID_SCHEMA, "the order's id")})  # fmt: skip
 async def get_order(request: web.Request) -> web.Response:
     order_id = int_param(request.match_info["id"], "id", minimum=1)
@@ -62,7 +78,7 @@ ORDER_FILTERS = {
 
 
 @doc("Orders, newest first, filtered by SSD and status", "orders", responses={200: OrderPage},
-     errors=(400,), query=ORDER_FILTERS)  # fmt: skip
+     errors=(400, 503), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
     query = request.query
     query_params(request, set(ORDER_FILTERS))
@@ -80,7 +96,7 @@ async def list_orders(request: web.Request) -> web.Response:
 
 
 @doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
-     errors=(400,), query=PAGING)  # fmt: skip
+     errors=(400, 503), query=PAGING)  # fmt: skip
 async def list_products(request: web.Request) -> web.Response:
     query_params(request, set(PAGING))
     limit, offset = paging(request)
@@ -91,7 +107,7 @@ async def list_products(request: web.Request) -> web.Response:
     return json_response(page.model_dump(mode="json"))
 
 
-@doc("One product", "products", responses={200: Product}, errors=(404,),
+@doc("One product", "products", responses={200: Product}, errors=(404, 503),
      path={"barcode": (STRING_SCHEMA, "the product's barcode (OFF code)")})  # fmt: skip
 async def get_product(request: web.Request) -> web.Response:
     barcode = request.match_info["barcode"]

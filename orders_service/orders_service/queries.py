@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from offsim_common.messages import OrderRequest
 
-ORDER_COLUMNS = "id, ssd_id, barcode, quantity, status, created_at"
+ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
 
 
@@ -16,38 +16,48 @@ async def insert_order(
     conn: asyncpg.Connection, order: OrderRequest, request_id: str | None
 ) -> asyncpg.Record:
     return await conn.fetchrow(
-        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, request_id)
-            VALUES ($1, $2, $3, $4)
+        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, kind, request_id)
+            VALUES ($1, $2, $3, $4, $5)
             RETURNING {ORDER_COLUMNS}""",
         order.ssd_id,
         order.barcode,
         order.quantity,
+        order.kind.value,
         request_id,
     )
 
 
-async def mark_published(conn: asyncpg.Connection, order_id: int) -> None:
+async def mark_published(conn: asyncpg.Connection, order_ids: list[int]) -> None:
     await conn.execute(
-        "UPDATE product_orders SET published_at = now() WHERE id = $1 AND published_at IS NULL",
-        order_id,
+        """UPDATE product_orders SET published_at = now(), publish_claimed_until = NULL
+           WHERE id = ANY($1::bigint[]) AND published_at IS NULL""",
+        order_ids,
     )
 
 
-async def unpublished_orders(conn: asyncpg.Connection, older_than_s: float) -> list[asyncpg.Record]:
-    """Orders whose orders.pending was never acknowledged; locked so one replica re-publishes
-    each (call inside a transaction)."""
+async def claim_unpublished(
+    conn: asyncpg.Connection, older_than_s: float, claim_s: float
+) -> list[asyncpg.Record]:
+    """Orders whose orders.pending was never acknowledged, claimed for `claim_s` seconds so
+    that one replica re-publishes each (a lapsed claim is taken again)."""
     return await conn.fetch(
-        f"""SELECT {ORDER_COLUMNS}, request_id FROM product_orders
-            WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT 100
-            FOR UPDATE SKIP LOCKED""",
+        f"""UPDATE product_orders SET publish_claimed_until = now() + make_interval(secs => $2)
+            WHERE id IN (
+                SELECT id FROM product_orders
+                WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+                  AND (publish_claimed_until IS NULL OR publish_claimed_until < now())
+                ORDER BY created_at LIMIT 100
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}, request_id""",
         older_than_s,
+        claim_s,
     )
 
 
 async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.status, o.created_at, o.shipped_at,
+        """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
+                  o.shipped_at,
                   o.completed_at, p.name AS product_name
            FROM product_orders o JOIN products p ON p.barcode = o.barcode WHERE o.id = $1""",
         order_id,

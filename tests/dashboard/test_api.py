@@ -196,11 +196,11 @@ async def test_bad_query_parameter_returns_400_naming_it(dashboard, path, field)
     assert set(body["details"]) == {field}
 
 
-async def test_database_down_returns_json_500_not_a_traceback(dashboard):
+async def test_database_down_returns_json_503_not_a_traceback(dashboard):
     await dashboard.app[POOL].close()
     resp = await dashboard.get("/api/summary")
-    assert resp.status == 500
-    assert (await resp.json())["error"] == "internal_error"
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) > 0
+    assert (await resp.json())["error"] == "unavailable"
 
 
 async def test_services_reports_health_of_users_and_orders(

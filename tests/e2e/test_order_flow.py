@@ -34,7 +34,7 @@ async def test_register_order_complete_raises_stock(users, orders, notifications
     assert resp.status == 201, await resp.text()
     order = await resp.json()
     assert order["status"] == "pending"
-    assert set(order) == {"id", "ssd_id", "barcode", "quantity", "status", "created_at"}
+    assert set(order) == {"id", "ssd_id", "barcode", "quantity", "kind", "status", "created_at"}
 
     async def completed():
         body = await (await orders.get(f"/api/orders/{order['id']}")).json()

@@ -75,13 +75,33 @@ async def test_place_order_unknown_ssd_or_product_returns_404(orders, ssd_id, pr
     assert resp.status == 404 and "barcode" in (await resp.json())["details"]
 
 
-async def test_place_order_second_open_order_same_product_returns_409(orders, ssd_id, products):
+async def test_place_order_repeat_order_same_product_returns_201_new_order(
+    orders, ssd_id, products
+):
     body = {"ssd_id": ssd_id, "barcode": products[1], "quantity": 1}
-    assert (await orders.post("/api/orders", json=body)).status == 201
+    first = await orders.post("/api/orders", json=body)
+    again = await orders.post("/api/orders", json=body)
+    assert first.status == again.status == 201
+    assert (await first.json())["id"] != (await again.json())["id"]
+    assert (await again.json())["kind"] == "order"
+
+
+async def test_place_order_second_open_restock_same_product_returns_409(orders, ssd_id, products):
+    body = {"ssd_id": ssd_id, "barcode": products[1], "quantity": 1, "kind": "restock"}
+    # An open plain order does not count against the restocking.
+    assert (await orders.post("/api/orders", json={**body, "kind": "order"})).status == 201
+    first = await orders.post("/api/orders", json=body)
+    assert first.status == 201 and (await first.json())["kind"] == "restock"
     resp = await orders.post("/api/orders", json=body)
     assert resp.status == 409 and "barcode" in (await resp.json())["details"]
     other = {**body, "barcode": products[2]}
     assert (await orders.post("/api/orders", json=other)).status == 201
+
+
+async def test_place_order_unknown_kind_returns_400(orders, ssd_id, products):
+    body = {"ssd_id": ssd_id, "barcode": products[1], "quantity": 1, "kind": "gift"}
+    resp = await orders.post("/api/orders", json=body)
+    assert resp.status == 400 and "kind" in (await resp.json())["details"]
 
 
 async def test_get_and_list_orders(orders, ssd_id, products):

@@ -36,7 +36,7 @@ async def test_register_user_valid_returns_201_without_password(users, pool, pro
     resp = await users.post("/api/register", json=VALID)
     assert resp.status == 201
     user = await resp.json()
-    assert set(user) == {"id", "first_name", "last_name", "email", "devices"}
+    assert set(user) == {"id", "first_name", "last_name", "email", "devices", "token"}
     assert user["email"] == "grace@example.org"
     assert [d["mac_address"] for d in user["devices"]] == ["aa:bb:cc:00:11:22", "aa:bb:cc:00:11:23"]
     assert all(isinstance(d["id"], int) for d in user["devices"])

@@ -7,6 +7,7 @@ import random
 from aiohttp import web
 from offsim_common import subjects
 from offsim_common.config import Settings
+from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
 from offsim_common.web import POOL, VERSION, base_app, consumers_ctx, micro_ctx
 
@@ -16,7 +17,7 @@ from .routes import setup_routes
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = base_app(settings, "users")
+    app = base_app(settings, "users", deadline_s=REQUEST_DEADLINE_S)
     app[RNG] = random.Random(settings.seed)
     app.cleanup_ctx.append(
         micro_ctx(

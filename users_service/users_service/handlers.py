@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from aiohttp import web
+from offsim_common import idempotency
+from offsim_common.auth import authenticate, require_ssd_owner, require_user
 from offsim_common.http import NotFound, int_param, json_response, read_body
 from offsim_common.messages import (
     ConsumeRequest,
     ConsumeResult,
     RegisterRequest,
+    RegisterResult,
     UserDetail,
-    UserRegistered,
 )
-from offsim_common.openapi import ID_SCHEMA, doc
-from offsim_common.web import JS, POOL, SETTINGS
+from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, doc
+from offsim_common.web import JS, NC, POOL, SETTINGS
 
 from . import queries
 from .app_keys import RNG
@@ -22,18 +24,26 @@ ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
 
 @doc("Register a user and their SSDs (one transaction)", "users", body=RegisterRequest,
-     responses={201: UserRegistered}, errors=(400, 409))  # fmt: skip
+     responses={201: RegisterResult}, errors=(400, 409, 422, 503),
+     headers=IDEMPOTENCY_KEY)  # fmt: skip
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, RegisterRequest)
+    # The body carries a password: its fingerprint is a slow hash, like the password's.
+    key = await idempotency.request_key(request, slow=True)
     app = request.app
-    user = await register_user(app[POOL], app[JS], body, app[SETTINGS].watched_products, app[RNG])
-    return json_response(user.model_dump(mode="json"), status=201)
+    return await register_user(
+        app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG], key
+    )
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},
-     errors=(400, 404), path={"id": (ID_SCHEMA, "the user's id")})  # fmt: skip
+     errors=(400, 401, 403, 404, 503), path={"id": (ID_SCHEMA, "the user's id")},
+     auth=True)  # fmt: skip
 async def get_user(request: web.Request) -> web.Response:
+    app = request.app
+    caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     user_id = int_param(request.match_info["id"], "id", minimum=1)
+    require_user(caller, user_id)
     async with request.app[POOL].acquire() as conn:
         user = await queries.fetch_user(conn, user_id)
     if user is None:
@@ -42,13 +52,15 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 @doc("An SSD reports stock used; the answer lists what fell below its reorder point", "ssds",
-     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 404), path=ID)  # fmt: skip
+     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 401, 403, 404, 503),
+     path=ID, auth=True)  # fmt: skip
 async def consume(request: web.Request) -> web.Response:
+    app = request.app
+    caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     ssd_id = int_param(request.match_info["id"], "id", minimum=1)
     body = await read_body(request, ConsumeRequest)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if not await queries.ssd_exists(conn, ssd_id):
-            raise NotFound(f"SSD {ssd_id} not found", {"id": "unknown SSD"})
+        await require_ssd_owner(conn, caller, ssd_id, field="id")
         rows = await queries.consume_stock(conn, ssd_id, body.barcode, body.quantity)
     if body.barcode is not None and not rows:
         raise NotFound(f"SSD {ssd_id} does not watch {body.barcode}", {"barcode": "not watched"})

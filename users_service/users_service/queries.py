@@ -56,6 +56,12 @@ async def watch_random_products(
     return len(rows)
 
 
+async def insert_token(conn: asyncpg.Connection, user_id: int, token_hash: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)", token_hash, user_id
+    )
+
+
 async def fetch_user(conn: asyncpg.Connection, user_id: int) -> dict[str, Any] | None:
     user = await conn.fetchrow(
         "SELECT id, first_name, last_name, email, created_at FROM users WHERE id = $1", user_id
