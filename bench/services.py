@@ -71,7 +71,7 @@ async def main(n_users: int, n_orders: int) -> None:
             orders_runner, orders_url = await serve(orders_app(settings))
             stop = asyncio.Event()
             notifications = asyncio.create_task(serve_notifications(settings, stop))
-            ssds: list[int] = []
+            ssds: list[tuple[int, str]] = []  # an SSD and its owner's bearer token
             async with aiohttp.ClientSession() as http:
 
                 async def register(i: int) -> None:
@@ -82,14 +82,17 @@ async def main(n_users: int, n_orders: int) -> None:
                     }  # fmt: skip
                     async with http.post(f"{users_url}/api/register", json=body) as resp:
                         assert resp.status == 201, await resp.text()
-                        ssds.append((await resp.json())["devices"][0]["id"])
+                        user = await resp.json()
+                        ssds.append((user["devices"][0]["id"], user["token"]))
 
                 await timed("POST /api/register (scrypt per user)", n_users, 4, register)
 
                 async def order(i: int) -> None:
-                    body = {"ssd_id": ssds[i % len(ssds)], "barcode": f"{i // len(ssds) + 1:013d}",
-                            "quantity": 1}  # fmt: skip
-                    async with http.post(f"{orders_url}/api/orders", json=body) as resp:
+                    ssd, token = ssds[i % len(ssds)]
+                    body = {"ssd_id": ssd, "barcode": f"{i // len(ssds) + 1:013d}", "quantity": 1}
+                    auth = {"Authorization": f"Bearer {token}"}
+                    url = f"{orders_url}/api/orders"
+                    async with http.post(url, json=body, headers=auth) as resp:
                         assert resp.status == 201, await resp.text()
 
                 pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)

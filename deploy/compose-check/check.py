@@ -227,8 +227,11 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
         "devices": [{"mac_address": mac}],
     })  # fmt: skip
     ssd = user["devices"][0]["id"]
-    auth = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
-    stack.step(f"registered user {user['id']} with SSD {ssd} (POST /api/register: 201)")
+    auth = {"Authorization": f"Bearer {user['token']}"}
+    stack.step(f"registered user {user['id']} with SSD {ssd} (POST /api/register: 201, a token)")
+    client.expect(401, "orders", "POST", "/api/orders", {"ssd_id": ssd, "barcode": barcodes[0],
+                                                         "quantity": 1})  # fmt: skip
+    stack.step("an order without the owner's token is refused (401)")
     for barcode in barcodes:
         status, order = client.request(
             "orders",
@@ -335,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     engine = Engine(args.cache)
     health = HealthChecks(engine)
-    secret = {"POSTGRES_PASSWORD": secrets.token_hex(16), "SIM_SPEED": SIM_SPEED}
+    secret = {
+        "POSTGRES_PASSWORD": secrets.token_hex(16),
+        "OFFSIM_SERVICE_TOKEN": secrets.token_urlsafe(32),
+        "SIM_SPEED": SIM_SPEED,
+    }
     try:
         engine.start()
         engine.build_standins()

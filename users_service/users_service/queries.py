@@ -99,10 +99,6 @@ async def random_ssd_id(conn: asyncpg.Connection) -> int | None:
     )
 
 
-async def ssd_exists(conn: asyncpg.Connection, ssd_id: int) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM ssds WHERE id = $1", ssd_id))
-
-
 async def consume_stock(
     conn: asyncpg.Connection, ssd_id: int, barcode: str | None, quantity: int
 ) -> list[asyncpg.Record]:
