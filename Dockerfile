@@ -28,18 +28,25 @@ ARG MEMBER
 COPY . /context
 RUN offsim-image select "${MEMBER}" /context /image
 
-# Wheels of the members and of every dependency, at the versions constraints.txt pins.
+# Wheels of every dependency, at the versions constraints.txt pins, then of the members. The
+# dependencies come first, in a layer of their own: an edit to offsim's code rebuilds only the
+# members' wheels (and members with the same dependencies share that layer).
 FROM base AS build
+COPY --from=select /image/deps/ ./
+RUN pip wheel --wheel-dir /wheels -c constraints.txt -r requirements.txt
 COPY --from=select /image/src/ ./
-RUN pip wheel --wheel-dir /wheels -c constraints.txt ./*/
+RUN pip wheel --wheel-dir /wheels --no-deps ./*/
 
 FROM base AS dev
+COPY --from=select /image/deps/ ./
+# The dependencies, and watchfiles (pinned in constraints.txt), which restarts a long-running
+# service when a .py file changes; then every member editable, so that an edit mounted on /src
+# counts.
+RUN pip install -c constraints.txt watchfiles -r requirements.txt
 COPY --from=select /image/src/ ./
 COPY --from=select /image/image.json /etc/offsim/image.json
-# Every member editable, so that an edit mounted on /src counts; watchfiles (pinned in
-# constraints.txt) restarts a long-running service when a .py file changes.
 RUN set -- && for folder in ./*/; do set -- "$@" --editable "$folder"; done \
- && pip install -c constraints.txt watchfiles "$@"
+ && pip install --no-deps -c constraints.txt "$@"
 USER 10001:10001
 CMD ["offsim-image", "dev"]
 

@@ -11,6 +11,8 @@ reads CONTEXT/workspace.toml and the members' pyproject.toml files and writes
 
 - OUT/src/: constraints.txt, MEMBER's folder and the folder of every workspace member it
   depends on, directly or not (what the `build` and `dev` stages install);
+- OUT/deps/: constraints.txt and requirements.txt, the third-party requirements of those
+  members (installed first, in a layer that a change to offsim's code leaves cached);
 - OUT/image.json: the member, its distribution (the image's name), the command the image runs
   (its console script), the members it holds, and the port it serves /api/health on by default:
   the `default_port=` or `http_port=` its entry module passes, or null for a one-shot.
@@ -126,12 +128,29 @@ def describe(context: Path, member: str) -> dict:
     }
 
 
+def third_party(projects: dict[str, dict], folders: list[str]) -> list[str]:
+    """The requirements of these members that are not workspace members, sorted, once each."""
+    ours = {normalized(project["name"]) for project in projects.values()}
+    found = set()
+    for folder in folders:
+        for requirement in projects[folder].get("dependencies", []):
+            if normalized(re.match(r"[A-Za-z0-9._-]+", requirement)[0]) not in ours:
+                found.add(requirement)
+    return sorted(found, key=str.lower)
+
+
 def select(member: str, context: Path, out: Path) -> dict:
     info = describe(context, member)
     (out / "src").mkdir(parents=True)
     shutil.copy2(context / "constraints.txt", out / "src")
     for folder in info["members"]:
         shutil.copytree(context / folder, out / "src" / folder)
+    # The third-party dependencies alone, so that the stages install them in a layer of their
+    # own: a change to offsim's code then rebuilds only the small layer of the members.
+    (out / "deps").mkdir()
+    shutil.copy2(context / "constraints.txt", out / "deps")
+    requirements = third_party(workspace(context), info["members"])
+    (out / "deps" / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
     (out / "image.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

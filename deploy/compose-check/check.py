@@ -172,9 +172,10 @@ class Client:
             status, text = _http(method, url, data, headers)
         else:
             url = f"http://{service}:{PORTS[service]}{path}"
-            out = self.stack.compose("exec", "-T", "--index", "1", "dashboard", "python", "-c",
-                                     IN_CONTAINER_CLIENT, method, url, data,
-                                     json.dumps(headers)).stdout  # fmt: skip
+            # Podman's own exec: an exec through its Docker API leaves a conmon behind.
+            out = self.stack.engine.podman("exec", f"{PROJECT}-dashboard-1", "python", "-c",
+                                           IN_CONTAINER_CLIENT, method, url, data,
+                                           json.dumps(headers)).stdout  # fmt: skip
             answer = json.loads(out.strip().splitlines()[-1])
             status, text = answer["status"], answer["body"]
         try:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,6 +266,7 @@ def test_prod_health_check_and_command():
 def test_dev_installs_editable_with_watchfiles():
     dev = STAGE["dev"]
     assert copies(dev) == [
+        ("select", "/image/deps/", "./"),
         ("select", "/image/src/", "./"),
         ("select", "/image/image.json", "/etc/offsim/image.json"),
     ]
@@ -320,18 +322,43 @@ def test_the_image_runs_what_compose_runs(member, selected):
 
 def test_build_and_dev_install_exactly_the_selected_members(member, selected, tmp_path):
     """The shell of the build and dev stages, run in what `select` wrote (the stages copy it to
-    WORKDIR /src), with a fake pip: wheels of every needed member, each editable in dev."""
+    WORKDIR /src), with a fake pip: the dependencies first, then wheels of every needed member
+    without their dependencies (each editable in dev)."""
     out, info = selected
     needed = {f"./{folder}/" for folder in info["members"]}
     fake(tmp_path / "bin", "pip")
-    (wheel,) = run_in_stage(STAGE["build"], out / "src", tmp_path / "bin")
-    assert wheel[:6] == ["pip", "wheel", "--wheel-dir", "/wheels", "-c", "constraints.txt"]
-    assert set(wheel[6:]) == needed and len(wheel[6:]) == len(needed)
+    deps, wheel = run_in_stage(STAGE["build"], out / "src", tmp_path / "bin")
+    assert deps == ["pip", "wheel", "--wheel-dir", "/wheels", "-c", "constraints.txt", "-r",
+                    "requirements.txt"]  # fmt: skip
+    assert wheel[:4] == ["pip", "wheel", "--wheel-dir", "/wheels"] and wheel[4] == "--no-deps"
+    assert set(wheel[5:]) == needed and len(wheel[5:]) == len(needed)
     (tmp_path / "bin" / "calls.jsonl").unlink()
-    (install,) = run_in_stage(STAGE["dev"], out / "src", tmp_path / "bin")
-    assert install[:5] == ["pip", "install", "-c", "constraints.txt", "watchfiles"]
+    deps, install = run_in_stage(STAGE["dev"], out / "src", tmp_path / "bin")
+    assert deps == ["pip", "install", "-c", "constraints.txt", "watchfiles", "-r",
+                    "requirements.txt"]  # fmt: skip
+    assert install[:5] == ["pip", "install", "--no-deps", "-c", "constraints.txt"]
     editable = install[5:]
     assert editable[::2] == ["--editable"] * len(needed) and set(editable[1::2]) == needed
+
+
+def test_select_writes_the_third_party_requirements(member, selected):
+    """deps/ holds the requirements of the selected members that are not workspace members,
+    so the dependency layer changes only when a dependency does."""
+    out, info = selected
+    projects = {
+        folder: tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+        for folder in info["members"]
+    }
+    ours = {m.distribution for m in members().values()}
+    wanted = {
+        requirement
+        for project in projects.values()
+        for requirement in project.get("dependencies", [])
+        if re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0] not in ours
+    }
+    written = (out / "deps" / "requirements.txt").read_text().splitlines()
+    assert set(written) == wanted and len(written) == len(wanted) and wanted
+    assert (out / "deps" / "constraints.txt").read_text() == (ROOT / "constraints.txt").read_text()
 
 
 def test_image_commands_exec_the_member(member, selected, tmp_path):
