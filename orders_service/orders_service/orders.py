@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 from nats.js import JetStreamContext
-from offsim_common import bus, subjects
+from offsim_common import bus, subjects, tracing
 from offsim_common.http import Conflict, NotFound
 from offsim_common.logs import request_id
 from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
@@ -56,6 +56,7 @@ async def create_order(
                 {"barcode": "an order for this product is already open"},
             ) from None
         ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
+        tracing.annotate({"offsim.order.id": row["id"]})
         event = pending_event(row)
         try:
             await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
