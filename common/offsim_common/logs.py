@@ -42,9 +42,17 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get() or "-"
         record.trace_id, record.span_id = tracing.log_ids()
-        # Plain text shows the ids only when there is a span.
-        record.trace = "" if record.trace_id == "-" else f" {record.trace_id} {record.span_id}"
         return True
+
+
+class _TextFormatter(logging.Formatter):
+    """`[request id]`, or `[request id trace id span id]` inside a span."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        ids = record.request_id
+        if getattr(record, "trace_id", "-") != "-":
+            ids = f"{ids} {record.trace_id} {record.span_id}"
+        return f"{record.asctime} {record.levelname} {record.name} [{ids}] {record.message}"
 
 
 def setup_logging(level: str, service: str, *, json_lines: bool | None = None) -> None:
@@ -63,11 +71,7 @@ def setup_logging(level: str, service: str, *, json_lines: bool | None = None) -
             )
         )
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s [%(request_id)s%(trace)s] %(message)s"
-            )
-        )
+        handler.setFormatter(_TextFormatter("%(asctime)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

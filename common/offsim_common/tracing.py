@@ -257,6 +257,16 @@ def requesting(subject: str):
     )
 
 
+def untraced():
+    """Instrumented calls inside (database queries) make no span: for a poll that runs every few
+    seconds and would otherwise be a trace of its own each time. Spans made here still are."""
+    if _tracer is None:
+        return nullcontext()
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
+
+
 def annotate(attributes: Mapping[str, Any]) -> None:
     """Add attributes to the current span."""
     if _tracer is not None:

@@ -68,21 +68,27 @@ async def create_order(
 
 
 async def republish_forever(pool: asyncpg.Pool, js: JetStreamContext, every_s: float = 5.0) -> None:
-    """Announce orders whose publish failed. Replicas share the work through SKIP LOCKED."""
+    """Announce orders whose publish failed. Replicas share the work through SKIP LOCKED. The
+    poll itself is not traced; each re-publish is a trace of its own."""
     while True:
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                for row in await queries.unpublished_orders(conn, REPUBLISH_AFTER_S):
-                    event = pending_event(row)
-                    token = request_id.set(row["request_id"])  # the placing request's
-                    try:
-                        await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
-                    finally:
-                        request_id.reset(token)
-                    await queries.mark_published(conn, row["id"])
-                    log.info("order %s re-published", row["id"])
+            with tracing.untraced():
+                await _republish(pool, js)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("re-publishing pending orders failed: %s", exc)
         await asyncio.sleep(every_s)
+
+
+async def _republish(pool: asyncpg.Pool, js: JetStreamContext) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for row in await queries.unpublished_orders(conn, REPUBLISH_AFTER_S):
+            event = pending_event(row)
+            token = request_id.set(row["request_id"])  # the placing request's
+            try:
+                await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
+            finally:
+                request_id.reset(token)
+            await queries.mark_published(conn, row["id"])
+            log.info("order %s re-published", row["id"])

@@ -87,3 +87,26 @@ async def test_probes_and_scrapes_are_not_traced(spans, users, pool):
         await users.get(path)
     served = {s.name for s in spans.get_finished_spans() if s.kind.name == "SERVER"}
     assert served == {"GET /api/users/{id}"}
+
+
+def test_text_logs_show_the_trace_beside_the_request_id_inside_a_span(spans, capsys):
+    import logging
+
+    from offsim_common.logs import request_id, setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    setup_logging("INFO", "orders", json_lines=False)
+    token = request_id.set("abc123")
+    try:
+        logging.getLogger("t").info("outside")
+        with tracing.span("inside") as current:
+            logging.getLogger("t").info("inside")
+    finally:
+        request_id.reset(token)
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    outside, inside = capsys.readouterr().err.splitlines()[-2:]
+    context = current.get_span_context()
+    assert outside.endswith("[abc123] outside")
+    assert inside.endswith(f"[abc123 {context.trace_id:032x} {context.span_id:016x}] inside")
