@@ -165,3 +165,21 @@ async def notifications(settings, nc):
     yield task
     stop.set()
     await task
+
+
+@pytest.fixture
+def spans() -> Iterator:
+    """Tracing on in this process, every finished span kept in memory (the SDK's in-memory
+    exporter). Ask for it before the services, whose apps must be made once it is on."""
+    from offsim_common import tracing
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    traces = tracing.start_tracing(
+        Settings(), "offsim-test", processors=[SimpleSpanProcessor(exporter)], register=False
+    )
+    try:
+        yield exporter
+    finally:
+        traces.shutdown()

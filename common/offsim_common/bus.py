@@ -1,11 +1,16 @@
 """NATS and JetStream: connecting, the streams, publishing, and running durable consumers.
 
 Every JetStream consumer in offsim runs through :func:`consume`, which writes down the ack policy
-once: a handler that returns is acked (after its transaction committed); :class:`Defer` asks for
-redelivery later; any other error is logged and nak'ed with back-off. A payload that fails
+once: a handler that returns is acked (after its transaction committed); a message whose
+`due_in` is still ahead (or a handler raising :class:`Defer`) is delivered again later; any
+other error is logged and nak'ed with back-off. A payload that fails
 validation, or a message that failed on every one of its `max_deliver` deliveries, is logged,
 copied to the dead-letter stream (`deadletter.<durable>`) and terminated: one bad message never
 stops a consumer, and none is lost without a trace.
+
+Traces (`tracing.py`): every publish is a producer span whose context travels in the message's
+`traceparent` header, and each handled message a consumer span, its child. A message sent back
+because it is not due yet makes no span.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from opentelemetry.trace import Span
 from pydantic import BaseModel, ValidationError
 
-from . import subjects
+from . import subjects, tracing
 from .logs import request_id, request_id_from, request_id_headers
 from .metrics import NATS_MESSAGES
 
@@ -109,10 +115,15 @@ async def publish(
     ack_timeout_s: float | None = None,
 ) -> None:
     """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish."""
-    headers = {"Nats-Msg-Id": msg_id, **request_id_headers()}
-    await js.publish(
-        subject, message.model_dump_json().encode(), headers=headers, timeout=ack_timeout_s
-    )
+    with tracing.publishing(subject, msg_id) as span:
+        headers = tracing.inject({"Nats-Msg-Id": msg_id, **request_id_headers()})
+        try:
+            await js.publish(
+                subject, message.model_dump_json().encode(), headers=headers, timeout=ack_timeout_s
+            )
+        except Exception as exc:
+            tracing.failed(span, exc)
+            raise
 
 
 async def announce(
@@ -140,6 +151,9 @@ class ConsumerSpec(Generic[M]):
     subject: str
     model: type[M]
     handler: Callable[[M, Msg], Awaitable[None]]
+    # Seconds until a message is due (<= 0: now). One not due yet goes back to the stream with
+    # that delay, before any span or handler: waiting leaves no trace but the stage's span.
+    due_in: Callable[[M], float] | None = None
     ack_wait_s: float = 30.0
     # With back-off capped at 30 s, about 45 minutes of retries before a message is dead-lettered.
     max_deliver: int = 100
@@ -176,14 +190,30 @@ async def _dispatch(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> st
         reason = f"invalid: {exc.errors(include_url=False, include_input=False)}"
         log.error("%s: invalid message on %s: %s; data=%r",
                   spec.durable, msg.subject, reason, msg.data[:500])  # fmt: skip
-        await dead_letter(js, spec, msg, reason)
+        with tracing.consuming(msg, spec.durable) as span:
+            tracing.failed(span, description=reason[:200])
+            await dead_letter(js, spec, msg, reason)
         return "dead_letter"
+    if spec.due_in is not None and (remaining := spec.due_in(payload)) > 0:
+        await msg.nak(delay=remaining)
+        return "defer"
+    with tracing.consuming(msg, spec.durable) as span:
+        outcome = await _run(js, spec, msg, payload, span)
+        span.set_attribute("offsim.outcome", outcome)
+        return outcome
+
+
+async def _run(
+    js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg, payload: M, span: Span
+) -> str:
     try:
         await spec.handler(payload, msg)
     except Defer as defer:
+        span.add_event("deferred", {"offsim.delay_s": defer.delay})
         await msg.nak(delay=defer.delay)
         return "defer"
     except Exception as exc:
+        tracing.failed(span, exc)
         delivered = msg.metadata.num_delivered or 1
         if isinstance(exc, PERMANENT_ERRORS):
             # Retrying cannot help: the data contradicts the database (an unknown order, a
@@ -213,6 +243,7 @@ async def dead_letter(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reason
         SUBJECT_HEADER: msg.subject,
         "Nats-Msg-Id": f"{spec.durable}-{msg.metadata.sequence.stream}",
     }
+    tracing.inject(headers)  # the consumer's span, where the message was given up
     await js.publish(f"{subjects.DEAD_LETTER_PREFIX}.{spec.durable}", msg.data, headers=headers)
     await msg.term()
 
@@ -334,10 +365,16 @@ async def watch(
 ) -> list:
     """Follow subjects for display, from now on, as the streams store them: ordered ephemeral
     consumers, so a re-publish the stream de-duplicated is not shown twice (a plain
-    subscription would see both copies)."""
+    subscription would see both copies). Each message shown continues its trace."""
+
+    async def shown(msg: Msg) -> None:
+        with tracing.consuming(msg, "display"):
+            await cb(msg)
+
+    callback = shown if tracing.enabled() else cb
     return [
         await js.subscribe(
-            subject, cb=cb, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+            subject, cb=callback, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
         )
         for subject in watched
     ]

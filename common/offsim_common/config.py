@@ -50,6 +50,45 @@ def _range(
     return low, high
 
 
+TRACES_EXPORTERS = ("otlp", "console", "none")
+TRACES_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+                   "parentbased_always_off", "parentbased_traceidratio")  # fmt: skip
+
+
+def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    """OTEL_TRACES_EXPORTER: a comma-separated list of otlp, console and none (the default)."""
+    raw = env.get("OTEL_TRACES_EXPORTER") or "none"
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACES_EXPORTERS]
+    if unknown:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER must list {', '.join(TRACES_EXPORTERS)}; got {raw!r}"
+        )
+    return tuple(dict.fromkeys(name for name in names if name != "none"))
+
+
+def _sampler(env: Mapping[str, str]) -> tuple[str, float | None]:
+    name = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    if name not in TRACES_SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(TRACES_SAMPLERS)}; "
+                          f"got {name!r}")  # fmt: skip
+    arg = None
+    if env.get("OTEL_TRACES_SAMPLER_ARG"):
+        arg = _float(env, "OTEL_TRACES_SAMPLER_ARG", 1.0)
+        if arg > 1:
+            raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG must be between 0 and 1, got {arg}")
+    return name, arg
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -79,6 +118,12 @@ class Settings:
     # ETL.
     off_api_url: str = "https://world.openfoodfacts.org"
     off_search_rate: float = 10.0
+    # Tracing (the standard OpenTelemetry variables): no exporter means no tracing at all.
+    traces_exporters: tuple[str, ...] = ()
+    otel_service_name: str | None = None
+    otlp_endpoint: str | None = None
+    traces_sampler: str = "parentbased_always_on"
+    traces_sampler_arg: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, http_port: int = 8080) -> Settings:
@@ -87,6 +132,7 @@ class Settings:
         if sim_speed <= 0:
             raise ConfigError(f"SIM_SPEED must be > 0, got {sim_speed}")
         seed = env.get("OFFSIM_SEED")
+        sampler, sampler_arg = _sampler(env)
         return cls(
             database_url=env.get("DATABASE_URL") or cls.database_url,
             nats_url=env.get("NATS_URL") or cls.nats_url,
@@ -109,6 +155,11 @@ class Settings:
             service_token=env.get("OFFSIM_SERVICE_TOKEN") or None,
             off_api_url=(env.get("OFF_API_URL") or cls.off_api_url).rstrip("/"),
             off_search_rate=_float(env, "OFF_SEARCH_RATE", cls.off_search_rate),
+            traces_exporters=_exporters(env),
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or None,
+            otlp_endpoint=_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            traces_sampler=sampler,
+            traces_sampler_arg=sampler_arg,
         )
 
     def simulated(self, seconds: float) -> float:

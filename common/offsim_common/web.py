@@ -13,7 +13,7 @@ from nats import micro
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from . import bus
+from . import bus, tracing
 from .config import Settings
 from .db import create_pool
 from .http import deadline_middleware, error_middleware, request_id_middleware, within
@@ -152,7 +152,12 @@ def run(app_factory: Callable[[Settings], web.Application], name: str, default_p
     """Entry point of an HTTP service: settings from the environment, then serve."""
     settings = Settings.from_env(http_port=default_port)
     setup_logging(settings.log_level, name)
-    web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None)
+    traces = tracing.start_tracing(settings, f"offsim-{name}")
+    try:
+        web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None)
+    finally:
+        if traces is not None:
+            traces.shutdown()
 
 
 def micro_ctx(
@@ -171,7 +176,7 @@ def micro_ctx(
         )
         for endpoint, (subject, handler) in endpoints(app).items():
             await service.add_endpoint(
-                name=endpoint, subject=subject, handler=_counted(f"{name}.{endpoint}", handler)
+                name=endpoint, subject=subject, handler=_served(f"{name}.{endpoint}", handler)
             )
         yield
         if not app[NC].is_closed:
@@ -180,13 +185,16 @@ def micro_ctx(
     return ctx
 
 
-def _counted(endpoint: str, handler: micro.Handler) -> micro.Handler:
-    async def counted(request: micro.Request) -> None:
-        try:
-            await handler(request)
-        except Exception:
-            NATS_REQUESTS.labels(endpoint, "error").inc()
-            raise
+def _served(endpoint: str, handler: micro.Handler) -> micro.Handler:
+    """Counted, and traced: a span continuing the requester's trace, replies carrying it."""
+
+    async def served(request: micro.Request) -> None:
+        with tracing.serving(request, endpoint) as traced:
+            try:
+                await handler(traced)
+            except Exception:
+                NATS_REQUESTS.labels(endpoint, "error").inc()
+                raise
         NATS_REQUESTS.labels(endpoint, "ok").inc()
 
-    return counted
+    return served

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from offsim_common import bus
+from offsim_common import bus, tracing
 from offsim_common.config import Settings
 from offsim_common.logs import setup_logging
 from offsim_common.web import start_probe_server
@@ -104,14 +104,19 @@ async def amain(argv: list[str] | None = None) -> None:
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
     setup_logging(settings.log_level, "generator")
+    traces = tracing.start_tracing(settings, "offsim-generator")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run(
-        settings, stop, sim_hours=args.sim_hours, max_events=args.max_events,
-        probe_port=settings.http_port,
-    )  # fmt: skip
+    try:
+        await run(
+            settings, stop, sim_hours=args.sim_hours, max_events=args.max_events,
+            probe_port=settings.http_port,
+        )  # fmt: skip
+    finally:
+        if traces is not None:
+            traces.shutdown()
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
-from offsim_common import subjects
+from offsim_common import subjects, tracing
 from offsim_common.messages import RandomOrderRequest
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,27 @@ async def gather_random(
 ) -> Gathered:
     """Publish one orders.random request and collect both services' replies (or what came
     before `wait_s`)."""
+    with tracing.requesting(subjects.ORDERS_RANDOM) as span:
+        gathered = await _gather(nc, wait_s, request, span)
+        span.set_attribute("offsim.replies.errors", len(gathered.errors))
+    return gathered
+
+
+async def _gather(
+    nc: Client, wait_s: float, request: RandomOrderRequest | None, span: tracing.Span
+) -> Gathered:
     gathered = Gathered()
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, max_msgs=2)
     try:
         payload = (request or RandomOrderRequest()).model_dump_json(exclude_none=True).encode()
-        await nc.publish(subjects.ORDERS_RANDOM, payload, reply=inbox)
+        headers = tracing.inject({}) or None
+        await nc.publish(subjects.ORDERS_RANDOM, payload, reply=inbox, headers=headers)
         async with asyncio.timeout(wait_s):
             for _ in range(2):
                 msg = await sub.next_msg(timeout=wait_s)
+                # Each reply is an event of the request's span, pointing at the span answering.
+                span.add_event("reply", {"offsim.reply.traceparent": _traceparent(msg)})
                 if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
                     gathered.errors.append("no service answers orders.random")
                     break
@@ -69,3 +81,7 @@ async def gather_random(
     finally:
         await sub.unsubscribe()
     return gathered
+
+
+def _traceparent(msg) -> str:
+    return (msg.headers or {}).get("traceparent", "")

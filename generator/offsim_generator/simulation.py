@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from faker import Faker
 from nats.aio.client import Client
+from offsim_common import tracing
 from offsim_common.config import Settings
 from offsim_common.messages import RandomOrderRequest
 from offsim_common.metrics import GENERATOR_EVENTS
@@ -71,16 +72,20 @@ class Simulation:
         """Send one event, chosen by weight. Never raises: failures are logged and counted."""
         name = self.rng.choices(EVENTS, weights=self._weights)[0]
         self.stats["events"] += 1
-        try:
-            await self._events[name]()
-        except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            outcome = "failed"
-            log.warning("%s failed: %s", name, exc or type(exc).__name__)
-        except Exception:
-            outcome = "failed"
-            log.exception("%s failed unexpectedly", name)
-        else:
-            outcome = "sent"
+        # Each event starts its own trace: the requests it makes, and all they cause, join it.
+        with tracing.span(f"simulate {name}", attributes={"offsim.event": name}) as span:
+            try:
+                await self._events[name]()
+            except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                outcome = "failed"
+                tracing.failed(span, exc)
+                log.warning("%s failed: %s", name, exc or type(exc).__name__)
+            except Exception as exc:
+                outcome = "failed"
+                tracing.failed(span, exc)
+                log.exception("%s failed unexpectedly", name)
+            else:
+                outcome = "sent"
         self.stats[f"{name}.{outcome}"] += 1
         GENERATOR_EVENTS.labels(name, outcome).inc()
         return name

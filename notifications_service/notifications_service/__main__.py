@@ -8,7 +8,7 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
-from offsim_common import bus
+from offsim_common import bus, tracing
 from offsim_common.config import Settings
 from offsim_common.logs import setup_logging
 from offsim_common.web import start_probe_server
@@ -36,11 +36,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 async def amain() -> None:
     settings = Settings.from_env(http_port=8083)
     setup_logging(settings.log_level, "notifications")
+    traces = tracing.start_tracing(settings, "offsim-notifications")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+    try:
+        await serve(settings, stop)
+    finally:
+        if traces is not None:
+            traces.shutdown()
 
 
 def main() -> None:

@@ -5,6 +5,10 @@ the remaining delay and JetStream hands it back when it is due. The delay is der
 order id, so a redelivery after a crash or restart finds the same due time, and any number of
 orders can be in flight at once. The next event is published with a de-duplication id before the
 message is acked, so a crash between the two re-publishes a message the server drops.
+
+A message that is not due yet goes back to JetStream before any span is made (`due_in`): an
+order's trace has one span per stage however often it was redelivered, with the stage's wait
+in its attributes (`offsim.stage.delay_s`, `offsim.stage.waited_s`, `offsim.deliveries`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from offsim_common import bus, subjects
+from offsim_common import bus, subjects, tracing
 from offsim_common.config import Settings
 from offsim_common.messages import OrderEvent, OrderStatus
 
@@ -50,12 +54,22 @@ def delay_for(order_id: int, stage: str, delay_range: tuple[float, float], seed:
 def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bus.ConsumerSpec:
     seed = settings.seed or 0
 
+    def delay(event: OrderEvent) -> float:
+        """Real seconds this stage takes for this order, from the previous event."""
+        return settings.simulated(delay_for(event.id, stage.name, stage.delay_range, seed))
+
+    def due_in(event: OrderEvent) -> float:
+        return event.timestamp.timestamp() + delay(event) - datetime.now(UTC).timestamp()
+
     async def handle(event: OrderEvent, msg: Msg) -> None:
-        delay = settings.simulated(delay_for(event.id, stage.name, stage.delay_range, seed))
-        remaining = event.timestamp.timestamp() + delay - datetime.now(UTC).timestamp()
-        if remaining > 0:
-            raise bus.Defer(remaining)
-        following = event.advanced(stage.next_status, datetime.now(UTC))
+        now = datetime.now(UTC)
+        tracing.annotate({
+            "offsim.stage": stage.name,
+            "offsim.order.id": event.id,
+            "offsim.stage.delay_s": round(delay(event), 3),
+            "offsim.stage.waited_s": round((now - event.timestamp).total_seconds(), 3),
+        })  # fmt: skip
+        following = event.advanced(stage.next_status, now)
         await bus.publish(js, stage.publishes, following, following.msg_id)
         log.info("order %s %s", event.id, stage.next_status)
 
@@ -65,6 +79,7 @@ def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bu
         subject=stage.listens,
         model=OrderEvent,
         handler=handle,
+        due_in=due_in,
     )
 
 

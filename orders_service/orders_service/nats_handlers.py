@@ -9,7 +9,7 @@ from datetime import datetime
 import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
-from offsim_common import bus, subjects
+from offsim_common import bus, subjects, tracing
 from offsim_common.messages import OrderEvent, RandomBarcodeReply, RandomOrderRequest
 from offsim_common.metrics import ORDER_TRANSITION_SECONDS, ORDER_TRANSITIONS
 from pydantic import ValidationError
@@ -47,6 +47,7 @@ def transition_consumer(
     pool: asyncpg.Pool, subject: str, durable: str, record: Recorder, transition: str
 ) -> bus.ConsumerSpec[OrderEvent]:
     async def handle(event: OrderEvent, msg: Msg) -> None:
+        tracing.annotate({"offsim.order.id": event.id})
         async with pool.acquire() as conn:
             previous = await record(conn, event.id, event.timestamp)
         if previous is not None:

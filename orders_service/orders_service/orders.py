@@ -14,7 +14,7 @@ import logging
 import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from offsim_common import bus, idempotency, subjects
+from offsim_common import bus, idempotency, subjects, tracing
 from offsim_common.http import Conflict, NotFound
 from offsim_common.logs import request_id
 from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
@@ -62,6 +62,7 @@ async def announce_order(
     """Publish a committed order on orders.pending, then mark it published. A failure leaves it
     to the re-publisher; no connection is held while publishing."""
     ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
+    tracing.annotate({"offsim.order.id": row["id"]})
     event = pending_event(row)
     try:
         await bus.announce(nc, js, subjects.ORDERS_PENDING, event, event.msg_id)
@@ -104,12 +105,14 @@ async def republish_once(pool: asyncpg.Pool, js: JetStreamContext) -> int:
 
 async def republish_forever(pool: asyncpg.Pool, js: JetStreamContext, every_s: float = 5.0) -> None:
     """Announce orders whose publish failed, every `every_s` seconds; forget expired
-    idempotency keys on the way."""
+    idempotency keys on the way. The poll itself is not traced; each re-publish is a trace of
+    its own."""
     while True:
         try:
-            await republish_once(pool, js)
-            async with pool.acquire() as conn:
-                await idempotency.purge_expired(conn)
+            with tracing.untraced():
+                await republish_once(pool, js)
+                async with pool.acquire() as conn:
+                    await idempotency.purge_expired(conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -7,7 +7,7 @@ import logging
 import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
-from offsim_common import bus, subjects
+from offsim_common import bus, subjects, tracing
 from offsim_common.messages import OrderEvent, RandomSsdReply
 
 from . import queries
@@ -33,6 +33,7 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
     """orders.completed: the delivered quantity joins the SSD's stock, exactly once per order."""
 
     async def handle(event: OrderEvent, msg: Msg) -> None:
+        tracing.annotate({"offsim.order.id": event.id})
         async with pool.acquire() as conn, conn.transaction():
             added = await queries.record_delivery(
                 conn, event.id, event.ssd_id, event.barcode, event.quantity
