@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EtlError
 from .extract_api import DEFAULT_SORT, FIELDS, SEARCH_PATH
-from .pipeline import MAX_PAGE_SIZE, SOURCES, run_etl
+from .pipeline import FILE_SOURCES, MAX_PAGE_SIZE, SOURCES, run_etl
 from .summary import EtlSummary
 
 DESCRIPTION = """\
@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the products come from (default: sample)",
     )
     parser.add_argument(
-        "--file", type=Path, metavar="PATH", help="the JSONL dump for --source jsonl (.gz or plain)"
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="the JSONL dump for --source jsonl (.gz or plain)",
     )
     parser.add_argument(
         "--strict",
@@ -179,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.source == "jsonl" and args.file is None:
-        parser.error("--source jsonl needs --file PATH")
-    if args.source != "jsonl" and args.file is not None:
+    if args.source in FILE_SOURCES and args.file is None:
+        parser.error(f"--source {args.source} needs --file PATH")
+    if args.source not in FILE_SOURCES and args.file is not None:
         parser.error("--file goes with --source jsonl")
     if args.source != "api":
         given = [name for name in API_ONLY if getattr(args, name) != parser.get_default(name)]
