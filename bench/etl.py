@@ -3,6 +3,7 @@
 - the bundled sample, cold (empty tables) and re-run (every row unchanged);
 - a JSONL dump of ~30k records (the sample thirty times, each copy under its own barcodes so the
   cold run really inserts 30k rows), cold and re-run;
+- the same dump as a Parquet file in OFF's `food` export schema, cold and re-run;
 - the denominator: the raw single-process rate of the same dump, gunzip + orjson + binary COPY of
   one row per document into a temporary table (no validation, no upsert), which is what one core
   can do before any of the ETL's own work. The ratio is a `jsonl cold` run over it, the two
@@ -74,6 +75,13 @@ def write_scaled_dump(path: Path, copies: int = COPIES, level: int = 6) -> int:
             out.write(b"\n")
             written += 1
     return written
+
+
+def write_scaled_parquet(path: Path, copies: int = COPIES) -> int:
+    """The same records as a Parquet file in OFF's `food` export schema."""
+    from offsim_etl.off_parquet import write_food_parquet
+
+    return write_food_parquet(path, scaled_records(sample_records(), copies))
 
 
 async def truncate(dsn: str) -> None:
@@ -236,6 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--copies", type=int, default=COPIES, help="sample copies in the dump")
+    parser.add_argument("--no-parquet", action="store_true", help="skip the Parquet rows")
     parser.add_argument(
         "--memory", type=int, metavar="N", help="only load an N-line dump and report peak RSS"
     )
@@ -248,6 +257,9 @@ def main() -> None:
         # A million full OFF objects is ~18 GB of JSON: the fastest gzip level keeps it quick.
         records = write_scaled_dump(dump, copies, level=1 if args.memory else 6)
         parquet = None
+        if not args.memory and not args.no_parquet:
+            parquet = Path(tmp) / f"sample-x{copies}.parquet"
+            write_scaled_parquet(parquet, copies)
         server = start_postgres(Path(tmp) / "pg" / "data")
         try:
             dsn = asyncio.run(ensure_database(server, "offsim_bench"))

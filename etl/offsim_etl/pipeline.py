@@ -1,6 +1,6 @@
 """`run_etl`: extract -> transform -> load, batch by batch, with progress and a summary.
 
-Files (sample, JSONL) are read in a thread and decoded + transformed in a process pool
+Files (sample, JSONL, Parquet) are read in a thread and decoded + transformed in a process pool
 (`prepare`), several batches ahead; the API is fetched and transformed in a thread, one page at a
 time. Loading runs on the event loop on one asyncpg connection, one transaction per batch.
 """
@@ -37,8 +37,8 @@ from .summary import EtlSummary
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sample", "api", "jsonl")
-FILE_SOURCES = ("jsonl",)
+SOURCES = ("sample", "api", "jsonl", "parquet")
+FILE_SOURCES = ("jsonl", "parquet")
 SAMPLE_NAME = "products.jsonl.gz"
 MAX_PAGE_SIZE = 1000
 CONNECT_TIMEOUT = 10.0
@@ -74,7 +74,8 @@ async def run_etl(
 ) -> EtlSummary:
     """Load OFF products from `source` into the database of `settings`.
 
-    sample: the bundled sample; jsonl: an OFF JSONL dump at `file` (.gz or plain); api: the OFF
+    sample: the bundled sample; jsonl: an OFF JSONL dump at `file` (.gz or plain); parquet: OFF's
+    `food` Parquet export at `file`; api: the OFF
     search API at `settings.off_api_url`, `page_size` products per page, filtered by `query`
     (see `extract_api.parse_query`), resuming where the last unfinished run of the same query
     stopped unless `restart`. `strict` applies the original ETL's completeness filter.
@@ -115,7 +116,13 @@ async def run_etl(
         if search is None or throttle is None:
             path = sample_path() if source == "sample" else file
             assert path is not None
-            batches, decode = read_jsonl(path, batch_size), decode_lines
+            if source == "parquet":
+                # pyarrow is loaded only by runs (and worker processes) that read Parquet.
+                from .extract_parquet import decode_record_batch, read_parquet
+
+                batches, decode = read_parquet(path, batch_size), decode_record_batch
+            else:
+                batches, decode = read_jsonl(path, batch_size), decode_lines
             return await _pipeline(
                 conn,
                 _pooled(batches, decode, strict, workers or default_workers()),
@@ -123,7 +130,8 @@ async def run_etl(
                 kind=source,
                 position_key=None,
                 progress=progress,
-                unit="B",
+                # Parquet knows its row count up front; a JSONL dump only its size in bytes.
+                unit=" products" if source == "parquet" else "B",
             )
         stored = None if restart else await load.read_position(conn, search.key)
         start_page = stored or 1
