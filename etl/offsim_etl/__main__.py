@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EtlError
 from .extract_api import DEFAULT_SORT, FIELDS, SEARCH_PATH
-from .pipeline import MAX_PAGE_SIZE, SOURCES, run_etl
+from .pipeline import FILE_SOURCES, MAX_PAGE_SIZE, SOURCES, run_etl
 from .summary import EtlSummary
 
 DESCRIPTION = """\
@@ -29,6 +29,8 @@ sources:
   jsonl    an OFF JSONL dump, one product per line, .gz or plain (--file),
            e.g. https://static.openfoodfacts.org/data/openfoodfacts-products.jsonl.gz;
            streamed, so a full dump needs no more memory than a small one
+  parquet  OFF's food Parquet export (--file), e.g. food.parquet from the Hugging Face
+           dataset openfoodfacts/product-database; streamed in record batches
   api      the OFF search API (GET {path} on OFF_API_URL), page by page,
            asking only for the fields we map; resumable (see --restart)
 
@@ -48,6 +50,7 @@ environment:
 examples:
   offsim-etl
   offsim-etl --source jsonl --file openfoodfacts-products.jsonl.gz --strict
+  offsim-etl --source parquet --file food.parquet
   offsim-etl --source api --query chocolates --max-pages 5
   offsim-etl --source api --query 'brands_tags=ferrero&countries_tags_en=france'
 
@@ -93,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the products come from (default: sample)",
     )
     parser.add_argument(
-        "--file", type=Path, metavar="PATH", help="the JSONL dump for --source jsonl (.gz or plain)"
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="the JSONL dump for --source jsonl (.gz or plain), the Parquet export for"
+        " --source parquet",
     )
     parser.add_argument(
         "--strict",
@@ -107,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=500,
         metavar="N",
-        help="products per transaction for sample/jsonl (default: 500; the API"
+        help="products per transaction for sample/jsonl/parquet (default: 500; the API"
         " loads one page per transaction)",
     )
     parser.add_argument(
@@ -179,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.source == "jsonl" and args.file is None:
-        parser.error("--source jsonl needs --file PATH")
-    if args.source != "jsonl" and args.file is not None:
-        parser.error("--file goes with --source jsonl")
+    if args.source in FILE_SOURCES and args.file is None:
+        parser.error(f"--source {args.source} needs --file PATH")
+    if args.source not in FILE_SOURCES and args.file is not None:
+        parser.error("--file goes with --source jsonl or parquet")
     if args.source != "api":
         given = [name for name in API_ONLY if getattr(args, name) != parser.get_default(name)]
         if given:

@@ -1,7 +1,8 @@
 """`run_etl`: extract -> transform -> load, batch by batch, with progress and a summary.
 
-Extraction and transformation are blocking (requests, gzip, json) and run in a worker thread
-via `asyncio.to_thread`; loading runs on the event loop on one asyncpg connection.
+Files (sample, JSONL, Parquet) are read in a thread and decoded + transformed in a process pool
+(`prepare`), several batches ahead; the API is fetched and transformed in a thread, one page at a
+time. Loading runs on the event loop on one asyncpg connection, one transaction per batch.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.context
+import os
 import re
 import sys
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Generator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from importlib import resources
 from pathlib import Path
 
@@ -27,16 +31,24 @@ from . import load
 from .batch import RawBatch
 from .errors import DatabaseError, EtlError
 from .extract_api import SearchQuery, Throttle, make_session, read_search
-from .extract_jsonl import read_jsonl
+from .extract_jsonl import decode_lines, read_jsonl
+from .prepare import Decode, Prepared, decode_objects, prepare
 from .summary import EtlSummary
-from .transform import Product, Reason, transform
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sample", "api", "jsonl")
+SOURCES = ("sample", "api", "jsonl", "parquet")
+FILE_SOURCES = ("jsonl", "parquet")
 SAMPLE_NAME = "products.jsonl.gz"
 MAX_PAGE_SIZE = 1000
 CONNECT_TIMEOUT = 10.0
+# What the pool's processes import up front (see `_mp_context`); pyarrow only when it is used.
+_WORKER_MODULES = ("offsim_etl.prepare", "offsim_etl.extract_jsonl")
+
+
+def default_workers() -> int:
+    """One parsing process per core: the reading process and Postgres mostly wait on them."""
+    return max(1, os.cpu_count() or 1)
 
 
 def sample_path() -> Path:
@@ -58,14 +70,17 @@ async def run_etl(
     retries: int = 5,
     backoff: float | None = None,
     batch_size: int = 500,
+    workers: int | None = None,
 ) -> EtlSummary:
     """Load OFF products from `source` into the database of `settings`.
 
-    sample: the bundled sample; jsonl: an OFF JSONL dump at `file` (.gz or plain); api: the OFF
+    sample: the bundled sample; jsonl: an OFF JSONL dump at `file` (.gz or plain); parquet: OFF's
+    `food` Parquet export at `file`; api: the OFF
     search API at `settings.off_api_url`, `page_size` products per page, filtered by `query`
     (see `extract_api.parse_query`), resuming where the last unfinished run of the same query
     stopped unless `restart`. `strict` applies the original ETL's completeness filter.
     `retries` and `backoff` (seconds, default one request interval) tune the API's retries.
+    `workers` processes decode and transform a file (default: one per core).
 
     Raises EtlError (DatabaseError, ExtractError) with a one-line message; its `summary` holds
     what was loaded before the failure.
@@ -78,9 +93,11 @@ async def run_etl(
         raise ValueError(f"max_pages must be >= 1, got {max_pages}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if source == "jsonl":
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if source in FILE_SOURCES:
         if file is None:
-            raise ValueError("source 'jsonl' needs a file")
+            raise ValueError(f"source {source!r} needs a file")
         if not await asyncio.to_thread(file.is_file):
             raise EtlError(f"no such file: {file}")
 
@@ -99,26 +116,35 @@ async def run_etl(
         if search is None or throttle is None:
             path = sample_path() if source == "sample" else file
             assert path is not None
+            if source == "parquet":
+                # pyarrow is loaded only by runs (and worker processes) that read Parquet.
+                from .extract_parquet import decode_record_batch, read_parquet
+
+                batches, decode = read_parquet(path, batch_size), decode_record_batch
+            else:
+                batches, decode = read_jsonl(path, batch_size), decode_lines
             return await _pipeline(
                 conn,
-                read_jsonl(path, batch_size),
+                _pooled(batches, decode, strict, workers or default_workers()),
                 EtlSummary(source=f"{source} {path.name}"),
-                strict=strict,
                 kind=source,
                 position_key=None,
                 progress=progress,
-                unit="B",
+                # Parquet knows its row count up front; a JSONL dump only its size in bytes.
+                unit=" products" if source == "parquet" else "B",
             )
         stored = None if restart else await load.read_position(conn, search.key)
         start_page = stored or 1
         if stored:
             log.info("resuming %s at page %d", search.key, start_page)
         with make_session(retries, throttle.interval if backoff is None else backoff) as session:
+            pages = read_search(
+                session, search, throttle, start_page=start_page, max_pages=max_pages
+            )
             return await _pipeline(
                 conn,
-                read_search(session, search, throttle, start_page=start_page, max_pages=max_pages),
+                _threaded(pages, strict),
                 EtlSummary(source=f"api {search.key}", start_page=start_page),
-                strict=strict,
                 kind=source,
                 position_key=search.key,
                 progress=progress,
@@ -154,84 +180,101 @@ async def _prepare_database(conn: asyncpg.Connection) -> None:
     await load.create_staging(conn)
 
 
-@dataclass
-class _Prepared:
-    """A batch after `transform`: unique barcodes, ready to load."""
+async def _threaded(
+    batches: Generator[RawBatch, None, None], strict: bool
+) -> AsyncIterator[tuple[RawBatch, Prepared]]:
+    """The API's batches, fetched and prepared in a worker thread one at a time.
 
-    raw: RawBatch
-    products: list[Product]
-    read: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    cleared: Counter[str] = field(default_factory=Counter)
-
-
-def prepare(raw: RawBatch, strict: bool) -> _Prepared:
-    """Transform a raw batch; the last record of a barcode wins (the upsert cannot take one
-    barcode twice in a statement)."""
-    by_barcode: dict[str, Product] = {}
-    prepared = _Prepared(raw=raw, products=[], read=len(raw.records) + raw.bad_lines)
-    if raw.bad_lines:
-        prepared.rejected[Reason.BAD_JSON.value] += raw.bad_lines
-    for record in raw.records:
-        try:
-            result = transform(record, strict=strict)
-        except Exception:  # a bad record must never end the run; transform is meant not to raise
-            log.debug("unreadable record", exc_info=True)
-            result = Reason.INVALID
-        if isinstance(result, Reason):
-            prepared.rejected[result.value] += 1
-            continue
-        if by_barcode.pop(result.barcode, None) is not None:
-            prepared.duplicates += 1
-        by_barcode[result.barcode] = result
-    prepared.products = list(by_barcode.values())
-    for product in prepared.products:
-        prepared.cleared.update(product.cleared)
-    # The records are done with; drop them so the batch does not hold a page of raw JSON.
-    raw.records = []
-    return prepared
-
-
-def _next_prepared(batches: Iterator[RawBatch], strict: bool) -> _Prepared | None:
-    raw = next(batches, None)
-    return None if raw is None else prepare(raw, strict)
-
-
-async def _prepared_batches(
-    batches: Generator[RawBatch, None, None], strict: bool, *, prefetch: bool
-) -> AsyncIterator[_Prepared]:
-    """Batches after `prepare`, made in a worker thread.
-
-    With `prefetch`, batch n+1 is read and transformed while batch n loads, which overlaps the
-    JSON decoding (most of a file's cost) with Postgres. Not for the API: a prefetched page is a
-    request, possibly minutes of retries, that a failed load would throw away.
+    No prefetch: a prefetched page is a request, possibly minutes of retries, that a failed load
+    would throw away. A page of `fields=` results is small, so there is nothing to parallelise.
     """
-    pending = asyncio.ensure_future(asyncio.to_thread(_next_prepared, batches, strict))
     try:
-        while (prepared := await pending) is not None:
-            if prefetch:
-                pending = asyncio.ensure_future(asyncio.to_thread(_next_prepared, batches, strict))
-                yield prepared
-            else:
-                yield prepared
-                pending = asyncio.ensure_future(asyncio.to_thread(_next_prepared, batches, strict))
+        while (raw := await asyncio.to_thread(next, batches, None)) is not None:
+            yield raw, await asyncio.to_thread(prepare, raw.records, decode_objects, strict)
     finally:
-        # Leave no thread reading the source behind, and no exception unretrieved.
-        if not pending.done():
-            await asyncio.wait([pending])
-        if not pending.cancelled():
-            pending.exception()
         with contextlib.suppress(ValueError):  # still running only if we were cancelled
             batches.close()
 
 
+async def _pooled(
+    batches: Generator[RawBatch, None, None], decode: Decode, strict: bool, workers: int
+) -> AsyncIterator[tuple[RawBatch, Prepared]]:
+    """A file's batches, read in a thread and prepared in a process pool, in file order.
+
+    The reading side only splits the file into batches of raw records; `workers` processes
+    decode and transform them (the CPU-bound part), so every core works while this process
+    COPYs earlier batches into Postgres. At most 2 x `workers` batches wait in the queue, so
+    memory stays flat however big the file. A read error (a truncated gzip) is queued in order:
+    the batches before it are still loaded.
+    """
+    loop = asyncio.get_running_loop()
+    executor = ProcessPoolExecutor(workers, mp_context=_mp_context())
+    queue: asyncio.Queue[tuple[RawBatch, asyncio.Future[Prepared]] | BaseException | None] = (
+        asyncio.Queue(maxsize=2 * workers)
+    )
+    reading: asyncio.Future[RawBatch | None] | None = None
+
+    async def feed() -> None:
+        nonlocal reading
+        try:
+            while True:
+                reading = loop.run_in_executor(None, next, batches, None)
+                # Shielded: cancelling the feeder must not orphan a thread still reading.
+                raw = await asyncio.shield(reading)
+                if raw is None:
+                    break
+                records, raw.records = raw.records, None
+                job = loop.run_in_executor(executor, prepare, records, decode, strict)
+                await queue.put((raw, job))
+        except Exception as exc:  # handed over in order, after the batches read before it
+            await queue.put(exc)
+        else:
+            await queue.put(None)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            raw, job = item
+            try:
+                prepared = await job
+            except BrokenProcessPool as exc:
+                raise EtlError(
+                    f"a parsing process died ({exc}); is the machine out of memory?"
+                ) from exc
+            yield raw, prepared
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        # Stopped early (a database error): drop the batches not loaded, leave no thread
+        # reading the source behind and no exception unretrieved.
+        while not queue.empty():
+            if isinstance(item := queue.get_nowait(), tuple):
+                item[1].cancel()
+        if reading is not None:
+            await asyncio.wait([reading])
+            if not reading.cancelled():
+                reading.exception()
+        batches.close()
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """forkserver: workers are forked from a small single-threaded server, never from this
+    process, whose threads (the reader, asyncpg's) could hold a lock across a fork. The server
+    imports the parsing modules once; each worker then starts in milliseconds."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(_WORKER_MODULES))
+    return context
+
+
 async def _pipeline(
     conn: asyncpg.Connection,
-    batches: Generator[RawBatch, None, None],
+    batches: AsyncIterator[tuple[RawBatch, Prepared]],
     summary: EtlSummary,
     *,
-    strict: bool,
     kind: str,
     position_key: str | None,
     progress: bool,
@@ -249,16 +292,15 @@ async def _pipeline(
         disable=not progress or not sys.stderr.isatty(),
     )
     try:
-        async with contextlib.aclosing(
-            _prepared_batches(batches, strict, prefetch=position_key is None)
-        ) as prepared_batches:
-            async for prepared in prepared_batches:
-                raw = prepared.raw
+        async with contextlib.aclosing(batches) as prepared_batches:  # type: ignore[type-var]
+            async for raw, prepared in prepared_batches:
                 position = None
                 if position_key is not None and (raw.finished or raw.next_page is not None):
                     position = (position_key, None if raw.finished else raw.next_page)
-                result = await load.load_batch(conn, prepared.products, position=position)
-                _add(summary, prepared, result)
+                result = await load.load_batch(
+                    conn, prepared.rows, prepared.links, position=position
+                )
+                _add(summary, raw, prepared, result)
                 _count(kind, prepared, result)
                 if raw.total is not None and bar.total != raw.total:
                     bar.total = raw.total
@@ -277,9 +319,9 @@ async def _pipeline(
     return summary
 
 
-def _add(summary: EtlSummary, prepared: _Prepared, result: load.BatchResult) -> None:
+def _add(summary: EtlSummary, raw: RawBatch, prepared: Prepared, result: load.BatchResult) -> None:
     summary.read += prepared.read
-    summary.kept += len(prepared.products)
+    summary.kept += prepared.kept
     summary.duplicates += prepared.duplicates
     summary.rejected.update(prepared.rejected)
     summary.cleared.update(prepared.cleared)
@@ -287,12 +329,12 @@ def _add(summary: EtlSummary, prepared: _Prepared, result: load.BatchResult) -> 
     summary.updated += result.updated
     summary.unchanged += result.unchanged
     summary.new_brands += result.new_brands
-    if prepared.raw.page is not None:
+    if raw.page is not None:
         summary.pages += 1
-        summary.finished = prepared.raw.finished
+        summary.finished = raw.finished
 
 
-def _count(kind: str, prepared: _Prepared, result: load.BatchResult) -> None:
+def _count(kind: str, prepared: Prepared, result: load.BatchResult) -> None:
     """The offsim_etl_records_total metric, for a process that serves /metrics (the launcher)."""
     for outcome, n in (
         ("inserted", result.inserted),

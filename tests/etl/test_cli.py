@@ -48,7 +48,7 @@ async def test_cli_help_documents_sources_options_and_environment(database_url: 
 
     assert code == 0
     for text in (
-        "--source {sample,api,jsonl}",
+        "--source {sample,api,jsonl,parquet}",
         "--file",
         "--strict",
         "--query",
