@@ -54,6 +54,45 @@ async def claim_unpublished(
     )
 
 
+async def claim_overdue(
+    conn: asyncpg.Connection,
+    pending_after_s: float,
+    shipped_after_s: float,
+    delivered_after_s: float,
+    horizon_s: float,
+    limit: int = 100,
+) -> list[asyncpg.Record]:
+    """Orders whose next step is overdue, claimed (one stage period) so that one replica
+    re-announces each: announced pending orders not shipped after `pending_after_s`, shipped
+    ones not completed after `shipped_after_s`, and completed ones whose delivery the users
+    service has not added to stock after `delivered_after_s` (no older than `horizon_s`, past
+    which the stream would not hold the event either)."""
+    return await conn.fetch(
+        f"""UPDATE product_orders
+            SET reconcile_claimed_until = now() + make_interval(secs =>
+                CASE status WHEN 'pending' THEN $1 WHEN 'shipped' THEN $2 ELSE $3 END)
+            WHERE id IN (
+                SELECT o.id FROM product_orders o
+                WHERE (o.reconcile_claimed_until IS NULL OR o.reconcile_claimed_until < now())
+                  AND ((o.status = 'pending' AND o.published_at IS NOT NULL
+                        AND o.created_at < now() - make_interval(secs => $1))
+                    OR (o.status = 'shipped' AND o.shipped_at < now() - make_interval(secs => $2))
+                    OR (o.status = 'completed'
+                        AND o.completed_at < now() - make_interval(secs => $3)
+                        AND o.completed_at > now() - make_interval(secs => $4)
+                        AND NOT EXISTS (SELECT 1 FROM stock_deliveries d
+                                        WHERE d.order_id = o.id)))
+                ORDER BY o.created_at LIMIT $5
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}, shipped_at, completed_at, request_id""",
+        pending_after_s,
+        shipped_after_s,
+        delivered_after_s,
+        horizon_s,
+        limit,
+    )
+
+
 async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
