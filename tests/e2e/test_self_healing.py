@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
-from offsim_common import subjects
+from offsim_common import bus, subjects
 from offsim_common.messages import OrderEvent
-from orders_service.reconciler import reconcile_once
+from orders_service.reconciler import reconcile_once, stored_event
 from prometheus_client import REGISTRY
 
 from tests.conftest import eventually
@@ -184,3 +184,41 @@ async def test_replicas_reannounce_each_overdue_order_once(
                 row[at],
                 row["created_at"],
             )
+
+
+async def test_reannounced_order_already_past_its_stage_changes_nothing(
+    users, orders, notifications, nc, pool, products
+):
+    """A re-announcement that comes late (the reconciler read the order just before it moved
+    on), after the stream lost the order's events: the supplier and courier act on it again,
+    their events are stored under derived ids, and every consumer ignores them."""
+    js = nc.jetstream()
+    ssd_id = (await register(users))["devices"][0]["id"]
+    [order_id] = await place(orders, ssd_id, products[:1], 4)
+    await eventually(lambda: _all_done(pool, 1), within=30)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM product_orders WHERE id = $1", order_id)
+    before = await stock(pool)
+    await js.purge_stream(subjects.ORDERS_STREAM)
+
+    subject, event = stored_event({**row, "status": "pending"})
+    await bus.publish(js, subject, event, event.msg_id)
+
+    async def delivered_again() -> bool:
+        return [e.id for e in await stored(js, subjects.ORDERS_COMPLETED)] == [order_id]
+
+    await eventually(delivered_again, within=30)
+    for durable in (subjects.ORDERS_RECORD_COMPLETED, subjects.USERS_RESTOCK):
+
+        async def handled(durable: str = durable) -> bool:
+            info = await js.consumer_info(subjects.ORDERS_STREAM, durable)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(handled)
+    async with pool.acquire() as conn:
+        after_row = await conn.fetchrow("SELECT * FROM product_orders WHERE id = $1", order_id)
+    assert (after_row["shipped_at"], after_row["completed_at"]) == (
+        row["shipped_at"], row["completed_at"]
+    )  # fmt: skip
+    assert await stock(pool) == before
+    assert (await js.stream_info(subjects.DEAD_LETTER_STREAM)).state.messages == 0
