@@ -213,36 +213,32 @@ async def random_answers(nc: nats.NATS) -> set[str]:
     return answers
 
 
-async def stored_ids(js, subject: str) -> collections.Counter:
-    """How many events the stream holds on `subject`, per order id (well-formed ones)."""
+async def stored(js, stream: str, subject: str) -> list:
+    """Every message the stream holds on `subject` (a wildcard allowed), all of them: as many as
+    the stream counts, not as many as arrive before a pause."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    count = sum((info.state.subjects or {}).values())
     sub = await js.subscribe(subject, ordered_consumer=True)
-    found: collections.Counter = collections.Counter()
     try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1)
-            except TimeoutError:
-                return found
-            try:
-                found[OrderEvent.model_validate_json(msg.data).id] += 1
-            except ValueError:
-                pass
+        return [await sub.next_msg(timeout=10) for _ in range(count)]
     finally:
         await sub.unsubscribe()
+
+
+async def stored_ids(js, subject: str) -> collections.Counter:
+    """How many events the stream holds on `subject`, per order id (well-formed ones)."""
+    found: collections.Counter = collections.Counter()
+    for msg in await stored(js, subjects.ORDERS_STREAM, subject):
+        try:
+            found[OrderEvent.model_validate_json(msg.data).id] += 1
+        except ValueError:
+            pass
+    return found
 
 
 async def dead_letters(js) -> list[dict]:
-    sub = await js.subscribe(f"{subjects.DEAD_LETTER_PREFIX}.>", ordered_consumer=True)
-    found = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1)
-            except TimeoutError:
-                return found
-            found.append({"subject": msg.subject, **(msg.headers or {})})
-    finally:
-        await sub.unsubscribe()
+    letters = await stored(js, subjects.DEAD_LETTER_STREAM, f"{subjects.DEAD_LETTER_PREFIX}.>")
+    return [{"subject": msg.subject, **(msg.headers or {})} for msg in letters]
 
 
 async def test_chaos_every_accepted_order_completes_exactly_once(
