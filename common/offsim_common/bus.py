@@ -37,7 +37,14 @@ DUPLICATE_WINDOW_S = 3600.0
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
 REASON_HEADER = "Offsim-Dead-Letter-Reason"
-PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
+
+class Contradiction(Exception):
+    """The message contradicts the database (it describes no order there): retrying cannot help,
+    it is dead-lettered."""
+
+
+PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError, Contradiction)
 SUBJECT_HEADER = "Offsim-Original-Subject"
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import OrderRequest
+from offsim_common.messages import OrderEvent, OrderRequest
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
@@ -121,30 +121,51 @@ async def list_orders(
     return total, rows
 
 
-async def record_shipped(conn: asyncpg.Connection, order_id: int, at: datetime) -> datetime | None:
+async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order shipped; return when it was placed, or None if this changed nothing.
 
-    Only forward: a late or repeated shipped event never moves a completed order back."""
+    Only forward: a late or repeated shipped event never moves a completed order back. Only an
+    event that describes the order (SSD, product, quantity) moves it."""
     return await conn.fetchval(
         """UPDATE product_orders SET status = 'shipped', shipped_at = $2
-           WHERE id = $1 AND status = 'pending'
+           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
            RETURNING created_at""",
-        order_id,
-        at,
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
     )
 
 
-async def record_completed(
-    conn: asyncpg.Connection, order_id: int, at: datetime
-) -> datetime | None:
+async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order completed; return when it shipped, or None if this changed nothing."""
     return await conn.fetchval(
         """UPDATE product_orders
            SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status <> 'completed'
+           WHERE id = $1 AND status <> 'completed' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
            RETURNING shipped_at""",
-        order_id,
-        at,
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
+    )
+
+
+async def describes_order(conn: asyncpg.Connection, event: OrderEvent) -> bool:
+    """Whether an order with this id, SSD, product and quantity exists."""
+    return bool(
+        await conn.fetchval(
+            """SELECT true FROM product_orders
+               WHERE id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4""",
+            event.id,
+            event.ssd_id,
+            event.barcode,
+            event.quantity,
+        )
     )
 
 

@@ -174,8 +174,19 @@ def hostile_payloads(order: dict) -> list[bytes]:
     ]  # fmt: skip
 
 
-async def send_hostile(nc: nats.NATS, barcode: str) -> int:
-    """Every hostile payload on every order subject, and garbage to orders.random."""
+def forged_payloads(real: dict, status: str) -> list[bytes]:
+    """Events for a real order that contradict it: another quantity, SSD or product."""
+    event = {**real, "status": status, "timestamp": "2026-01-01T00:00:00+00:00"}
+    return [
+        json.dumps({**event, "quantity": 99}).encode(),
+        json.dumps({**event, "ssd_id": real["ssd_id"] + 1000}).encode(),
+        json.dumps({**event, "barcode": "0000000000000"}).encode(),
+    ]
+
+
+async def send_hostile(nc: nats.NATS, barcode: str, real: dict) -> int:
+    """Every hostile payload on every order subject, forged events for a real order (`real`),
+    and garbage to orders.random."""
     js = nc.jetstream()
     sent = 0
     for subject, status in ((subjects.ORDERS_PENDING, "pending"),
@@ -183,7 +194,10 @@ async def send_hostile(nc: nats.NATS, barcode: str) -> int:
                             (subjects.ORDERS_COMPLETED, "completed")):  # fmt: skip
         order = {"id": 1, "ssd_id": 1, "barcode": barcode, "quantity": 1, "status": status,
                  "timestamp": "2026-01-01T00:00:00+00:00"}  # fmt: skip
-        for n, payload in enumerate(hostile_payloads(order)):
+        payloads = hostile_payloads(order)
+        if status != "pending":  # the supplier has no database to check a pending order with
+            payloads += forged_payloads(real, status)
+        for n, payload in enumerate(payloads):
             headers = {"X-Request-Id": f"{HOSTILE}{subject}-{n}", "Nats-Msg-Id": uuid.uuid4().hex}
             await js.publish(subject, payload, headers=headers)
             sent += 1
@@ -226,9 +240,12 @@ async def stored(js, stream: str, subject: str) -> list:
 
 
 async def stored_ids(js, subject: str) -> collections.Counter:
-    """How many events the stream holds on `subject`, per order id (well-formed ones)."""
+    """How many events the stream holds on `subject`, per order id: well-formed ones, sent by
+    the services (not the hostile ones)."""
     found: collections.Counter = collections.Counter()
     for msg in await stored(js, subjects.ORDERS_STREAM, subject):
+        if (msg.headers or {}).get("X-Request-Id", "").startswith(HOSTILE):
+            continue
         try:
             found[OrderEvent.model_validate_json(msg.data).id] += 1
         except ValueError:
@@ -291,7 +308,10 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
                 await until(lambda: len(load.accepted) >= target)
 
             await accepted_more(5)
-            hostile = await send_hostile(nc, products[0])
+            order_id = next(iter(load.accepted.values()))
+            ssd_id, barcode, quantity = load.quantities[order_id]
+            real = {"id": order_id, "ssd_id": ssd_id, "barcode": barcode, "quantity": quantity}
+            hostile = await send_hostile(nc, products[0], real)
             for victim in [orders[0], notifications[0], users, orders[1], notifications[1]]:
                 await victim.kill()
                 await accepted_more(4)
