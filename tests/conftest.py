@@ -44,22 +44,31 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if url := os.environ.get("DATABASE_URL"):
-        asyncio.run(migrate(url))
-        yield url
+def postgres_server():
+    """The embedded Postgres this run started (a test may stop and start it again), or None
+    when DATABASE_URL points at a server of its own."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
         return
     # Postgres runs as its own system user when we are root, so its data lives outside pytest's
     # private (0700) temporary root.
     base = Path(tempfile.mkdtemp(prefix="offsim-test-pg-"))
     server = embedded.start_postgres(base / "data")
     try:
-        dsn = asyncio.run(embedded.ensure_database(server, TEST_DB))
-        asyncio.run(migrate(dsn))
-        yield dsn
+        yield server
     finally:
         server.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server) -> str:
+    if postgres_server is None:
+        url = os.environ["DATABASE_URL"]
+    else:
+        url = asyncio.run(embedded.ensure_database(postgres_server, TEST_DB))
+    asyncio.run(migrate(url))
+    return url
 
 
 @pytest.fixture

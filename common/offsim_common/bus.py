@@ -43,7 +43,14 @@ DUPLICATE_WINDOW_S = 3600.0
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
 REASON_HEADER = "Offsim-Dead-Letter-Reason"
-PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
+
+class Contradiction(Exception):
+    """The message contradicts the database (it describes no order there): retrying cannot help,
+    it is dead-lettered."""
+
+
+PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError, Contradiction)
 SUBJECT_HEADER = "Offsim-Original-Subject"
 
 
@@ -107,6 +114,11 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 REQUEST_PUBLISH_TIMEOUT_S = 0.5
 
 
+# How many times in a row a de-duplicated publish may find its original gone (each lost copy
+# names the next id): a bound, not a limit ever met.
+MAX_LOST_COPIES = 8
+
+
 async def publish(
     js: JetStreamContext,
     subject: str,
@@ -114,16 +126,39 @@ async def publish(
     msg_id: str,
     ack_timeout_s: float | None = None,
 ) -> None:
-    """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish."""
+    """Publish and wait for the stream's ack; `msg_id` lets the server drop a re-publish.
+
+    The server remembers ids for DUPLICATE_WINDOW_S even when the message itself is gone (a
+    purge, a deletion): it would drop the re-announcement of a lost message as a duplicate. So
+    a de-duplicated publish whose original the stream no longer holds is published again under
+    an id derived from the lost copy's sequence (`<id>~<seq>`): the same for every publisher and
+    replica, so that copy is de-duplicated in turn."""
+    data = message.model_dump_json().encode()
     with tracing.publishing(subject, msg_id) as span:
         headers = tracing.inject({"Nats-Msg-Id": msg_id, **request_id_headers()})
         try:
-            await js.publish(
-                subject, message.model_dump_json().encode(), headers=headers, timeout=ack_timeout_s
-            )
+            for _ in range(MAX_LOST_COPIES):
+                ack = await js.publish(subject, data, headers=headers, timeout=ack_timeout_s)
+                if not ack.duplicate or await _still_stored(
+                    js, ack.stream, ack.seq, headers["Nats-Msg-Id"]
+                ):
+                    return
+                log.warning("%s: %s was lost from the stream (seq %s); publishing it again",
+                            subject, headers["Nats-Msg-Id"], ack.seq)  # fmt: skip
+                headers["Nats-Msg-Id"] = f"{headers['Nats-Msg-Id']}~{ack.seq}"
+            raise RuntimeError(f"{subject}: {msg_id} lost {MAX_LOST_COPIES} times in a row")
         except Exception as exc:
             tracing.failed(span, exc)
             raise
+
+
+async def _still_stored(js: JetStreamContext, stream: str, seq: int, msg_id: str) -> bool:
+    """Whether the stream still holds the message a duplicate ack points at."""
+    try:
+        stored = await js.get_msg(stream, seq)
+    except NotFoundError:
+        return False
+    return (stored.headers or {}).get("Nats-Msg-Id") == msg_id
 
 
 async def announce(

@@ -40,6 +40,13 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return _number(env, name, default, minimum, float)
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
+
+
 def _range(
     env: Mapping[str, str], prefix: str, default: tuple[float, float]
 ) -> tuple[float, float]:
@@ -100,6 +107,10 @@ class Settings:
     # Simulated seconds, as the original: 1 to 4 minutes per stage.
     supplier_delay: tuple[float, float] = (60.0, 240.0)
     delivery_delay: tuple[float, float] = (60.0, 240.0)
+    # Orders service's reconciler: an order is overdue once its stage's maximum delay plus this
+    # margin has passed (simulated seconds); it looks every `reconcile_interval` real seconds.
+    reconcile_margin: float = 60.0
+    reconcile_interval: float = 5.0
     # Users service: how many products each new SSD watches.
     watched_products: int = 3
     # JetStream replicas of the ORDERS and USERS streams: 3 on a 3-node cluster.
@@ -141,6 +152,8 @@ class Settings:
             sim_speed=sim_speed,
             supplier_delay=_range(env, "OFFSIM_SUPPLIER_DELAY", cls.supplier_delay),
             delivery_delay=_range(env, "OFFSIM_DELIVERY_DELAY", cls.delivery_delay),
+            reconcile_margin=_float(env, "OFFSIM_RECONCILE_MARGIN", cls.reconcile_margin),
+            reconcile_interval=_positive(env, "OFFSIM_RECONCILE_INTERVAL", cls.reconcile_interval),
             watched_products=_int(env, "OFFSIM_WATCHED_PRODUCTS", cls.watched_products, 1),
             stream_replicas=_int(env, "OFFSIM_STREAM_REPLICAS", cls.stream_replicas, 1),
             users_url=(env.get("USERS_URL") or cls.users_url).rstrip("/"),
@@ -165,3 +178,8 @@ class Settings:
     def simulated(self, seconds: float) -> float:
         """Real seconds for a simulated duration."""
         return seconds / self.sim_speed
+
+    def overdue_after(self, delay_range: tuple[float, float]) -> float:
+        """Real seconds after which a stage with these delays is overdue (the reconciler's
+        threshold): its longest delay plus the margin."""
+        return self.simulated(delay_range[1] + self.reconcile_margin)

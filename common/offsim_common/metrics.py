@@ -35,6 +35,11 @@ ORDER_TRANSITION_SECONDS = Histogram(
     ["transition"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 240, 480, 960),
 )
+ORDER_REANNOUNCEMENTS = Counter(
+    "offsim_order_reannouncements_total",
+    "Overdue orders the reconciler announced again, by the status announced",
+    ["status"],
+)
 GENERATOR_EVENTS = Counter(
     "offsim_generator_events_total", "Simulated events sent by the generator", ["event", "outcome"]
 )

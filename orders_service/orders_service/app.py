@@ -11,19 +11,28 @@ from offsim_common import subjects
 from offsim_common.config import Settings
 from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
-from offsim_common.web import JS, POOL, VERSION, base_app, consumers_ctx, micro_ctx
+from offsim_common.web import JS, POOL, SETTINGS, VERSION, base_app, consumers_ctx, micro_ctx
 
 from . import nats_handlers
 from .orders import republish_forever
+from .reconciler import reconcile_forever
 from .routes import setup_routes
 
 
-async def republisher_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(republish_forever(app[POOL], app[JS]), name="republisher")
+async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The re-publisher of unpublished orders and the reconciler of overdue ones."""
+    tasks = [
+        asyncio.create_task(republish_forever(app[POOL], app[JS]), name="republisher"),
+        asyncio.create_task(
+            reconcile_forever(app[POOL], app[JS], app[SETTINGS]), name="reconciler"
+        ),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -42,7 +51,7 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app.cleanup_ctx.append(consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL])))
-    app.cleanup_ctx.append(republisher_ctx)
+    app.cleanup_ctx.append(background_ctx)
     setup_routes(app)
     setup_openapi(
         app,

@@ -40,7 +40,7 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
 
 
 # Records a transition; returns when the previous one happened, or None if nothing changed.
-Recorder = Callable[[asyncpg.Connection, int, datetime], Awaitable[datetime | None]]
+Recorder = Callable[[asyncpg.Connection, OrderEvent], Awaitable[datetime | None]]
 
 
 def transition_consumer(
@@ -49,7 +49,10 @@ def transition_consumer(
     async def handle(event: OrderEvent, msg: Msg) -> None:
         tracing.annotate({"offsim.order.id": event.id})
         async with pool.acquire() as conn:
-            previous = await record(conn, event.id, event.timestamp)
+            previous = await record(conn, event)
+            if previous is None and not await queries.describes_order(conn, event):
+                raise bus.Contradiction(f"order {event.id}: no such order with this SSD, "
+                                        "product and quantity")  # fmt: skip
         if previous is not None:
             log.info("order %s %s", event.id, event.status)
             ORDER_TRANSITIONS.labels(event.status.value).inc()

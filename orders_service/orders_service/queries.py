@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import OrderRequest
+from offsim_common.messages import OrderEvent, OrderRequest
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
@@ -54,6 +54,45 @@ async def claim_unpublished(
     )
 
 
+async def claim_overdue(
+    conn: asyncpg.Connection,
+    pending_after_s: float,
+    shipped_after_s: float,
+    delivered_after_s: float,
+    horizon_s: float,
+    limit: int = 100,
+) -> list[asyncpg.Record]:
+    """Orders whose next step is overdue, claimed (one stage period) so that one replica
+    re-announces each: announced pending orders not shipped after `pending_after_s`, shipped
+    ones not completed after `shipped_after_s`, and completed ones whose delivery the users
+    service has not added to stock after `delivered_after_s` (no older than `horizon_s`, past
+    which the stream would not hold the event either)."""
+    return await conn.fetch(
+        f"""UPDATE product_orders
+            SET reconcile_claimed_until = now() + make_interval(secs =>
+                CASE status WHEN 'pending' THEN $1 WHEN 'shipped' THEN $2 ELSE $3 END)
+            WHERE id IN (
+                SELECT o.id FROM product_orders o
+                WHERE (o.reconcile_claimed_until IS NULL OR o.reconcile_claimed_until < now())
+                  AND ((o.status = 'pending' AND o.published_at IS NOT NULL
+                        AND o.created_at < now() - make_interval(secs => $1))
+                    OR (o.status = 'shipped' AND o.shipped_at < now() - make_interval(secs => $2))
+                    OR (o.status = 'completed'
+                        AND o.completed_at < now() - make_interval(secs => $3)
+                        AND o.completed_at > now() - make_interval(secs => $4)
+                        AND NOT EXISTS (SELECT 1 FROM stock_deliveries d
+                                        WHERE d.order_id = o.id)))
+                ORDER BY o.created_at LIMIT $5
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}, shipped_at, completed_at, request_id""",
+        pending_after_s,
+        shipped_after_s,
+        delivered_after_s,
+        horizon_s,
+        limit,
+    )
+
+
 async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
@@ -82,30 +121,51 @@ async def list_orders(
     return total, rows
 
 
-async def record_shipped(conn: asyncpg.Connection, order_id: int, at: datetime) -> datetime | None:
+async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order shipped; return when it was placed, or None if this changed nothing.
 
-    Only forward: a late or repeated shipped event never moves a completed order back."""
+    Only forward: a late or repeated shipped event never moves a completed order back. Only an
+    event that describes the order (SSD, product, quantity) moves it."""
     return await conn.fetchval(
         """UPDATE product_orders SET status = 'shipped', shipped_at = $2
-           WHERE id = $1 AND status = 'pending'
+           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
            RETURNING created_at""",
-        order_id,
-        at,
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
     )
 
 
-async def record_completed(
-    conn: asyncpg.Connection, order_id: int, at: datetime
-) -> datetime | None:
+async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order completed; return when it shipped, or None if this changed nothing."""
     return await conn.fetchval(
         """UPDATE product_orders
            SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status <> 'completed'
+           WHERE id = $1 AND status <> 'completed' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
            RETURNING shipped_at""",
-        order_id,
-        at,
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
+    )
+
+
+async def describes_order(conn: asyncpg.Connection, event: OrderEvent) -> bool:
+    """Whether an order with this id, SSD, product and quantity exists."""
+    return bool(
+        await conn.fetchval(
+            """SELECT true FROM product_orders
+               WHERE id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4""",
+            event.id,
+            event.ssd_id,
+            event.barcode,
+            event.quantity,
+        )
     )
 
 

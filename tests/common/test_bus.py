@@ -163,3 +163,30 @@ async def test_consumer_deleted_on_the_server_is_made_again(nc):
     finally:
         await bus.stop_tasks(tasks)
         await js.delete_stream(spec.stream)
+
+
+async def test_publish_after_a_purge_stores_the_lost_message_again(nc):
+    """The server remembers de-duplication ids through a purge: a re-announcement under the
+    original id would be dropped. A duplicate whose original is gone is stored under an id
+    derived from the lost copy, once whoever publishes it."""
+    js = nc.jetstream()
+    stream, subject = f"T{uuid.uuid4().hex[:8]}", f"test.{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=stream, subjects=[subject], duplicate_window=60)
+    await bus.publish(js, subject, Ping(n=1), "ping-1")
+    await bus.publish(js, subject, Ping(n=1), "ping-1")  # still stored: dropped
+    assert (await js.stream_info(stream)).state.messages == 1
+
+    await js.purge_stream(stream)
+    await bus.publish(js, subject, Ping(n=1), "ping-1")
+    await bus.publish(js, subject, Ping(n=1), "ping-1")  # the new copy is stored: dropped
+    state = (await js.stream_info(stream)).state
+    assert state.messages == 1
+    stored = await js.get_msg(stream, state.last_seq)
+    assert stored.headers["Nats-Msg-Id"] == "ping-1~1"
+    assert Ping.model_validate_json(stored.data) == Ping(n=1)
+
+    await js.purge_stream(stream)  # lost again: the next copy names the second one
+    await bus.publish(js, subject, Ping(n=1), "ping-1")
+    state = (await js.stream_info(stream)).state
+    stored = await js.get_msg(stream, state.last_seq)
+    assert (state.messages, stored.headers["Nats-Msg-Id"]) == (1, "ping-1~1~2")

@@ -24,6 +24,8 @@ def test_settings_read_the_environment():
             "OFFSIM_SUPPLIER_DELAY_MIN": "10",
             "OFFSIM_SUPPLIER_DELAY_MAX": "20",
             "OFFSIM_WEIGHT_CONSUME": "0",
+            "OFFSIM_RECONCILE_MARGIN": "40",
+            "OFFSIM_RECONCILE_INTERVAL": "0.5",
             "USERS_URL": "http://users:8081/",
         }
     )
@@ -33,6 +35,8 @@ def test_settings_read_the_environment():
     assert settings.simulated(60) == 0.5
     assert settings.supplier_delay == (10.0, 20.0)
     assert settings.weights["consume"] == 0.0
+    assert settings.overdue_after(settings.supplier_delay) == 0.5  # (20 + 40) / 120
+    assert settings.reconcile_interval == 0.5
     assert settings.users_url == "http://users:8081"
 
 
@@ -42,6 +46,7 @@ def test_settings_read_the_environment():
         ({"SIM_SPEED": "fast"}, "SIM_SPEED"),
         ({"SIM_SPEED": "0"}, "SIM_SPEED"),
         ({"HTTP_PORT": "-1"}, "HTTP_PORT"),
+        ({"OFFSIM_RECONCILE_INTERVAL": "0"}, "OFFSIM_RECONCILE_INTERVAL"),
         ({"OFFSIM_DELIVERY_DELAY_MIN": "50", "OFFSIM_DELIVERY_DELAY_MAX": "5"}, "DELAY_MAX"),
     ],
 )

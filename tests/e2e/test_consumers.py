@@ -119,3 +119,57 @@ async def test_completed_event_for_an_unknown_order_is_dead_lettered_at_once(use
     assert msg.headers[bus.REASON_HEADER].startswith("cannot be applied")
     info = await js.consumer_info(subjects.ORDERS_STREAM, subjects.USERS_RESTOCK)
     assert info.num_redelivered == 0
+
+
+async def test_events_that_contradict_the_order_are_dead_lettered_and_change_nothing(
+    users, orders, nc, pool, products
+):
+    """A forged or garbled event for a real order (another quantity, SSD or product) neither
+    moves the order nor adds to stock: it is dead-lettered by each consumer, and the genuine
+    event still applies afterwards."""
+    ssd_id = (await register(users))["devices"][0]["id"]
+    resp = await orders.post(
+        "/api/orders", json={"ssd_id": ssd_id, "barcode": products[0], "quantity": 2}
+    )
+    order = await resp.json()
+    before = await stock_of(pool, ssd_id, products[0]) or 0
+    genuine = OrderEvent(
+        id=order["id"], ssd_id=ssd_id, barcode=products[0], quantity=2,
+        status=OrderStatus.COMPLETED, timestamp=datetime.now(UTC),
+    )  # fmt: skip
+    forged = [
+        genuine.model_copy(update={"quantity": 99}),
+        genuine.model_copy(update={"ssd_id": ssd_id + 1000}),
+        genuine.model_copy(update={"barcode": products[1], "product_id": products[1]}),
+    ]
+    js = nc.jetstream()
+    for n, event in enumerate(forged):
+        shipped = event.advanced(OrderStatus.SHIPPED, event.timestamp)
+        await bus.publish(js, subjects.ORDERS_SHIPPED, shipped, f"s{n}")
+        await bus.publish(js, subjects.ORDERS_COMPLETED, event, f"c{n}")
+
+    async def dead(durable: str) -> int:
+        info = await js.stream_info(
+            subjects.DEAD_LETTER_STREAM, subjects_filter=f"{subjects.DEAD_LETTER_PREFIX}.{durable}"
+        )
+        return sum((info.state.subjects or {}).values())
+
+    for durable in (subjects.ORDERS_RECORD_SHIPPED, subjects.ORDERS_RECORD_COMPLETED,
+                    subjects.USERS_RESTOCK):  # fmt: skip
+
+        async def all_dead(durable: str = durable) -> bool:
+            return await dead(durable) == len(forged)
+
+        await eventually(all_dead)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT status FROM product_orders WHERE id = $1", order["id"]
+        ) == "pending"  # fmt: skip
+    assert (await stock_of(pool, ssd_id, products[0]) or 0) == before
+
+    await bus.publish(js, subjects.ORDERS_COMPLETED, genuine, genuine.msg_id)
+
+    async def applied() -> bool:
+        return await stock_of(pool, ssd_id, products[0]) == before + 2
+
+    await eventually(applied)

@@ -38,6 +38,10 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
             added = await queries.record_delivery(
                 conn, event.id, event.ssd_id, event.barcode, event.quantity
             )
+            if not added and not await queries.delivery_recorded(conn, event.id):
+                # Not a duplicate: the event describes no order (a forged or garbled one).
+                raise bus.Contradiction(f"order {event.id}: no such order with this SSD, "
+                                        "product and quantity")  # fmt: skip
         if added:
             log.info(
                 "order %s delivered: +%s of %s to SSD %s",

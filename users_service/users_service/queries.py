@@ -130,14 +130,26 @@ async def consume_stock(
     )
 
 
+async def delivery_recorded(conn: asyncpg.Connection, order_id: int) -> bool:
+    return bool(
+        await conn.fetchval("SELECT true FROM stock_deliveries WHERE order_id = $1", order_id)
+    )
+
+
 async def record_delivery(
     conn: asyncpg.Connection, order_id: int, ssd_id: int, barcode: str, quantity: int
 ) -> bool:
-    """Add a delivered order to its SSD's stock, once: False if it was already added."""
+    """Add a delivered order to its SSD's stock, once: False if nothing was added (the delivery
+    was already added, or no order has this id, SSD, product and quantity)."""
     first = await conn.fetchval(
-        """INSERT INTO stock_deliveries (order_id) VALUES ($1)
+        """INSERT INTO stock_deliveries (order_id)
+           SELECT id FROM product_orders
+           WHERE id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
            ON CONFLICT (order_id) DO NOTHING RETURNING true""",
         order_id,
+        ssd_id,
+        barcode,
+        quantity,
     )
     if not first:
         return False

