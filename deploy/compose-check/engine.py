@@ -94,8 +94,9 @@ class Engine:
         self.lock = (self.run_dir / "lock").open("w")
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Unavailable(f"another compose check is running on {cache}") from None
+        except BlockingIOError:  # one engine per cache: wait for the other check to end
+            log(f"waiting for another compose check on {cache} to end")
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.socket = self.run_dir / "podman.sock"
         self.socket.unlink(missing_ok=True)
         self.env = {**os.environ, **self._configure()}
