@@ -129,10 +129,17 @@ def test_merged_results_match_compose_spec(merged, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_needs_a_password_and_prod_a_release():
-    """Without a value Compose refuses to start rather than use a default."""
-    bare = compose([BASE], "config", "--quiet", env_file=os.devnull)
-    assert bare.returncode != 0 and "POSTGRES_PASSWORD" in bare.stderr
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "OFFSIM_SERVICE_TOKEN"])
+def test_compose_needs_each_secret(secret):
+    """Without a value Compose refuses to start rather than use a default. (Each is checked
+    with the other set: with both missing, Compose names whichever it meets first.)"""
+    others = {"POSTGRES_PASSWORD": "x", "OFFSIM_SERVICE_TOKEN": "x"}
+    del others[secret]
+    bare = compose([BASE], "config", "--quiet", env=others, env_file=os.devnull)
+    assert bare.returncode != 0 and secret in bare.stderr
+
+
+def test_compose_prod_needs_a_release():
     prod = compose([BASE, PROD], "config", "--quiet", env={})
     assert prod.returncode != 0 and "OFFSIM_REGISTRY" in prod.stderr
 
