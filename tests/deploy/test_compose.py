@@ -139,9 +139,12 @@ def test_compose_needs_each_secret(secret):
     assert bare.returncode != 0 and secret in bare.stderr
 
 
-def test_compose_prod_needs_a_release():
-    prod = compose([BASE, PROD], "config", "--quiet", env={})
-    assert prod.returncode != 0 and "OFFSIM_REGISTRY" in prod.stderr
+@pytest.mark.parametrize("name", ["OFFSIM_REGISTRY", "OFFSIM_VERSION"])
+def test_compose_prod_needs_a_release(name):
+    others = {"OFFSIM_REGISTRY": REGISTRY, "OFFSIM_VERSION": VERSION}
+    del others[name]
+    prod = compose([BASE, PROD], "config", "--quiet", env=others)
+    assert prod.returncode != 0 and name in prod.stderr
 
 
 # --- every merged result ----------------------------------------------------------------------
