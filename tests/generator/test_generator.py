@@ -142,3 +142,20 @@ async def test_live_control_changes_the_rate(
 
 async def _at_least(count, n: int) -> bool:
     return await count() >= n
+
+
+async def test_malformed_fault_gets_only_4xx(users, orders, pool, products, settings, tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text(
+        "[[phases]]\nname = 'broken'\nregister_rate = 360\nrandom_order_rate = 360\n"
+        "[phases.faults]\nmalformed = 0.5\n"
+    )
+    broken = against(settings, users, orders, sim_speed=600.0, seed=5, scenario=str(path),
+                     population=2, max_in_flight=8)  # fmt: skip
+    result = await run(broken, asyncio.Event(), duration=600)
+    stats = result.stats
+    assert stats["malformed.rejected"] > 0
+    assert stats["malformed.accepted"] == 0
+    # The well-formed half still went through.
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM users") > 2
