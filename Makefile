@@ -44,6 +44,7 @@ compose-check: install
 bench: install
 	$(BIN)/python bench/services.py
 	$(BIN)/python bench/etl.py
+	$(BIN)/python bench/generator.py
 
 clean:
 	rm -rf $(VENV) .offsim node_modules

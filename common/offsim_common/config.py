@@ -123,6 +123,12 @@ class Settings:
     weights: dict[str, float] = field(
         default_factory=lambda: {"register": 1.0, "random_order": 1.0, "consume": 2.0}
     )
+    # The generator's population: a built-in scenario or a TOML path, the SSDs it starts
+    # with, units of each watched product an SSD uses a simulated day, requests in flight.
+    scenario: str = "steady"
+    population: int = 0
+    consume_per_day: float = 12.0
+    max_in_flight: int = 100
     # The service credential: a bearer token that acts for any user and SSD (the services
     # accept it, the generator sends it). Unset: only users' own tokens are accepted.
     service_token: str | None = field(default=None, repr=False)
@@ -165,6 +171,10 @@ class Settings:
                 "random_order": _float(env, "OFFSIM_WEIGHT_RANDOM_ORDER", 1.0),
                 "consume": _float(env, "OFFSIM_WEIGHT_CONSUME", 2.0),
             },
+            scenario=env.get("OFFSIM_SCENARIO") or cls.scenario,
+            population=_int(env, "OFFSIM_POPULATION", cls.population),
+            consume_per_day=_float(env, "OFFSIM_CONSUME_PER_DAY", cls.consume_per_day),
+            max_in_flight=_int(env, "OFFSIM_MAX_IN_FLIGHT", cls.max_in_flight, 1),
             service_token=env.get("OFFSIM_SERVICE_TOKEN") or None,
             off_api_url=(env.get("OFF_API_URL") or cls.off_api_url).rstrip("/"),
             off_search_rate=_float(env, "OFF_SEARCH_RATE", cls.off_search_rate),

@@ -131,17 +131,23 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def start_probe_server(
-    nc: Client, port: int, name: str, consumers: list[asyncio.Task] | None = None
+    nc: Client,
+    port: int,
+    name: str,
+    consumers: list[asyncio.Task] | None = None,
+    routes: Callable[[web.Application], None] | None = None,
 ) -> web.AppRunner:
     """`/api/health` and `/metrics` for a service with no HTTP API of its own (notifications,
-    generator), so an orchestrator probes and scrapes it like the others. Stop it with
-    `runner.cleanup()`."""
+    generator), so an orchestrator probes and scrapes it like the others; `routes` adds the
+    process's own (the generator's `/api/control`). Stop it with `runner.cleanup()`."""
     app = web.Application(middlewares=[metrics_middleware(name), error_middleware])
     app[NC] = nc
     if consumers is not None:
         app[CONSUMERS] = consumers
     app.router.add_get("/api/health", health)
     app.router.add_get("/metrics", metrics)
+    if routes is not None:
+        routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, port=port).start()

@@ -1,22 +1,27 @@
-"""The simulated users and their SSDs: the events the generator sends each tick.
+"""The population's events against the services.
 
 - register: a new person with one or two devices (POST /api/register).
 - random_order: the original's product-order event, a scatter-gather on orders.random, then
   POST /api/orders with a quantity of 1 to 4. Unlike the original, the product is one the SSD
   watches: a second orders.random request names the SSD the first one drew.
-- consume: an SSD reports the stock used at home; whatever falls below its reorder point is
-  ordered back up to capacity as a `restock` order, one open per product (the orders service
-  answers 409 for a second one, which is counted, not retried).
+- consume: an SSD reports one unit of one watched product used (its first report names no
+  product and learns which ones it watches); whatever falls below its reorder point is ordered
+  back up to capacity as a `restock` order, one open per product (the orders service answers
+  409 for a second one, which is counted, not retried).
 
-A registered user's SSDs act with that user's bearer token; the original's random orders, and
-an SSD whose owner's token the generator never saw (learned from orders.random, or before a
-restart), act with the service credential (OFFSIM_SERVICE_TOKEN).
+The decisions (when, which SSD and product, how many, who registers) come from the model; the
+answers never feed back into them, so the same seed makes the same decisions. An SSD whose
+registration has not succeeded yet has no id: its events are counted as `unregistered`.
 
-A service that is down or answers an error is logged and counted; the next tick tries again.
+A registered user's SSDs act with that user's bearer token; the original's random orders act
+with the service credential (OFFSIM_SERVICE_TOKEN).
+
+A service that is down or answers an error is logged and counted; the run goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
@@ -24,118 +29,190 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from faker import Faker
 from nats.aio.client import Client
 from offsim_common import tracing
 from offsim_common.config import Settings
 from offsim_common.messages import RandomOrderRequest
 from offsim_common.metrics import GENERATOR_EVENTS
 
-from .people import registration
+from . import metrics
+from .model import Event, Population
 from .scatter import gather_random
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("register", "random_order", "consume")
-# An SSD that consumes reports up to this many units of each product it watches.
-CONSUME_UP_TO = 3
+# A population registration answered 503 (it took no effect) is tried this often.
+POPULATE_ATTEMPTS = 5
 
 
 class ServiceError(Exception):
     """A call to a service failed; the event is counted as failed."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class Simulation:
     def __init__(
-        self, settings: Settings, http: aiohttp.ClientSession, nc: Client, seed: int | None
+        self,
+        settings: Settings,
+        http: aiohttp.ClientSession,
+        nc: Client | None,
+        population: Population,
     ) -> None:
         self.settings = settings
         self.http = http
         self.nc = nc
-        self.rng = random.Random(seed)
-        self.faker = Faker()
-        self.faker.seed_instance(seed)
-        self.known_ssds: list[int] = []
-        # The owner's bearer token of each SSD registered by this generator.
+        self.population = population
+        # Idempotency keys only: unseeded, so two runs with one seed never share a key.
+        self.keys = random.Random()
+        # By the SSD's index in the population: its id at the users service, its owner's
+        # bearer token, and the barcodes it watches (learned from its first consume answer).
+        self.ssd_ids: dict[int, int] = {}
         self.tokens: dict[int, str] = {}
+        self.barcodes: dict[int, list[str]] = {}
         self.stats: Counter[str] = Counter()
-        self._events: dict[str, Callable[[], Awaitable[None]]] = {
+        self._events: dict[str, Callable[[Event], Awaitable[None]]] = {
             "register": self.register,
             "random_order": self.random_order,
             "consume": self.consume,
         }
-        self._weights = [settings.weights.get(name, 0.0) for name in EVENTS]
-        if not any(self._weights):
-            raise ValueError("at least one event weight must be positive")
 
-    async def tick(self) -> str:
-        """Send one event, chosen by weight. Never raises: failures are logged and counted."""
-        name = self.rng.choices(EVENTS, weights=self._weights)[0]
+    async def perform(self, event: Event) -> str:
+        """Send one event. Never raises: failures are logged and counted."""
+        name = event.kind
         self.stats["events"] += 1
+        outcome = "failed"
         # Each event starts its own trace: the requests it makes, and all they cause, join it.
         with tracing.span(f"simulate {name}", attributes={"offsim.event": name}) as span:
             try:
-                await self._events[name]()
+                if event.malformed:
+                    await self.malformed(event)
+                else:
+                    await self._events[name](event)
             except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                outcome = "failed"
                 tracing.failed(span, exc)
                 log.warning("%s failed: %s", name, exc or type(exc).__name__)
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
             except Exception as exc:
-                outcome = "failed"
                 tracing.failed(span, exc)
                 log.exception("%s failed unexpectedly", name)
             else:
                 outcome = "sent"
-        self.stats[f"{name}.{outcome}"] += 1
-        GENERATOR_EVENTS.labels(name, outcome).inc()
+            finally:
+                self.stats[f"{name}.{outcome}"] += 1
+                GENERATOR_EVENTS.labels(name, outcome).inc()
         return name
 
-    async def register(self) -> None:
+    async def register(self, event: Event, idempotency_key: str | None = None) -> None:
+        assert event.body is not None
         status, body = await self._post(
-            f"{self.settings.users_url}/api/register", registration(self.faker, self.rng)
+            f"{self.settings.users_url}/api/register", event.body, idempotency_key=idempotency_key
         )
         if status == 409:
             self.stats["register.conflict"] += 1
             return
         self._expect(status, 201, body, "register")
-        self.known_ssds.extend(device["id"] for device in body["devices"])
-        for device in body["devices"]:
-            self.tokens[device["id"]] = body["token"]
+        for index, device in zip(event.ssds, body["devices"], strict=False):
+            self.ssd_ids[index] = device["id"]
+            self.tokens[index] = body["token"]
         log.info("registered user %s with %d SSD(s)", body["id"], len(body["devices"]))
 
-    async def random_order(self) -> None:
+    async def populate(self, users: list[tuple[int, list[int]]], concurrency: int = 4) -> None:
+        """Register the starting population: synthetic people, `concurrency` at a time; a
+        503 is retried with the same Idempotency-Key (it took no effect)."""
+        run = uuid.UUID(int=self.keys.getrandbits(128)).hex[:12]
+        queue = list(reversed(users))
+
+        async def worker() -> None:
+            while queue:
+                user, ssds = queue.pop()
+                body = {
+                    "user": {"first_name": "Population", "last_name": f"User {user + 1}",
+                             "email": f"pop-{run}-{user + 1}@offsim.example",
+                             "password": uuid.UUID(int=self.keys.getrandbits(128)).hex},
+                    "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds],
+                }  # fmt: skip
+                key = str(uuid.UUID(int=self.keys.getrandbits(128)))
+                for attempt in range(POPULATE_ATTEMPTS):
+                    try:
+                        await self.register(Event(0.0, "register", body=body, ssds=ssds), key)
+                        self.stats["populate.sent"] += 1
+                        break
+                    except ServiceError as exc:
+                        if exc.status == 503 and attempt + 1 < POPULATE_ATTEMPTS:
+                            await asyncio.sleep(0.5 * (attempt + 1))
+                            continue
+                        self.stats["populate.failed"] += 1
+                        log.warning("population user %d not registered: %s", user + 1, exc)
+                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        self.stats["populate.failed"] += 1
+                        log.warning("population user %d not registered: %s", user + 1, exc)
+                        break
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    @staticmethod
+    def _mac(run: str, ssd: int) -> str:
+        digits = f"{(int(run, 16) * 1_000_003 + ssd) % 2**48:012x}"
+        # Locally administered, unicast: 02 in the first octet.
+        digits = "02" + digits[2:]
+        return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+    async def random_order(self, event: Event) -> None:
+        if self.nc is None:
+            raise ServiceError("no NATS connection")
         gathered = await gather_random(self.nc)
         if not gathered.complete:
             raise ServiceError(f"orders.random incomplete: {gathered}")
-        self._learn(gathered.ssd_id)
         watched = await gather_random(self.nc, request=RandomOrderRequest(ssd_id=gathered.ssd_id))
         barcode = watched.barcode or gathered.barcode
-        await self._order(gathered.ssd_id, barcode, self.rng.randint(1, 4), as_service=True)
+        await self._order(gathered.ssd_id, barcode, event.quantity, as_service=True)
 
-    async def consume(self) -> None:
-        if not self.known_ssds:
-            # After a restart the generator knows no SSD yet: ask the users service for one.
-            gathered = await gather_random(self.nc)
-            if gathered.ssd_id is None:
-                self.stats["consume.no_ssd"] += 1
-                return
-            self._learn(gathered.ssd_id)
-        ssd_id = self.rng.choice(self.known_ssds)
+    async def consume(self, event: Event) -> None:
+        index = event.ssd
+        ssd_id = self.ssd_ids.get(index)
+        if ssd_id is None:
+            self.stats["consume.unregistered"] += 1
+            return
+        barcodes = self.barcodes.get(index)
+        payload: dict = {"quantity": event.quantity}
+        if barcodes:
+            payload["barcode"] = barcodes[(event.slot % self.population.watched) % len(barcodes)]
         status, body = await self._post(
-            f"{self.settings.users_url}/api/ssds/{ssd_id}/consume",
-            {"quantity": CONSUME_UP_TO},
-            self._token(ssd_id),
+            f"{self.settings.users_url}/api/ssds/{ssd_id}/consume", payload, self._token(index)
         )
         if status == 404:
-            self.known_ssds.remove(ssd_id)  # the SSD is gone (database reset)
-            self.tokens.pop(ssd_id, None)
+            self.stats["consume.gone"] += 1
+            self.ssd_ids.pop(index, None)  # the SSD is gone (database reset)
             return
-        if status == 401 and self.tokens.pop(ssd_id, None):
-            return  # the owner's token is gone: the service credential from the next tick
+        if status == 401 and self.tokens.pop(index, None):
+            return  # the owner's token is gone: the service credential from the next event
         self._expect(status, 200, body, "consume")
+        if not barcodes:
+            self.barcodes[index] = sorted(item["barcode"] for item in body["stock"])
         self.stats["consume.units"] += sum(item["consumed"] for item in body["stock"])
         for item in body["restock"]:
-            await self._order(ssd_id, item["barcode"], item["quantity"], restock=True)
+            await self._order(ssd_id, item["barcode"], item["quantity"], restock=True,
+                              token=self._token(index))  # fmt: skip
+
+    async def malformed(self, event: Event) -> None:
+        """A request that breaks the API's contract on purpose: it must get a 4xx."""
+        if event.kind == "register":
+            url, payload = f"{self.settings.users_url}/api/register", {"user": {"email": "x"}}
+        else:
+            url = f"{self.settings.orders_url}/api/orders"
+            payload = {"ssd_id": "one", "barcode": "", "quantity": "lots"}
+        status, body = await self._post(url, payload, self.settings.service_token)
+        outcome = "rejected" if 400 <= status < 500 else "accepted"
+        self.stats[f"malformed.{outcome}"] += 1
+        metrics.MALFORMED.labels(event.kind, outcome).inc()
+        if outcome == "accepted":
+            raise ServiceError(f"a malformed {event.kind} got HTTP {status}: {body}")
 
     async def _order(
         self,
@@ -144,14 +221,15 @@ class Simulation:
         quantity: int,
         restock: bool = False,
         as_service: bool = False,
+        token: str | None = None,
     ) -> None:
         status, body = await self._post(
             f"{self.settings.orders_url}/api/orders",
             {"ssd_id": ssd_id, "barcode": barcode, "quantity": quantity,
              "kind": "restock" if restock else "order"},
-            self.settings.service_token if as_service else self._token(ssd_id),
+            self.settings.service_token if as_service else token or self.settings.service_token,
             # A retry after a lost answer must not order twice.
-            idempotency_key=str(uuid.UUID(int=self.rng.getrandbits(128))),
+            idempotency_key=str(uuid.UUID(int=self.keys.getrandbits(128))),
         )  # fmt: skip
         if status == 409:
             self.stats["order.already_open"] += 1
@@ -160,13 +238,9 @@ class Simulation:
         self.stats["order.restock" if restock else "order.random"] += 1
         log.info("order %s: SSD %s, %s x %s", body["id"], ssd_id, quantity, barcode)
 
-    def _token(self, ssd_id: int) -> str | None:
+    def _token(self, index: int) -> str | None:
         """The owner's token if this generator registered the SSD, else the service's."""
-        return self.tokens.get(ssd_id) or self.settings.service_token
-
-    def _learn(self, ssd_id: int) -> None:
-        if ssd_id not in self.known_ssds:
-            self.known_ssds.append(ssd_id)
+        return self.tokens.get(index) or self.settings.service_token
 
     async def _post(
         self, url: str, payload: dict, token: str | None = None, idempotency_key: str | None = None
@@ -184,4 +258,4 @@ class Simulation:
     @staticmethod
     def _expect(status: int, wanted: int, body: dict, what: str) -> None:
         if status != wanted:
-            raise ServiceError(f"{what}: HTTP {status}: {body.get('message', body)}")
+            raise ServiceError(f"{what}: HTTP {status}: {body.get('message', body)}", status)

@@ -1,0 +1,108 @@
+"""Live control on the generator's HTTP port: `GET /api/control` tells the scenario, phase,
+rates, faults and load; `PUT /api/control` changes them while the run goes on.
+
+A PUT sets only the fields it names: a number overrides the scenario's value, `null` gives it
+back to the scenario; `paused` stops and restarts the simulated clock.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from offsim_common.http import json_response, read_body
+from pydantic import BaseModel, ConfigDict, Field
+
+from .engine import Engine
+from .scenario import HOUR
+
+ENGINE = web.AppKey("engine", Engine)
+
+Rate = Annotated[float, Field(ge=0, le=1e6, description="per simulated hour")]
+
+
+class FaultsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    supplier_delay: Annotated[float, Field(ge=0, le=100)] | None = None
+    reject: Annotated[float, Field(ge=0, le=1)] | None = None
+    courier_spike: Annotated[float, Field(ge=0, le=1)] | None = None
+    courier_spike_factor: Annotated[float, Field(ge=1, le=1000)] | None = None
+    malformed: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class ControlUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    register_rate: Rate | None = None
+    random_order_rate: Rate | None = None
+    consumption: Annotated[float, Field(ge=0, le=1000)] | None = None
+    paused: bool | None = None
+    faults: FaultsUpdate | None = None
+
+
+def state(engine: Engine) -> dict:
+    model = engine.model
+    now = engine.sim_now()
+    rates = model.rates_at(now)
+    index, _ = model.scenario.phase_at(now)
+    o = model.overrides
+    return {
+        "scenario": model.scenario.name,
+        "phase": model.scenario.phases[index].name,
+        "paused": engine.paused,
+        "sim_s": round(now, 3),
+        "rates": {
+            "register_rate": round(rates.register * HOUR, 6),
+            "random_order_rate": round(rates.random_order * HOUR, 6),
+            "consumption": round(rates.consumption, 6),
+        },
+        "faults": rates.faults.as_dict(),
+        "overrides": {
+            "register_rate": o.register_rate,
+            "random_order_rate": o.random_order_rate,
+            "consumption": o.consumption,
+            "faults": dict(o.faults),
+        },
+        "ssds": model.population.ssds,
+        "events": engine.events,
+        "event_rate": round(engine.event_rate, 3),
+        "in_flight": len(engine.in_flight),
+        "max_in_flight": engine.max_in_flight,
+        "overflow": dict(sorted(engine.overflow.items())),
+        "max_lag_s": round(engine.max_lag_s, 4),
+    }
+
+
+async def get_control(request: web.Request) -> web.Response:
+    return json_response(state(request.app[ENGINE]))
+
+
+async def put_control(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    update = await read_body(request, ControlUpdate)
+    overrides = engine.model.overrides
+    for name in ("register_rate", "random_order_rate", "consumption"):
+        if name in update.model_fields_set:
+            setattr(overrides, name, getattr(update, name))
+    if update.faults is not None:
+        for name in update.faults.model_fields_set:
+            value = getattr(update.faults, name)
+            if value is None:
+                overrides.faults.pop(name, None)
+            else:
+                overrides.faults[name] = value
+    if update.paused is True:
+        engine.pause()
+    elif update.paused is False:
+        engine.resume()
+    return json_response(state(engine))
+
+
+def add_routes(engine: Engine):
+    def add(app: web.Application) -> None:
+        app[ENGINE] = engine
+        app.router.add_get("/api/control", get_control)
+        app.router.add_put("/api/control", put_control)
+
+    return add
