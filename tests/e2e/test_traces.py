@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from offsim_common import subjects
 from offsim_common.logs import setup_logging
+from offsim_generator.model import Event, Population
 from offsim_generator.simulation import Simulation
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
@@ -56,13 +57,13 @@ async def test_one_order_is_one_trace_from_the_generator_to_the_stock(
     setup_logging("INFO", "test", json_lines=True)
     try:
         await register(users)
-        generator = replace(
-            settings,
-            orders_url=str(orders.make_url("")).rstrip("/"),
-            weights={"register": 0.0, "random_order": 1.0, "consume": 0.0},
-        )
+        generator = replace(settings, orders_url=str(orders.make_url("")).rstrip("/"))
+        population = Population(watched=settings.watched_products, per_day=12.0)
+        event = Event(t=0.0, kind="random_order", quantity=2)
         async with aiohttp.ClientSession() as http:
-            assert await Simulation(generator, http, nc, seed=3).tick() == "random_order"
+            simulation = Simulation(generator, http, nc, population)
+            assert await simulation.perform(event) == "random_order"
+            assert simulation.stats["random_order.sent"] == 1
 
         await eventually(lambda: _done(spans, "users-restock"))
         await eventually(lambda: _done(spans, "orders-record-completed"))
