@@ -47,17 +47,29 @@ ONE_SHOTS = {"migrate", "etl"}
 READY_TIMEOUT = 420.0
 ORDER_TIMEOUT = 120.0
 # Sent into the dashboard's container to make one HTTP request where no port is published:
-# argv is method, URL and body; it prints the status and the body as one JSON line.
+# argv is method, URL, body and headers; it prints the status and the body as one JSON line.
+# Right after an `up`, the network's DNS can take a moment to know a new container: a request
+# whose name does not resolve yet, or whose connection is refused, is tried again for up to
+# 15 s (it never reached the service).
 IN_CONTAINER_CLIENT = """
-import json, sys, urllib.error, urllib.request
+import json, socket, sys, time, urllib.error, urllib.request
 method, url, body, headers = sys.argv[1:5]
 headers = {"Content-Type": "application/json", **json.loads(headers)}
 request = urllib.request.Request(url, method=method, data=body.encode() or None, headers=headers)
-try:
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        status, text = answer.status, answer.read().decode()
-except urllib.error.HTTPError as error:
-    status, text = error.code, error.read().decode()
+deadline = time.monotonic() + 15
+while True:
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            status, text = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    except urllib.error.URLError as error:
+        unreached = isinstance(error.reason, (socket.gaierror, ConnectionRefusedError))
+        if not unreached or time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+        continue
+    break
 print(json.dumps({"status": status, "body": text}))
 """
 

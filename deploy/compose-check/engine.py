@@ -196,6 +196,10 @@ short-name-mode = "permissive"
         if leftover:
             log(f"removing {len(leftover)} container(s) left behind")
             self.podman("rm", "-f", "-t", "5", *leftover, check=False)
+        # Untagged layers older than three days: without this the cache grows by every code
+        # change's layers. Younger ones stay, as they are the build cache of the next run (the
+        # stages before the last are untagged too).
+        self.podman("image", "prune", "--force", "--filter", "until=72h", check=False)
         if self.service is not None and self.service.poll() is None:
             self.service.terminate()
             try:
