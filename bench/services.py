@@ -47,9 +47,9 @@ async def timed(label: str, n: int, concurrency: int, make_call) -> None:
 
 
 async def main(n_users: int, n_orders: int) -> None:
-    from notifications_service.__main__ import serve as serve_notifications
-    from orders_service.app import create_app as orders_app
-    from users_service.app import create_app as users_app
+    from offsim_notifications.__main__ import serve as serve_notifications
+    from offsim_orders.app import create_app as orders_app
+    from offsim_users.app import create_app as users_app
 
     with tempfile.TemporaryDirectory(prefix="offsim-bench-") as tmp:
         nats = embedded.start_nats(Path(tmp) / "nats")

@@ -152,14 +152,14 @@ async def eventually(check, within: float = 20.0, interval: float = 0.02):
 
 @pytest.fixture
 async def users(aiohttp_client, settings, pool, nc):
-    from users_service.app import create_app
+    from offsim_users.app import create_app
 
     return await aiohttp_client(create_app(settings), headers=AS_SERVICE)
 
 
 @pytest.fixture
 async def orders(aiohttp_client, settings, pool, nc):
-    from orders_service.app import create_app
+    from offsim_orders.app import create_app
 
     return await aiohttp_client(create_app(settings), headers=AS_SERVICE)
 
@@ -167,7 +167,7 @@ async def orders(aiohttp_client, settings, pool, nc):
 @pytest.fixture
 async def notifications(settings, nc):
     """The notifications service, in this process, for the length of the test."""
-    from notifications_service.__main__ import serve
+    from offsim_notifications.__main__ import serve
 
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))

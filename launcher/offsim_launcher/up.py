@@ -132,11 +132,11 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
                   "USERS_URL": users_url, "ORDERS_URL": orders_url,
                   "OFFSIM_SERVICE_TOKEN": token}  # fmt: skip
         children = [
-            Child("users", "users_service", {**common, "HTTP_PORT": str(users_port)},
+            Child("users", "offsim_users", {**common, "HTTP_PORT": str(users_port)},
                   logs / "users.log"),
-            Child("orders", "orders_service", {**common, "HTTP_PORT": str(orders_port)},
+            Child("orders", "offsim_orders", {**common, "HTTP_PORT": str(orders_port)},
                   logs / "orders.log"),
-            Child("notifications", "notifications_service",
+            Child("notifications", "offsim_notifications",
                   {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "notifications.log"),
             Child("dashboard", "offsim_dashboard",
                   {**common, "HTTP_PORT": str(dashboard_port)}, logs / "dashboard.log"),

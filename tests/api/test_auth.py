@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from orders_service.app import create_app as orders_app
-from users_service.app import create_app as users_app
+from offsim_orders.app import create_app as orders_app
+from offsim_users.app import create_app as users_app
 
 from tests.helpers import register
 

@@ -67,7 +67,7 @@ def test_json_logs_carry_service_and_request_id(capsys):
     setup_logging("INFO", "orders", json_lines=True)
     token = request_id.set("abc123")
     try:
-        logging.getLogger("orders_service.test").info("order %s shipped", 7)
+        logging.getLogger("offsim_orders.test").info("order %s shipped", 7)
     finally:
         request_id.reset(token)
         root.handlers[:], level = saved
@@ -75,4 +75,4 @@ def test_json_logs_carry_service_and_request_id(capsys):
     record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert record["message"] == "order 7 shipped"
     assert record["service"] == "orders" and record["request_id"] == "abc123"
-    assert record["level"] == "INFO" and record["logger"] == "orders_service.test"
+    assert record["level"] == "INFO" and record["logger"] == "offsim_orders.test"

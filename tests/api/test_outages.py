@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from orders_service.app import create_app as orders_app
-from users_service.app import create_app as users_app
+from offsim_orders.app import create_app as orders_app
+from offsim_users.app import create_app as users_app
 
 from tests.conftest import AS_SERVICE, eventually
 from tests.helpers import registration

@@ -54,7 +54,7 @@ def services(nats_url: str, database_url: str) -> Iterator[dict[str, str]]:
     asyncio.run(seed(database_url))
     procs, urls = [], {}
     try:
-        for name, module in (("users", "users_service"), ("orders", "orders_service")):
+        for name, module in (("users", "offsim_users"), ("orders", "offsim_orders")):
             port = free_port()
             procs.append(start(module, port, nats_url, database_url))
             urls[name] = f"http://127.0.0.1:{port}"

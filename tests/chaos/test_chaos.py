@@ -276,10 +276,10 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
     def service(name: str, module: str) -> Service:
         return Service(name, module, env, logs / f"{name}.log")
 
-    users = service("users", "users_service")
-    orders = [service("orders-a", "orders_service"), service("orders-b", "orders_service")]
-    notifications = [service("notifications-a", "notifications_service"),
-                     service("notifications-b", "notifications_service")]  # fmt: skip
+    users = service("users", "offsim_users")
+    orders = [service("orders-a", "offsim_orders"), service("orders-b", "offsim_orders")]
+    notifications = [service("notifications-a", "offsim_notifications"),
+                     service("notifications-b", "offsim_notifications")]  # fmt: skip
     everyone = [users, *orders, *notifications]
     load, stop = Load(), asyncio.Event()
     nc = None

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from offsim_common import bus, subjects
 from offsim_common.messages import OrderEvent
-from orders_service.reconciler import reconcile_once, stored_event
+from offsim_orders.reconciler import reconcile_once, stored_event
 from prometheus_client import REGISTRY
 
 from tests.conftest import eventually

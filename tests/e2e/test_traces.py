@@ -134,8 +134,8 @@ async def test_one_order_is_one_trace_from_the_generator_to_the_stock(
     hex_id = format_trace_id(trace_id)
     order_lines = [line for line in lines if line["request_id"] == request_id]
     loggers = {line["logger"] for line in order_lines}
-    assert {"orders_service.nats_handlers", "notifications_service.courier",
-            "users_service.nats_handlers"} <= loggers, loggers  # fmt: skip
+    assert {"offsim_orders.nats_handlers", "offsim_notifications.courier",
+            "offsim_users.nats_handlers"} <= loggers, loggers  # fmt: skip
     assert all(line["trace_id"] == hex_id for line in order_lines)
     spans_logged = {line["span_id"] for line in order_lines}
     assert format_span_id(restock.context.span_id) in spans_logged

@@ -10,10 +10,10 @@ import sys
 
 import aiohttp
 import pytest
-from notifications_service.courier import delay_for
 from offsim_common import subjects
 from offsim_common.messages import OrderEvent
 from offsim_launcher.embedded import free_port
+from offsim_notifications.courier import delay_for
 
 from tests.conftest import eventually
 from tests.helpers import register
@@ -32,7 +32,7 @@ async def start_notifications(nats_url: str) -> asyncio.subprocess.Process:
         "LOG_LEVEL": "INFO",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "notifications_service",
+        sys.executable, "-m", "offsim_notifications",
         env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     async with asyncio.timeout(20):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from users_service.passwords import verify_password
+from offsim_users.passwords import verify_password
 
 VALID = {
     "user": {

@@ -15,7 +15,7 @@ from offsim_common.web import start_probe_server
 
 from .courier import consumers
 
-log = logging.getLogger("notifications_service")
+log = logging.getLogger("offsim_notifications")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
