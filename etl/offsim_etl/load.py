@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -117,32 +116,41 @@ async def create_staging(conn: asyncpg.Connection) -> None:
 
 async def load_batch(
     conn: asyncpg.Connection,
-    rows: Sequence[tuple[Any, ...]],
-    links: Sequence[tuple[str, str]],
+    products: bytes,
+    links: bytes,
+    barcodes: Sequence[str],
     *,
     position: tuple[str, int | None] | None = None,
 ) -> BatchResult:
-    """Upsert one batch in one transaction: `rows` in `PRODUCT_COLUMNS` order (barcodes unique
-    within the batch), `links` its (barcode, brand tag) pairs.
+    """Upsert one batch in one transaction: `products`, binary COPY data of `PRODUCT_COLUMNS`
+    rows whose barcodes are `barcodes` (unique within the batch), `links` that of its (barcode,
+    brand tag) pairs (see `prepare`).
 
-    Both go in with a binary COPY, then one statement per table merges them, so a batch costs a
-    fixed handful of round trips whatever its size. `position` is (source key, next page) to
-    store with the batch, or (key, None) to clear it because the source is finished.
+    Both go in with one binary COPY each, then one statement per table merges them, so a batch
+    costs a fixed handful of round trips whatever its size. `position` is (source key, next
+    page) to store with the batch, or (key, None) to clear it because the source is finished.
     """
     async with conn.transaction():
-        if rows:
-            await conn.copy_records_to_table(
-                "etl_stage_products", records=rows, columns=PRODUCT_COLUMNS
+        if barcodes:
+            # As memoryviews: asyncpg would take plain bytes for a file name.
+            await conn.copy_to_table(
+                "etl_stage_products",
+                source=memoryview(products),
+                columns=PRODUCT_COLUMNS,
+                format="binary",
             )
-            await conn.copy_records_to_table(
-                "etl_stage_brands", records=links, columns=("barcode", "tag")
+            await conn.copy_to_table(
+                "etl_stage_brands",
+                source=memoryview(links),
+                columns=("barcode", "tag"),
+                format="binary",
             )
             written = await conn.fetch(UPSERT_PRODUCTS)
             inserted = {row["barcode"] for row in written if row["inserted"]}
             updated = {row["barcode"] for row in written if not row["inserted"]}
             new_brands = len(await conn.fetch(INSERT_BRANDS))
             relinked = set()
-            if existing := [row[0] for row in rows if row[0] not in inserted]:
+            if existing := [barcode for barcode in barcodes if barcode not in inserted]:
                 relinked = {r["barcode"] for r in await conn.fetch(DELETE_STALE_LINKS, existing)}
             relinked |= {row["barcode"] for row in await conn.fetch(INSERT_LINKS)}
         else:
@@ -161,7 +169,7 @@ async def load_batch(
     return BatchResult(
         inserted=len(inserted),
         updated=len(updated),
-        unchanged=len(rows) - len(inserted) - len(updated),
+        unchanged=len(barcodes) - len(inserted) - len(updated),
         new_brands=new_brands,
     )
 

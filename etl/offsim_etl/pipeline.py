@@ -298,7 +298,11 @@ async def _pipeline(
                 if position_key is not None and (raw.finished or raw.next_page is not None):
                     position = (position_key, None if raw.finished else raw.next_page)
                 result = await load.load_batch(
-                    conn, prepared.rows, prepared.links, position=position
+                    conn,
+                    prepared.products,
+                    prepared.links,
+                    prepared.barcodes,
+                    position=position,
                 )
                 _add(summary, raw, prepared, result)
                 _count(kind, prepared, result)

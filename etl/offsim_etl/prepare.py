@@ -1,9 +1,10 @@
-"""Raw records -> rows ready to COPY: the CPU-heavy half of the ETL, run in worker processes.
+"""Raw records -> binary COPY payloads: the CPU-heavy part of the ETL, run in worker processes.
 
-A source hands the pipeline its records undecoded (JSONL lines, a Parquet record batch) together
-with a `decode` function; `prepare` runs in a worker of the process pool, so JSON decoding and
-`transform` use every core while the parent only reads the file and talks to Postgres. Its
-result is plain tuples and counters: cheap to pickle back, and all the loader needs.
+A source hands the pipeline its records undecoded (a block of JSONL lines, a Parquet record
+batch) together with a `decode` function; `prepare` runs in a worker of the process pool, so
+splitting, JSON decoding, `transform` and the COPY encoding use every core while the parent only
+reads the file and talks to Postgres. Its result is two byte strings, the barcodes and a few
+counters: cheap to pickle back, and all the loader needs, with no per-row object to unpickle.
 """
 
 from __future__ import annotations
@@ -14,21 +15,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .copy_binary import PRODUCT_TYPES, encode_rows
 from .transform import Product, Reason, transform
 
 log = logging.getLogger(__name__)
 
+LINK_TYPES = ("text", "text")
 # A source's decoder: its raw records -> OFF objects, or the Reason one cannot be decoded.
 Decode = Callable[[Any], Iterable[object]]
 
 
 @dataclass
 class Prepared:
-    """One batch after `transform`: unique barcodes, sorted, as `load.PRODUCT_COLUMNS` rows."""
+    """One batch after `transform`: unique barcodes, sorted, as binary COPY payloads."""
 
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    # (barcode, brand tag) for every brand of every kept product.
-    links: list[tuple[str, str]] = field(default_factory=list)
+    # `load.PRODUCT_COLUMNS` rows in barcode order, and (barcode, brand tag) for every brand of
+    # every kept product, each as a binary COPY payload (see `copy_binary`).
+    products: bytes = b""
+    links: bytes = b""
+    barcodes: list[str] = field(default_factory=list)
     read: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -36,7 +41,7 @@ class Prepared:
 
     @property
     def kept(self) -> int:
-        return len(self.rows)
+        return len(self.barcodes)
 
 
 def decode_objects(records: list[object]) -> list[object]:
@@ -66,9 +71,16 @@ def prepare(records: Any, decode: Decode, strict: bool) -> Prepared:
             prepared.duplicates += 1
         by_barcode[result.barcode] = result
     # Sorted, so that any two writers lock rows in the same order and cannot deadlock.
+    rows = []
+    links = []
     for barcode in sorted(by_barcode):
         product = by_barcode[barcode]
-        prepared.rows.append(product.row())
-        prepared.links.extend((barcode, tag) for tag in product.brands)
-        prepared.cleared.update(product.cleared)
+        rows.append(product.row())
+        links.extend((barcode, tag) for tag in product.brands)
+        if product.cleared:
+            prepared.cleared.update(product.cleared)
+        prepared.barcodes.append(barcode)
+    if rows:
+        prepared.products = encode_rows(rows, PRODUCT_TYPES)
+        prepared.links = encode_rows(links, LINK_TYPES)
     return prepared

@@ -125,5 +125,6 @@ def test_read_jsonl_yields_bounded_batches_and_counts_every_byte(
 
     batches = list(read_jsonl(path, batch_size=20))
 
-    assert [len(batch.records) for batch in batches] == [20, 20, 20, 20, 15]
+    assert [len(batch.records.splitlines()) for batch in batches] == [20, 20, 20, 20, 15]
+    assert b"".join(batch.records for batch in batches) == b"\n".join(lines) + b"\n"
     assert sum(batch.advance for batch in batches) == path.stat().st_size
