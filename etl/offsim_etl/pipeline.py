@@ -264,9 +264,12 @@ async def _pooled(
 def _mp_context() -> multiprocessing.context.BaseContext:
     """forkserver: workers are forked from a small single-threaded server, never from this
     process, whose threads (the reader, asyncpg's) could hold a lock across a fork. The server
-    imports the parsing modules once; each worker then starts in milliseconds."""
+    imports the parsing modules once; each worker then starts in milliseconds. `__main__` too:
+    a child imports the parent's main script (for `offsim-etl`, the CLI with asyncpg, requests
+    and aiohttp) unless its server already did, and that import cost more CPU than parsing a
+    thousand products."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(_WORKER_MODULES))
+    context.set_forkserver_preload(["__main__", *_WORKER_MODULES])
     return context
 
 
