@@ -106,6 +106,10 @@ async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
         except NotFoundError:
             pass
     try:
+        await js.delete_key_value(subjects.FAULTS_BUCKET)  # no fault left by another test
+    except NotFoundError:
+        pass
+    try:
         yield client
     finally:
         await client.close()

@@ -59,6 +59,8 @@ class OrderStatus(StrEnum):
     PENDING = "pending"
     SHIPPED = "shipped"
     COMPLETED = "completed"
+    # Terminal: the supplier rejected the order; nothing ships, the stock is unchanged.
+    CANCELLED = "cancelled"
 
 
 # --- HTTP request bodies (kept compatible with the original's) ---------------------------------
@@ -249,7 +251,10 @@ class ConsumedItem(BaseModel):
     reorder_point: int
     capacity: int
     consumed: int
-    on_order: bool = Field(description="an order for it is pending or shipped")
+    on_order: bool = Field(
+        description="an order for it is pending or shipped (a cancelled one "
+        "is no longer on its way)"
+    )
 
 
 class RestockItem(BaseModel):
@@ -283,6 +288,7 @@ class Transition(BaseModel):
 class OrderDetail(Order):
     shipped_at: datetime | None
     completed_at: datetime | None
+    cancelled_at: datetime | None = None
     product_name: str | None = None
     transitions: list[Transition]
 

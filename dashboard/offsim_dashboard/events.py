@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
-ORDER_SUBJECTS = (subjects.ORDERS_PENDING, subjects.ORDERS_SHIPPED, subjects.ORDERS_COMPLETED)
+ORDER_SUBJECTS = subjects.ORDERS_STREAM_SUBJECTS
 QUEUE_SIZE = 256
 
 # Put on a client's queue when the server shuts down: the stream ends.

@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import TextIO
@@ -23,6 +24,7 @@ from offsim_common.web import start_probe_server
 from . import control, metrics, scenario
 from .dryrun import DryRun
 from .engine import Engine
+from .faults import FaultSync
 from .model import Model
 from .simulation import Simulation
 
@@ -165,9 +167,12 @@ async def run(
             model, speed=settings.sim_speed, duration=duration, max_events=max_events,
             perform=sim.perform, max_in_flight=settings.max_in_flight,
         )  # fmt: skip
+        faults = FaultSync(nc.jetstream(), engine, settings.seed)
+        await faults.sync()
+        stack.push_async_callback(faults.clear)
         if probe_port is not None:
             probe = await start_probe_server(
-                nc, probe_port, "generator", routes=control.add_routes(engine)
+                nc, probe_port, "generator", routes=control.add_routes(engine, faults.sync)
             )
             stack.push_async_callback(probe.cleanup)
         if users:
@@ -175,21 +180,27 @@ async def run(
                      len(users))  # fmt: skip
             await sim.populate(users)
             log.info("population registered: %s", sim.stats)
-        await _drive(engine, stop)
+        await _drive(engine, stop, faults.run())
     return Run(engine, sim)
 
 
-async def _drive(engine: Engine, stop: asyncio.Event) -> None:
+async def _drive(
+    engine: Engine, stop: asyncio.Event, beside: Coroutine[None, None, None] | None = None
+) -> None:
+    """Run the engine until it is done or `stop`; `beside` runs as long as it does."""
     engine.start()
     log.info("generator: scenario %s, %d SSDs, x%s", engine.model.scenario.name,
              engine.model.population.ssds, engine.speed)  # fmt: skip
     stopped = asyncio.ensure_future(stop.wait())
     done = asyncio.ensure_future(engine.done.wait())
     rate = asyncio.ensure_future(_report_rate(engine))
+    tasks = [stopped, done, rate]
+    if beside is not None:
+        tasks.append(asyncio.ensure_future(beside))
     try:
         await asyncio.wait({stopped, done}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (stopped, done, rate):
+        for task in tasks:
             task.cancel()
         # Before the HTTP session and NATS close: no new tick, and the requests in flight
         # finish, so every event sent is counted and none is cut off mid-request.

@@ -7,6 +7,7 @@ back to the scenario; `paused` stops and restarts the simulated clock.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from aiohttp import web
@@ -17,6 +18,9 @@ from .engine import Engine
 from .scenario import HOUR
 
 ENGINE = web.AppKey("engine", Engine)
+# Called after a PUT changed something (the faults reach the notifications service before the
+# answer goes out).
+ON_CHANGE = web.AppKey("on_change", Callable[[], Awaitable[None]])
 
 Rate = Annotated[float, Field(ge=0, le=1e6, description="per simulated hour")]
 
@@ -96,12 +100,16 @@ async def put_control(request: web.Request) -> web.Response:
         engine.pause()
     elif update.paused is False:
         engine.resume()
+    if ON_CHANGE in request.app:
+        await request.app[ON_CHANGE]()
     return json_response(state(engine))
 
 
-def add_routes(engine: Engine):
+def add_routes(engine: Engine, on_change: Callable[[], Awaitable[None]] | None = None):
     def add(app: web.Application) -> None:
         app[ENGINE] = engine
+        if on_change is not None:
+            app[ON_CHANGE] = on_change
         app.router.add_get("/api/control", get_control)
         app.router.add_put("/api/control", put_control)
 

@@ -42,8 +42,10 @@ from .scatter import gather_random
 log = logging.getLogger(__name__)
 
 EVENTS = ("register", "random_order", "consume")
-# A population registration answered 503 (it took no effect) is tried this often.
+# A population batch answered 503 (it took no effect) is tried this often.
 POPULATE_ATTEMPTS = 5
+# Users a bulk registration request carries.
+POPULATE_BATCH = 500
 
 
 class ServiceError(Exception):
@@ -122,37 +124,48 @@ class Simulation:
             self.tokens[index] = body["token"]
         log.info("registered user %s with %d SSD(s)", body["id"], len(body["devices"]))
 
-    async def populate(self, users: list[tuple[int, list[int]]], concurrency: int = 4) -> None:
-        """Register the starting population: synthetic people, `concurrency` at a time; a
-        503 is retried with the same Idempotency-Key (it took no effect)."""
+    async def populate(
+        self, users: list[tuple[int, list[int]]], batch: int = POPULATE_BATCH, concurrency: int = 2
+    ) -> None:
+        """Register the starting population through the users service's bulk path
+        (`POST /api/synthetic-users`, service credential): synthetic people, `batch` users a
+        request, `concurrency` requests at a time (one hashes while another writes). A 503 is
+        retried (the batch took no effect); any other failure is counted and the run goes on
+        with the SSDs that exist."""
         run = uuid.UUID(int=self.keys.getrandbits(128)).hex[:12]
-        queue = list(reversed(users))
+        batches = [users[i : i + batch] for i in range(0, len(users), batch)]
+        batches.reverse()
 
         async def worker() -> None:
-            while queue:
-                user, ssds = queue.pop()
-                body = {
-                    "user": {"first_name": "Population", "last_name": f"User {user + 1}",
-                             "email": f"pop-{run}-{user + 1}@offsim.example",
-                             "password": uuid.UUID(int=self.keys.getrandbits(128)).hex},
-                    "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds],
-                }  # fmt: skip
-                key = str(uuid.UUID(int=self.keys.getrandbits(128)))
+            while batches:
+                chunk = batches.pop()
+                body = {"users": [
+                    {"first_name": "Population", "last_name": f"User {user + 1}",
+                     "email": f"pop-{run}-{user + 1}@offsim.example",
+                     "password": uuid.UUID(int=self.keys.getrandbits(128)).hex,
+                     "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds]}
+                    for user, ssds in chunk
+                ]}  # fmt: skip
                 for attempt in range(POPULATE_ATTEMPTS):
                     try:
-                        await self.register(Event(0.0, "register", body=body, ssds=ssds), key)
-                        self.stats["populate.sent"] += 1
-                        break
-                    except ServiceError as exc:
-                        if exc.status == 503 and attempt + 1 < POPULATE_ATTEMPTS:
+                        status, answer = await self._post(
+                            f"{self.settings.users_url}/api/synthetic-users", body,
+                            self.settings.service_token,
+                        )  # fmt: skip
+                        if status == 503 and attempt + 1 < POPULATE_ATTEMPTS:
                             await asyncio.sleep(0.5 * (attempt + 1))
                             continue
-                        self.stats["populate.failed"] += 1
-                        log.warning("population user %d not registered: %s", user + 1, exc)
-                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                        self.stats["populate.failed"] += 1
-                        log.warning("population user %d not registered: %s", user + 1, exc)
+                        self._expect(status, 201, answer, "synthetic users")
+                    except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        self.stats["populate.failed"] += len(chunk)
+                        log.warning("%d population users not registered: %s", len(chunk), exc)
                         break
+                    for (_, ssds), made in zip(chunk, answer["users"], strict=True):
+                        for index, device in zip(ssds, made["devices"], strict=True):
+                            self.ssd_ids[index] = device["id"]
+                            self.tokens[index] = made["token"]
+                    self.stats["populate.sent"] += len(chunk)
+                    break
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 

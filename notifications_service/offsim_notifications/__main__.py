@@ -1,5 +1,5 @@
-"""offsim-notifications: the supplier and courier, as JetStream consumers; `/api/health` on
-HTTP_PORT (default 8083)."""
+"""offsim-notifications: the supplier and courier, as JetStream consumers; `/api/health`,
+`/metrics` and `/api/faults` (the faults it applies) on HTTP_PORT (default 8083)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from offsim_common.logs import setup_logging
 from offsim_common.web import start_probe_server
 
 from .courier import consumers
+from .faults import add_routes, follow_faults
 
 log = logging.getLogger("offsim_notifications")
 
@@ -25,9 +26,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)
-        tasks = await bus.start_consumers(js, consumers(js, settings), settings.stream_replicas)
+        faults, watching = await follow_faults(js)
+        stack.push_async_callback(bus.stop_tasks, [watching])
+        tasks = await bus.start_consumers(
+            js, consumers(js, settings, faults), settings.stream_replicas
+        )
         stack.push_async_callback(bus.stop_tasks, tasks)
-        probe = await start_probe_server(nc, settings.http_port, "notifications", tasks)
+        probe = await start_probe_server(
+            nc, settings.http_port, "notifications", tasks, routes=add_routes(faults)
+        )
         stack.push_async_callback(probe.cleanup)
         log.info("notifications ready (sim speed x%s)", settings.sim_speed)
         await stop.wait()

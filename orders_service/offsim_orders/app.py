@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
         app,
         "offsim orders service",
         VERSION,
-        "Orders, their transitions (pending, shipped, completed) and the Open Food Facts products.",
+        "Orders, their transitions (pending, shipped, completed or cancelled) and the Open Food "
+        "Facts products.",
     )
     return app

@@ -135,6 +135,7 @@ def detail(order: dict) -> OrderDetail:
             ("pending", order["created_at"]),
             ("shipped", order.get("shipped_at")),
             ("completed", order.get("completed_at")),
+            ("cancelled", order.get("cancelled_at")),
         )
         if at is not None
     ]

@@ -77,4 +77,6 @@ def transition_consumers(pool: asyncpg.Pool) -> list[bus.ConsumerSpec]:
                             queries.record_shipped, "pending_to_shipped"),
         transition_consumer(pool, subjects.ORDERS_COMPLETED, subjects.ORDERS_RECORD_COMPLETED,
                             queries.record_completed, "shipped_to_completed"),
+        transition_consumer(pool, subjects.ORDERS_CANCELLED, subjects.ORDERS_RECORD_CANCELLED,
+                            queries.record_cancelled, "pending_to_cancelled"),
     ]  # fmt: skip

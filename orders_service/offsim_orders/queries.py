@@ -9,7 +9,7 @@ import asyncpg
 from offsim_common.messages import OrderEvent, OrderRequest
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
-ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
+ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 
 async def insert_order(
@@ -97,7 +97,7 @@ async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record
     return await conn.fetchrow(
         """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
                   o.shipped_at,
-                  o.completed_at, p.name AS product_name
+                  o.completed_at, o.cancelled_at, p.name AS product_name
            FROM product_orders o JOIN products p ON p.barcode = o.barcode WHERE o.id = $1""",
         order_id,
     )
@@ -140,13 +140,30 @@ async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetim
 
 
 async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
-    """Mark the order completed; return when it shipped, or None if this changed nothing."""
+    """Mark the order completed; return when it shipped, or None if this changed nothing (a
+    cancelled order stays cancelled)."""
     return await conn.fetchval(
         """UPDATE product_orders
            SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status <> 'completed' AND ssd_id = $3 AND barcode = $4
+           WHERE id = $1 AND status IN ('pending', 'shipped') AND ssd_id = $3 AND barcode = $4
              AND quantity = $5
            RETURNING shipped_at""",
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
+    )
+
+
+async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
+    """Mark a pending order cancelled (the supplier rejected it); return when it was placed, or
+    None if this changed nothing: a repeated event, or an order already past the supplier."""
+    return await conn.fetchval(
+        """UPDATE product_orders SET status = 'cancelled', cancelled_at = $2
+           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
+           RETURNING created_at""",
         event.id,
         event.timestamp,
         event.ssd_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from offsim_common import idempotency
-from offsim_common.auth import authenticate, require_ssd_owner, require_user
+from offsim_common.auth import Forbidden, authenticate, require_ssd_owner, require_user
 from offsim_common.http import NotFound, int_param, json_response, read_body
 from offsim_common.messages import (
     ConsumeRequest,
@@ -19,6 +19,7 @@ from offsim_common.web import JS, NC, POOL, SETTINGS
 from . import queries
 from .app_keys import RNG
 from .registration import register_user
+from .synthetic import SyntheticUsersRequest, SyntheticUsersResult, register_synthetic
 
 ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
@@ -34,6 +35,21 @@ async def register(request: web.Request) -> web.Response:
     return await register_user(
         app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG], key
     )
+
+
+@doc("Register synthetic users and their SSDs in bulk (the generator's population; service "
+     "credential only; passwords hashed at a cheaper scrypt cost, recorded in each hash)",
+     "users", body=SyntheticUsersRequest, responses={201: SyntheticUsersResult},
+     errors=(400, 401, 403, 409, 503), auth=True)  # fmt: skip
+async def register_synthetic_users(request: web.Request) -> web.Response:
+    app = request.app
+    caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
+    if not caller.is_service:
+        raise Forbidden("only the service credential registers synthetic users",
+                        {"Authorization": "not the service credential"})  # fmt: skip
+    body = await read_body(request, SyntheticUsersRequest)
+    result = await register_synthetic(app[POOL], body, app[SETTINGS].watched_products, app[RNG])
+    return json_response(result.model_dump(mode="json"), status=201)
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},

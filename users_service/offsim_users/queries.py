@@ -123,7 +123,7 @@ async def consume_stock(
                      (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name,
                      EXISTS (SELECT 1 FROM product_orders o
                              WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode
-                               AND o.status <> 'completed') AS on_order""",
+                               AND o.status IN ('pending', 'shipped')) AS on_order""",
         ssd_id,
         barcode,
         quantity,
@@ -164,3 +164,56 @@ async def record_delivery(
         quantity,
     )
     return True
+
+
+# --- bulk registration of synthetic users (synthetic.py) ----------------------------------------
+
+
+async def insert_users_bulk(
+    conn: asyncpg.Connection, users: list[NewUser], hashes: list[str]
+) -> list[int]:
+    """One multi-row INSERT; the ids in the order of `users`."""
+    rows = await conn.fetch(
+        """INSERT INTO users (first_name, last_name, email, password_hash)
+           SELECT f, l, e, h FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+               WITH ORDINALITY AS u(f, l, e, h, n) ORDER BY n
+           RETURNING id, email""",
+        [u.first_name for u in users],
+        [u.last_name for u in users],
+        [u.email for u in users],
+        hashes,
+    )
+    by_email = {row["email"]: row["id"] for row in rows}
+    return [by_email[u.email] for u in users]
+
+
+async def insert_devices_bulk(
+    conn: asyncpg.Connection, user_ids: list[int], macs: list[str]
+) -> list[int]:
+    """One multi-row INSERT; the ids in the order of `macs`."""
+    rows = await conn.fetch(
+        """INSERT INTO ssds (user_id, mac_address)
+           SELECT u, m FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS d(u, m, n)
+           ORDER BY n
+           RETURNING id, mac_address""",
+        user_ids,
+        macs,
+    )
+    by_mac = {row["mac_address"]: row["id"] for row in rows}
+    return [by_mac[mac] for mac in macs]
+
+
+async def all_barcodes(conn: asyncpg.Connection) -> list[str]:
+    return [row["barcode"] for row in await conn.fetch("SELECT barcode FROM products")]
+
+
+async def copy_stock(conn: asyncpg.Connection, rows: list[tuple[int, str, int, int, int]]) -> None:
+    await conn.copy_records_to_table(
+        "product_ssds",
+        records=rows,
+        columns=["ssd_id", "barcode", "quantity", "reorder_point", "capacity"],
+    )
+
+
+async def copy_tokens(conn: asyncpg.Connection, rows: list[tuple[bytes, int]]) -> None:
+    await conn.copy_records_to_table("api_tokens", records=rows, columns=["token_hash", "user_id"])

@@ -16,7 +16,7 @@ from offsim_common.http import Conflict, json_response
 from offsim_common.messages import Device, RegisterRequest, RegisterResult, UserRegistered
 
 from . import queries
-from .passwords import hash_password
+from .passwords import FULL_COST, hash_password
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def register_user(
         # A conflict like a MAC already registered (the same device twice), which is also how
         # the spec can describe it: two spellings of one MAC are both schema-valid strings.
         raise Conflict("a MAC address appears twice in the request", {"devices": "duplicate MAC"})
-    password_hash = await asyncio.to_thread(hash_password, body.user.password)
+    password_hash = await asyncio.to_thread(hash_password, body.user.password, FULL_COST)
     token, token_hash = new_token()
 
     async def store(conn: asyncpg.Connection) -> tuple[web.Response, UserRegistered]:
