@@ -118,6 +118,8 @@ class Settings:
     # Generator.
     users_url: str = "http://127.0.0.1:8081"
     orders_url: str = "http://127.0.0.1:8082"
+    # The generator's control API, which the dashboard and the live feed read and change.
+    generator_url: str = "http://127.0.0.1:8084"
     seed: int | None = None
     tick_seconds: float = 60.0
     weights: dict[str, float] = field(
@@ -164,6 +166,7 @@ class Settings:
             stream_replicas=_int(env, "OFFSIM_STREAM_REPLICAS", cls.stream_replicas, 1),
             users_url=(env.get("USERS_URL") or cls.users_url).rstrip("/"),
             orders_url=(env.get("ORDERS_URL") or cls.orders_url).rstrip("/"),
+            generator_url=(env.get("GENERATOR_URL") or cls.generator_url).rstrip("/"),
             seed=_int(env, "OFFSIM_SEED", 0) if seed else None,
             tick_seconds=_float(env, "OFFSIM_TICK_SECONDS", cls.tick_seconds),
             weights={

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 from offsim_common.config import Settings
-from offsim_common.http import int_param, json_response, query_params
+from offsim_common.http import Unavailable, int_param, json_response, query_params
 from offsim_common.messages import OrderStatus
 from offsim_common.web import POOL, SETTINGS
 
@@ -142,6 +142,28 @@ async def get_services(request: web.Request) -> web.Response:
     app = request.app
     body = await app[SNAPSHOTS].get("services", lambda: load_services(app[HTTP], app[SETTINGS]))
     return json_response(body)
+
+
+async def generator_control(request: web.Request) -> web.Response:
+    """GET and PUT /api/generator: the generator's `/api/control` (GENERATOR_URL), through the
+    dashboard, so the page needs no other origin. A PUT's body goes as it came, with the service
+    credential; the generator's answer, 4xx included, comes back as it is."""
+    query_params(request, set())
+    app = request.app
+    url = f"{app[SETTINGS].generator_url}/api/control"
+    headers = {"Content-Type": "application/json"}
+    if app[SETTINGS].service_token:
+        headers["Authorization"] = f"Bearer {app[SETTINGS].service_token}"
+    data = await request.read() if request.method == "PUT" else None
+    try:
+        async with app[HTTP].request(request.method, url, data=data, headers=headers) as resp:
+            body = await resp.read()
+            return web.Response(body=body, status=resp.status, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Unavailable(
+            f"the generator at {app[SETTINGS].generator_url} does not answer",
+            {"generator": str(exc) or type(exc).__name__},
+        ) from None
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 EVENTS = ("register", "random_order", "consume")
 # A population batch answered 503 (it took no effect) is tried this often.
 POPULATE_ATTEMPTS = 5
-# Users a bulk registration request carries.
-POPULATE_BATCH = 500
+# Users a bulk registration request carries: well within the users service's request deadline
+# (REQUEST_DEADLINE_S) on a busy machine.
+POPULATE_BATCH = 200
 
 
 class ServiceError(Exception):
