@@ -146,14 +146,13 @@ async def get_services(request: web.Request) -> web.Response:
 
 async def generator_control(request: web.Request) -> web.Response:
     """GET and PUT /api/generator: the generator's `/api/control` (GENERATOR_URL), through the
-    dashboard, so the page needs no other origin. A PUT's body goes as it came, with the service
-    credential; the generator's answer, 4xx included, comes back as it is."""
+    dashboard, so the page needs no other origin. A PUT's body goes as it came; the generator's
+    answer, 4xx included, comes back as it is. Like the page itself, this is for the private
+    network the simulation runs on: no credential is asked or sent."""
     query_params(request, set())
     app = request.app
     url = f"{app[SETTINGS].generator_url}/api/control"
     headers = {"Content-Type": "application/json"}
-    if app[SETTINGS].service_token:
-        headers["Authorization"] = f"Bearer {app[SETTINGS].service_token}"
     data = await request.read() if request.method == "PUT" else None
     try:
         async with app[HTTP].request(request.method, url, data=data, headers=headers) as resp:

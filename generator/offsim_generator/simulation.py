@@ -130,9 +130,11 @@ class Simulation:
     ) -> None:
         """Register the starting population through the users service's bulk path
         (`POST /api/synthetic-users`, service credential): synthetic people, `batch` users a
-        request, `concurrency` requests at a time (one hashes while another writes). A 503 is
-        retried (the batch took no effect); any other failure is counted and the run goes on
-        with the SSDs that exist."""
+        request, `concurrency` requests at a time (one hashes while another writes). A 503, or
+        a 409 while the same batch is still being stored, is retried with the batch's
+        Idempotency-Key (a batch that did commit is answered again, never stored twice); any
+        other failure is counted and the run goes on with the SSDs that exist. Their SSDs act
+        with the service credential (synthetic users get no token)."""
         run = uuid.UUID(int=self.keys.getrandbits(128)).hex[:12]
         batches = [users[i : i + batch] for i in range(0, len(users), batch)]
         batches.reverse()
@@ -147,13 +149,17 @@ class Simulation:
                      "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds]}
                     for user, ssds in chunk
                 ]}  # fmt: skip
+                key = str(uuid.UUID(int=self.keys.getrandbits(128)))
                 for attempt in range(POPULATE_ATTEMPTS):
                     try:
                         status, answer = await self._post(
                             f"{self.settings.users_url}/api/synthetic-users", body,
-                            self.settings.service_token,
+                            self.settings.service_token, idempotency_key=key,
                         )  # fmt: skip
-                        if status == 503 and attempt + 1 < POPULATE_ATTEMPTS:
+                        in_progress = status == 409 and "Idempotency-Key" in answer.get(
+                            "details", {}
+                        )
+                        if (status == 503 or in_progress) and attempt + 1 < POPULATE_ATTEMPTS:
                             await asyncio.sleep(0.5 * (attempt + 1))
                             continue
                         self._expect(status, 201, answer, "synthetic users")
@@ -164,7 +170,6 @@ class Simulation:
                     for (_, ssds), made in zip(chunk, answer["users"], strict=True):
                         for index, device in zip(ssds, made["devices"], strict=True):
                             self.ssd_ids[index] = device["id"]
-                            self.tokens[index] = made["token"]
                     self.stats["populate.sent"] += len(chunk)
                     break
 

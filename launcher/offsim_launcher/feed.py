@@ -1,7 +1,9 @@
 """The live feed `offsim up` prints: registrations, orders and their transitions, with counts.
 
 It follows the streams the services write (ordered consumers from now on), so it shows what
-really crossed the bus, once.
+really crossed the bus, once. Each line ends with the counts and, read from the generator's
+`GET /api/control` (GENERATOR_URL) every few seconds, the scenario's phase and the generator's
+event rate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import Counter
 from datetime import datetime
 from typing import TextIO
 
+import aiohttp
 import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -21,7 +24,9 @@ from offsim_common.config import Settings
 from offsim_common.db import create_pool
 from offsim_common.products import ProductNames
 
-MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
+MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓", "cancelled": "✗"}
+# Real seconds between two reads of the generator's phase and rate.
+GENERATOR_EVERY_S = 2.0
 
 
 async def follow(settings: Settings, stop: asyncio.Event) -> None:
@@ -34,7 +39,9 @@ async def follow(settings: Settings, stop: asyncio.Event) -> None:
         feed = Feed(pool)
         await feed.subscribe(nc)
         feed.say(f"following {settings.nats_url}")
+        watching = asyncio.create_task(feed.follow_generator(settings.generator_url))
         await stop.wait()
+        watching.cancel()
     finally:
         await nc.close()
         await pool.close()
@@ -44,8 +51,10 @@ class Feed:
     def __init__(self, pool: asyncpg.Pool, out: TextIO | None = None) -> None:
         self.names = ProductNames(pool)
         self.out = out  # None: whatever sys.stdout is when a line is printed
-        # Events seen since start: orders placed, shipped, completed.
+        # Events seen since start: orders placed, shipped, completed, cancelled.
         self.counts: Counter[str] = Counter()
+        # The generator's phase and event rate, once read.
+        self.generator: str = ""
 
     async def subscribe(self, nc: Client) -> None:
         js = nc.jetstream()
@@ -58,7 +67,34 @@ class Feed:
             f"users {self.counts['users']} · orders {self.counts['pending']} · "
             f"shipped {self.counts['shipped']} · completed {self.counts['completed']}"
         )
+        if self.counts["cancelled"]:
+            totals += f" · cancelled {self.counts['cancelled']}"
+        if self.generator:
+            totals += f" · {self.generator}"
         print(f"{stamp}  {text:<70} [{totals}]", file=self.out or sys.stdout, flush=True)
+
+    async def follow_generator(self, url: str, every_s: float = GENERATOR_EVERY_S) -> None:
+        """Keep `generator` current ("phase steady · 12.5 ev/s") until cancelled; a line says
+        when the phase changes. A generator not answering shows nothing."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            phase = None
+            while True:
+                try:
+                    async with http.get(f"{url}/api/control") as resp:
+                        state = await resp.json() if resp.status == 200 else None
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    state = None
+                if isinstance(state, dict) and "phase" in state:
+                    paused = " (paused)" if state.get("paused") else ""
+                    self.generator = (
+                        f"phase {state['phase']}{paused} · {state.get('event_rate', 0):.1f} ev/s"
+                    )
+                    if state["phase"] != phase:
+                        phase = state["phase"]
+                        self.say(f"◆ scenario {state.get('scenario')}: phase {phase}")
+                else:
+                    self.generator = ""
+                await asyncio.sleep(every_s)
 
     async def _on_user(self, msg: Msg) -> None:
         try:

@@ -36,6 +36,7 @@ DATABASE = "offsim"
 NATS_PORT = 4222
 USERS_PORT = 8081
 ORDERS_PORT = 8082
+GENERATOR_PORT = 8084
 DASHBOARD_PORT = 8085
 
 
@@ -123,13 +124,16 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
         users_port, orders_port = pick_port(USERS_PORT), pick_port(ORDERS_PORT)
         dashboard_port = pick_port(DASHBOARD_PORT)
+        generator_port = pick_port(GENERATOR_PORT)
         users_url = f"http://127.0.0.1:{users_port}"
         orders_url = f"http://127.0.0.1:{orders_port}"
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        generator_url = f"http://127.0.0.1:{generator_port}"
         token = settings.service_token or service_token(data)
         common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
                   "SIM_SPEED": str(settings.sim_speed),
                   "USERS_URL": users_url, "ORDERS_URL": orders_url,
+                  "GENERATOR_URL": generator_url,
                   "OFFSIM_SERVICE_TOKEN": token}  # fmt: skip
         children = [
             Child("users", "offsim_users", {**common, "HTTP_PORT": str(users_port)},
@@ -141,7 +145,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             Child("dashboard", "offsim_dashboard",
                   {**common, "HTTP_PORT": str(dashboard_port)}, logs / "dashboard.log"),
             Child("generator", "offsim_generator",
-                  {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "generator.log"),
+                  {**common, "HTTP_PORT": str(generator_port)}, logs / "generator.log"),
         ]  # fmt: skip
         for child in children:  # popped last first: the generator stops before the services
             stack.push_async_callback(child.stop)
@@ -167,7 +171,9 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             say(f"service token   in {data / 'service-token'} (Authorization: Bearer ...)")
         say(f"dashboard       {dashboard_url}   (open it in a browser to watch)")
         say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
+        say(f"generator       {generator_url}/api/control   (phase, rates, faults)")
         supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]
+        supervisors.append(asyncio.create_task(feed.follow_generator(generator_url)))
         await stop.wait()
         say("stopping…")
         for task in supervisors:

@@ -36,15 +36,22 @@ async def test_register_synthetic_users_hashes_verify_at_the_cheap_cost(users, p
         assert verify_password(f"synthetic password {n}", row["password_hash"])
         assert not verify_password("another password", row["password_hash"])
     assert watched == 7 * 3  # each SSD watches OFFSIM_WATCHED_PRODUCTS products
-    # Each user's token acts for that user.
     user = made[1]
-    resp = await users.get(
-        f"/api/users/{user['id']}", headers={"Authorization": f"Bearer {user['token']}"}
-    )
-    body = await resp.json()
-    assert resp.status == 200
+    body = await (await users.get(f"/api/users/{user['id']}")).json()
     assert [ssd["id"] for ssd in body["ssds"]] == [d["id"] for d in user["devices"]]
     assert all(len(ssd["stock"]) == 3 for ssd in body["ssds"])
+    # No token of their own: the answer holds no secret.
+    assert all(set(user) == {"id", "devices"} for user in made)
+
+
+async def test_register_synthetic_users_retried_with_its_key_is_stored_once(users, pool, products):
+    key = {"Idempotency-Key": "population-batch-1"}
+    first = await users.post("/api/synthetic-users", json=synthetic(3), headers=key)
+    again = await users.post("/api/synthetic-users", json=synthetic(3), headers=key)
+    assert first.status == again.status == 201
+    assert await first.json() == await again.json()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 3
 
 
 async def test_register_keeps_the_full_cost(users, pool):

@@ -40,7 +40,7 @@ async def register(request: web.Request) -> web.Response:
 @doc("Register synthetic users and their SSDs in bulk (the generator's population; service "
      "credential only; passwords hashed at a cheaper scrypt cost, recorded in each hash)",
      "users", body=SyntheticUsersRequest, responses={201: SyntheticUsersResult},
-     errors=(400, 401, 403, 409, 503), auth=True)  # fmt: skip
+     errors=(400, 401, 403, 409, 422, 503), auth=True, headers=IDEMPOTENCY_KEY)  # fmt: skip
 async def register_synthetic_users(request: web.Request) -> web.Response:
     app = request.app
     caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
@@ -48,8 +48,9 @@ async def register_synthetic_users(request: web.Request) -> web.Response:
         raise Forbidden("only the service credential registers synthetic users",
                         {"Authorization": "not the service credential"})  # fmt: skip
     body = await read_body(request, SyntheticUsersRequest)
-    result = await register_synthetic(app[POOL], body, app[SETTINGS].watched_products, app[RNG])
-    return json_response(result.model_dump(mode="json"), status=201)
+    # The passwords are the generator's random ones: a fast fingerprint is enough.
+    key = await idempotency.request_key(request)
+    return await register_synthetic(app[POOL], body, app[SETTINGS].watched_products, app[RNG], key)
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},

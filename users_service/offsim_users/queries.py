@@ -213,7 +213,3 @@ async def copy_stock(conn: asyncpg.Connection, rows: list[tuple[int, str, int, i
         records=rows,
         columns=["ssd_id", "barcode", "quantity", "reorder_point", "capacity"],
     )
-
-
-async def copy_tokens(conn: asyncpg.Connection, rows: list[tuple[bytes, int]]) -> None:
-    await conn.copy_records_to_table("api_tokens", records=rows, columns=["token_hash", "user_id"])

@@ -3,10 +3,16 @@
 `POST /api/register` costs ~40 ms of scrypt per user, so ten thousand users would take minutes
 on two cores. This path, open to the service credential only, registers up to MAX_BATCH users
 with their SSDs in one transaction of a few set-based statements (users and SSDs in one
-multi-row INSERT each, their stock and tokens by COPY), and hashes their passwords at
-SYNTHETIC_COST, which each hash records. The registrations are not announced one by one on
-users.registered (a population of thousands would flood the live feed); the dashboard counts
-them from the database.
+multi-row INSERT each, their stock by COPY), and hashes their passwords at SYNTHETIC_COST,
+which each hash records.
+
+Synthetic users get no bearer token of their own: whoever registers them holds the service
+credential, which acts for their SSDs. So the answer holds no secret, and with an
+`Idempotency-Key` it is recorded in the batch's transaction: a retry after a lost answer (or a
+503 at the request deadline whose work went on to commit) replays it instead of failing on
+taken emails. The registrations are not announced one by one on users.registered (a
+population of thousands would flood the live feed); the dashboard counts them from the
+database.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import random
 from typing import Annotated
 
 import asyncpg
-from offsim_common.auth import new_token
-from offsim_common.http import Conflict
+from aiohttp import web
+from offsim_common import idempotency
+from offsim_common.http import Conflict, json_response
 from offsim_common.messages import Device, NewDevice, NewUser
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,7 +48,6 @@ class SyntheticUsersRequest(BaseModel):
 
 class SyntheticUserResult(BaseModel):
     id: int
-    token: str = Field(description="the user's bearer token: shown once, stored only as a hash")
     devices: list[Device]
 
 
@@ -61,9 +67,13 @@ async def hash_passwords(passwords: list[str]) -> list[str]:
 
 
 async def register_synthetic(
-    pool: asyncpg.Pool, body: SyntheticUsersRequest, watched: int, rng: random.Random
-) -> SyntheticUsersResult:
-    """Store every user, SSD, watched product and token of the batch, or none (409)."""
+    pool: asyncpg.Pool,
+    body: SyntheticUsersRequest,
+    watched: int,
+    rng: random.Random,
+    key: idempotency.Key | None = None,
+) -> web.Response:
+    """Store every user, SSD and watched product of the batch, or none (409)."""
     people = body.users
     macs = [device.mac_address for user in people for device in user.devices]
     if len(set(macs)) != len(macs):
@@ -72,8 +82,8 @@ async def register_synthetic(
     if len(set(emails)) != len(emails):
         raise Conflict("an email appears twice in the request", {"users": "duplicate email"})
     hashes = await hash_passwords([user.password for user in people])
-    tokens = [new_token() for _ in people]
-    async with pool.acquire() as conn, conn.transaction():
+
+    async def store(conn: asyncpg.Connection) -> tuple[web.Response, None]:
         try:
             user_ids = await queries.insert_users_bulk(conn, people, hashes)
             owners = [user_ids[i] for i, user in enumerate(people) for _ in user.devices]
@@ -91,15 +101,15 @@ async def register_synthetic(
                 capacity = rng.randint(6, 12)
                 stock.append((ssd_id, barcode, capacity, capacity // 3, capacity))
         await queries.copy_stock(conn, stock)
-        owned = [(digest, uid) for (_, digest), uid in zip(tokens, user_ids, strict=True)]
-        await queries.copy_tokens(conn, owned)
-    results, at = [], 0
-    for index, user in enumerate(people):
-        devices = [
-            Device(id=ssd_ids[at + k], mac_address=macs[at + k]) for k in range(len(user.devices))
-        ]
-        at += len(user.devices)
-        results.append(
-            SyntheticUserResult(id=user_ids[index], token=tokens[index][0], devices=devices)
-        )
-    return SyntheticUsersResult(users=results)
+        results, at = [], 0
+        for index, user in enumerate(people):
+            ends = at + len(user.devices)
+            pairs = zip(ssd_ids[at:ends], macs[at:ends], strict=True)
+            devices = [Device(id=ssd_id, mac_address=mac) for ssd_id, mac in pairs]
+            at = ends
+            results.append(SyntheticUserResult(id=user_ids[index], devices=devices))
+        answer = SyntheticUsersResult(users=results).model_dump(mode="json")
+        return json_response(answer, status=201), None
+
+    response, _ = await idempotency.run_once(pool, key, store)
+    return response
