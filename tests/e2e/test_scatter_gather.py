@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offsim_common.messages import RandomOrderRequest
+from offsim_common.events import RandomOrderRequest
 from offsim_generator.scatter import gather_random
 
 from tests.helpers import register
