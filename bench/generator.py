@@ -21,17 +21,16 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from offsim_common.config import Settings
-from offsim_generator.__main__ import make_model
+from offsim_generator.app import make_model
 from offsim_generator.dryrun import DryRun
 from offsim_generator.engine import Engine
+from offsim_generator.settings import GeneratorSettings
 
 
 async def measure(ssds: int, speed: float, seconds: float, consumption: float) -> dict:
-    settings = replace(Settings(), seed=1, sim_speed=speed)
+    settings = GeneratorSettings(seed=1, sim_speed=speed)
     model = make_model(settings)
     started = time.perf_counter()
     model.populate(ssds)
@@ -98,8 +97,8 @@ async def against_services(users: int, ssds: int, speed: float, seconds: float) 
                 children.append(child)
             for child in children:
                 await wait_healthy(urls[child.name], child)
-            settings = replace(
-                Settings(), database_url=dsn, nats_url=nats.url, sim_speed=speed, seed=1,
+            settings = GeneratorSettings(
+                database_url=dsn, nats_url=nats.url, sim_speed=speed, seed=1,
                 users_url=urls["users"], orders_url=urls["orders"], service_token=TOKEN,
                 log_level="WARNING",
             )  # fmt: skip
@@ -121,7 +120,8 @@ async def against_services(users: int, ssds: int, speed: float, seconds: float) 
             logging.basicConfig(level=logging.WARNING)
             started = time.perf_counter()
             result = await run(
-                replace(settings, population=ssds, max_in_flight=200), asyncio.Event(),
+                settings.model_copy(update={"population": ssds, "max_in_flight": 200}),
+                asyncio.Event(),
                 duration=None, max_events=None, probe_port=None, sim_hours=seconds * speed / 3600,
             )  # fmt: skip
             total = time.perf_counter() - started

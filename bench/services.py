@@ -12,15 +12,16 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 from aiohttp import web
-from offsim_common.config import Settings
 from offsim_common.migrate import migrate
 from offsim_launcher import embedded
+from offsim_notifications.settings import NotificationsSettings
+from offsim_orders.settings import OrdersSettings
+from offsim_users.settings import UsersSettings
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -47,7 +48,7 @@ async def timed(label: str, n: int, concurrency: int, make_call) -> None:
 
 
 async def main(n_users: int, n_orders: int) -> None:
-    from offsim_notifications.__main__ import serve as serve_notifications
+    from offsim_notifications.app import create_app as notifications_app
     from offsim_orders.app import create_app as orders_app
     from offsim_users.app import create_app as users_app
 
@@ -57,20 +58,20 @@ async def main(n_users: int, n_orders: int) -> None:
         try:
             dsn = await embedded.ensure_database(pg, "bench")
             await migrate(dsn)
-            settings = replace(
-                Settings(), database_url=dsn, nats_url=nats.url, sim_speed=1.0,
-                supplier_delay=(0.0, 0.0), delivery_delay=(0.0, 0.0), log_level="WARNING",
-            )  # fmt: skip
+            env = {"DATABASE_URL": dsn, "NATS_URL": nats.url, "LOG_LEVEL": "WARNING",
+                   "OFFSIM_SUPPLIER_DELAY_MIN": "0", "OFFSIM_SUPPLIER_DELAY_MAX": "0",
+                   "OFFSIM_DELIVERY_DELAY_MIN": "0", "OFFSIM_DELIVERY_DELAY_MAX": "0"}  # fmt: skip
             conn = await asyncpg.connect(dsn)
             await conn.executemany(
                 "INSERT INTO products (barcode, name) VALUES ($1, $2)",
                 [(f"{i:013d}", f"product {i}") for i in range(1, 201)],
             )
             await conn.close()
-            users_runner, users_url = await serve(users_app(settings))
-            orders_runner, orders_url = await serve(orders_app(settings))
-            stop = asyncio.Event()
-            notifications = asyncio.create_task(serve_notifications(settings, stop))
+            users_runner, users_url = await serve(users_app(UsersSettings.from_env(env)))
+            orders_runner, orders_url = await serve(orders_app(OrdersSettings.from_env(env)))
+            notifications_runner, _ = await serve(
+                notifications_app(NotificationsSettings.from_env(env))
+            )
             ssds: list[tuple[int, str]] = []  # an SSD and its owner's bearer token
             async with aiohttp.ClientSession() as http:
 
@@ -107,8 +108,7 @@ async def main(n_users: int, n_orders: int) -> None:
                 print(f"{'orders placed -> completed -> stock, 0 delay':<44} {n_orders:>6} in "
                       f"{elapsed:6.2f} s = {n_orders / elapsed:8.1f}/s end to end")  # fmt: skip
                 await pool.close()
-            stop.set()
-            await notifications
+            await notifications_runner.cleanup()
             await orders_runner.cleanup()
             await users_runner.cleanup()
         finally:

@@ -15,22 +15,9 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from .http import ApiError, NotFound
+from .errors import Forbidden, NotFound, Unauthenticated
 
 TOKEN_PREFIX = "offsim_"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)
@@ -58,9 +45,9 @@ def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
-        raise Unauthorized("a bearer token is required", {"Authorization": "missing"})
+        raise Unauthenticated("a bearer token is required", {"Authorization": "missing"})
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
+        raise Unauthenticated(
             "the Authorization header must be `Bearer <token>`", {"Authorization": "malformed"}
         )
     return token.strip()
@@ -74,10 +61,10 @@ async def authenticate(
         return Caller(user_id=None)
     async with pool.acquire() as conn:
         user_id = await conn.fetchval(
-            "SELECT user_id FROM api_tokens WHERE token_hash = $1", token_hash(token)
+            "SELECT user_id FROM bearer_tokens WHERE token_hash = $1", token_hash(token)
         )
     if user_id is None:
-        raise Unauthorized("the bearer token is not valid", {"Authorization": "invalid token"})
+        raise Unauthenticated("the bearer token is not valid", {"Authorization": "invalid token"})
     return Caller(user_id=user_id)
 
 
@@ -90,7 +77,7 @@ async def require_ssd_owner(
     conn: asyncpg.Connection, caller: Caller, ssd_id: int, field: str = "ssd_id"
 ) -> None:
     """404 for an unknown SSD, 403 for someone else's."""
-    owner = await conn.fetchval("SELECT user_id FROM ssds WHERE id = $1", ssd_id)
+    owner = await conn.fetchval("SELECT user_id FROM ssd_owners WHERE ssd_id = $1", ssd_id)
     if owner is None:
         raise NotFound(f"SSD {ssd_id} not found", {field: "unknown SSD"})
     if not caller.is_service and caller.user_id != owner:

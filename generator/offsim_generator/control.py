@@ -105,12 +105,7 @@ async def put_control(request: web.Request) -> web.Response:
     return json_response(state(engine))
 
 
-def add_routes(engine: Engine, on_change: Callable[[], Awaitable[None]] | None = None):
-    def add(app: web.Application) -> None:
-        app[ENGINE] = engine
-        if on_change is not None:
-            app[ON_CHANGE] = on_change
-        app.router.add_get("/api/control", get_control)
-        app.router.add_put("/api/control", put_control)
-
-    return add
+def add_routes(app: web.Application) -> None:
+    """`GET` and `PUT /api/control`, on the engine the app's run puts in ENGINE."""
+    app.router.add_get("/api/control", get_control)
+    app.router.add_put("/api/control", put_control)

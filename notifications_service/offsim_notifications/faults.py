@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from aiohttp import web
-from nats.js import JetStreamContext
+from offsim_common.app_keys import JS
 from offsim_common.faults import FaultsView
 from offsim_common.http import json_response
 
@@ -15,25 +17,24 @@ FAULTS = web.AppKey("faults", FaultsView)
 READY_TIMEOUT_S = 10.0
 
 
-async def follow_faults(js: JetStreamContext) -> tuple[FaultsView, asyncio.Task]:
-    """Start watching the faults; return once the stored ones are read (before the first order
-    is handled), with the watching task."""
-    view = FaultsView()
+async def faults_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Watch the faults for the app's lifetime; entered before the consumers, so the stored
+    faults are read before the first order is handled."""
+    view = app[FAULTS] = FaultsView()
     ready = asyncio.Event()
-    task = asyncio.create_task(view.follow(js, ready.set), name="faults")
+    task = asyncio.create_task(view.follow(app[JS], ready.set), name="faults")
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiter}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
-    return view, task
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def get_faults(request: web.Request) -> web.Response:
     return json_response(request.app[FAULTS].current.model_dump())
 
 
-def add_routes(view: FaultsView):
-    def add(app: web.Application) -> None:
-        app[FAULTS] = view
-        app.router.add_get("/api/faults", get_faults)
-
-    return add
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/faults", get_faults)

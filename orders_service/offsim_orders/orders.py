@@ -15,10 +15,11 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, idempotency, subjects, tracing
-from offsim_common.http import Conflict, NotFound
+from offsim_common.errors import Conflict, NotFound
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import request_id
-from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
 from offsim_common.metrics import ORDER_TRANSITIONS
+from offsim_common.requests import OrderRequest
 
 from . import queries
 

@@ -12,7 +12,6 @@ import asyncio
 import os
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +20,7 @@ from offsim_dashboard.app import create_app
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import repo_root
+from tests.conftest import changed, repo_root
 from tests.helpers import register
 
 playwright_api = pytest.importorskip(
@@ -54,7 +53,7 @@ SLOW = 15_000  # ms: a transition takes 1 to 2 s here, a snapshot comes every 5 
 def settings(settings):
     """Slow enough that an order stays pending for 2 s and shipped for 1 s: long enough to be
     seen, short enough for a quick test."""
-    return replace(
+    return changed(
         settings, sim_speed=60.0, supplier_delay=(120.0, 120.0), delivery_delay=(60.0, 60.0)
     )
 
@@ -74,7 +73,7 @@ async def browser():
 @pytest.fixture
 async def dashboard_url(aiohttp_server, settings, users, orders, pool):
     app = create_app(
-        replace(
+        changed(
             settings,
             users_url=str(users.make_url("")).rstrip("/"),
             orders_url=str(orders.make_url("")).rstrip("/"),
@@ -172,11 +171,11 @@ async def test_dashboard_shows_the_generator_and_changes_its_faults(
     urls = {"users_url": str(users.make_url("")).rstrip("/"),
             "orders_url": str(orders.make_url("")).rstrip("/")}  # fmt: skip
     server = await aiohttp_server(
-        create_app(replace(settings, generator_url=f"http://127.0.0.1:{port}", **urls))
+        create_app(changed(settings, generator_url=f"http://127.0.0.1:{port}", **urls))
     )
     stop = asyncio.Event()
     running = asyncio.create_task(
-        run(replace(settings, seed=9, tick_seconds=10**6, **urls), stop, probe_port=port)
+        run(changed(settings, seed=9, tick_seconds=10**6, **urls), stop, probe_port=port)
     )
     try:
         page = await browser.new_page(viewport={"width": 1280, "height": 900})

@@ -4,20 +4,19 @@ and its controls sent through the dashboard's proxy (GET/PUT /api/generator)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from offsim_dashboard.app import create_app
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 
 
 async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_generator(
     aiohttp_client, users, orders, pool, products, settings, nc
 ):
     port = free_port()
-    quiet = replace(
+    quiet = changed(
         settings,
         users_url=str(users.make_url("")).rstrip("/"),
         orders_url=str(orders.make_url("")).rstrip("/"),
@@ -25,7 +24,7 @@ async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_g
         tick_seconds=10**6,
     )
     dashboard = await aiohttp_client(
-        create_app(replace(settings, generator_url=f"http://127.0.0.1:{port}"))
+        create_app(changed(settings, generator_url=f"http://127.0.0.1:{port}"))
     )
     stop = asyncio.Event()
     running = asyncio.create_task(run(quiet, stop, probe_port=port))
@@ -61,7 +60,7 @@ async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_g
 
 async def test_generator_panel_without_a_generator_answers_503(aiohttp_client, settings, pool, nc):
     dashboard = await aiohttp_client(
-        create_app(replace(settings, generator_url=f"http://127.0.0.1:{free_port()}"))
+        create_app(changed(settings, generator_url=f"http://127.0.0.1:{free_port()}"))
     )
     resp = await dashboard.get("/api/generator")
     assert resp.status == 503

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from io import StringIO
 
 from offsim_common import bus, subjects
-from offsim_common.messages import OrderEvent
-from offsim_launcher.feed import follow
+from offsim_common.events import OrderEvent
+from offsim_generator.__main__ import run
+from offsim_launcher.embedded import free_port
+from offsim_launcher.feed import Feed, follow
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 
@@ -53,15 +56,8 @@ async def _printed(capsys, text: str) -> bool:
 
 
 async def test_feed_shows_the_generator_phase_and_rate(users, orders, pool, settings, nc, capsys):
-    from dataclasses import replace
-    from io import StringIO
-
-    from offsim_generator.__main__ import run
-    from offsim_launcher.embedded import free_port
-    from offsim_launcher.feed import Feed
-
     port = free_port()
-    quiet = replace(
+    quiet = changed(
         settings,
         users_url=str(users.make_url("")).rstrip("/"),
         orders_url=str(orders.make_url("")).rstrip("/"),

@@ -6,29 +6,24 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 import aiohttp
 from offsim_common import faults, subjects
 from offsim_common.faults import Faults, hits
+from offsim_common.service import serving
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
-from offsim_notifications.__main__ import serve
+from offsim_notifications.app import create_app
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 
 @asynccontextmanager
 async def replica(settings, port: int = 0):
     """One notifications replica in this process, for the length of the block."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(replace(settings, http_port=port), stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await task
+    async with serving(create_app(settings), port) as listening:
+        yield listening
 
 
 async def restock(users, orders, ssd_id: int, token: str) -> tuple[str, int, dict]:
@@ -117,7 +112,7 @@ async def test_fault_set_through_control_reaches_two_replicas_without_restart(
 ):
     ports = [free_port(), free_port()]
     generator_port = free_port()
-    quiet = replace(
+    quiet = changed(
         settings,
         users_url=str(users.make_url("")).rstrip("/"),
         orders_url=str(orders.make_url("")).rstrip("/"),

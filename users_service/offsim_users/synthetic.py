@@ -24,8 +24,10 @@ from typing import Annotated
 import asyncpg
 from aiohttp import web
 from offsim_common import idempotency
-from offsim_common.http import Conflict, json_response
-from offsim_common.messages import Device, NewDevice, NewUser
+from offsim_common.errors import Conflict
+from offsim_common.events import Device
+from offsim_common.http import json_response
+from offsim_common.requests import NewDevice, NewUser
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import queries

@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
-from offsim_common.config import Settings
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.faults import Faults, FaultsView, hits
-from offsim_common.messages import OrderEvent, OrderStatus
+
+from .settings import NotificationsSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Stage:
     delay_range: tuple[float, float]
 
 
-def stages(settings: Settings) -> list[Stage]:
+def stages(settings: NotificationsSettings) -> list[Stage]:
     return [
         Stage("supplier", subjects.ORDERS_PENDING, subjects.NOTIFICATIONS_SHIP,
               subjects.ORDERS_SHIPPED, OrderStatus.SHIPPED, settings.supplier_delay),
@@ -74,7 +75,7 @@ def rejected(event: OrderEvent, faults: Faults) -> bool:
 
 
 def stage_consumer(
-    js: JetStreamContext, stage: Stage, settings: Settings, faults: FaultsView
+    js: JetStreamContext, stage: Stage, settings: NotificationsSettings, faults: FaultsView
 ) -> bus.ConsumerSpec:
     seed = settings.seed or 0
 
@@ -113,6 +114,6 @@ def stage_consumer(
 
 
 def consumers(
-    js: JetStreamContext, settings: Settings, faults: FaultsView
+    js: JetStreamContext, settings: NotificationsSettings, faults: FaultsView
 ) -> list[bus.ConsumerSpec]:
     return [stage_consumer(js, stage, settings, faults) for stage in stages(settings)]
