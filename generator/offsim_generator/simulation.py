@@ -43,11 +43,13 @@ from .settings import GeneratorSettings
 log = logging.getLogger(__name__)
 
 EVENTS = ("register", "random_order", "consume")
-# A population batch answered 503 (it took no effect) is tried this often.
-POPULATE_ATTEMPTS = 5
+# A population batch answered 503 (or 409 while it is still being stored) is tried this often,
+# waiting a little longer each time (a busy database catches up; the Idempotency-Key makes a
+# batch that did commit answer again).
+POPULATE_ATTEMPTS = 10
 # Users a bulk registration request carries: well within the users service's request deadline
 # (REQUEST_DEADLINE_S) on a busy machine.
-POPULATE_BATCH = 200
+POPULATE_BATCH = 100
 
 
 class ServiceError(Exception):
@@ -162,7 +164,7 @@ class Simulation:
                             "details", {}
                         )
                         if (status == 503 or in_progress) and attempt + 1 < POPULATE_ATTEMPTS:
-                            await asyncio.sleep(0.5 * (attempt + 1))
+                            await asyncio.sleep(min(0.5 * (attempt + 1), 3.0))
                             continue
                         self._expect(status, 201, answer, "synthetic users")
                     except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
