@@ -41,7 +41,13 @@ async def test_summary_empty_database_returns_zero_counts(dashboard):
     body = await resp.json()
     assert (body["users"], body["ssds"]) == (0, 0)
     assert isinstance(body["products"], int)
-    assert body["orders"] == {"total": 0, "pending": 0, "shipped": 0, "completed": 0}
+    assert body["orders"] == {
+        "total": 0,
+        "pending": 0,
+        "shipped": 0,
+        "completed": 0,
+        "cancelled": 0,
+    }
     assert body["stage_seconds"] == {"pending": None, "shipped": None, "completed": None}
     assert body["at"]
 
@@ -63,7 +69,13 @@ async def test_summary_after_registration_and_orders_counts_each(
 
     body = await (await dashboard.get("/api/summary")).json()
     assert (body["users"], body["ssds"], body["products"]) == (2, 3, len(products))
-    assert body["orders"] == {"total": 2, "pending": 1, "shipped": 0, "completed": 1}
+    assert body["orders"] == {
+        "total": 2,
+        "pending": 1,
+        "shipped": 0,
+        "completed": 1,
+        "cancelled": 0,
+    }
     # Only the completed order has times, and it never shipped: no time pending or shipped.
     stages = body["stage_seconds"]
     assert stages["pending"] is None and stages["shipped"] is None
