@@ -97,13 +97,11 @@ class FaultsView:
 
     def __init__(self, faults: Faults | None = None) -> None:
         self.current = faults or Faults()
-        self.changed = asyncio.Event()
 
     def set(self, faults: Faults) -> None:
         if faults != self.current:
             log.info("faults now %s", faults.model_dump())
         self.current = faults
-        self.changed.set()
 
     async def follow(self, js: JetStreamContext, ready: Callable[[], None] | None = None) -> None:
         """Read the stored faults, then apply every change until cancelled. A lost connection
