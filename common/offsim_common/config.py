@@ -101,6 +101,8 @@ class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     nats_url: str = "nats://127.0.0.1:4222"
     http_port: int = 8080
+    # Processes serving one HTTP service's port (SO_REUSEPORT); each is a full replica.
+    http_workers: int = 1
     log_level: str = "INFO"
     # Every simulated duration is divided by this factor.
     sim_speed: float = 1.0
@@ -154,6 +156,7 @@ class Settings:
             database_url=env.get("DATABASE_URL") or cls.database_url,
             nats_url=env.get("NATS_URL") or cls.nats_url,
             http_port=_int(env, "HTTP_PORT", http_port, minimum=0),
+            http_workers=_int(env, "OFFSIM_HTTP_WORKERS", cls.http_workers, minimum=1),
             log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
             sim_speed=sim_speed,
             supplier_delay=_range(env, "OFFSIM_SUPPLIER_DELAY", cls.supplier_delay),

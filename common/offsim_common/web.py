@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import uvloop
 from aiohttp import web
 from nats import micro
 from nats.aio.client import Client
@@ -154,16 +159,67 @@ async def start_probe_server(
     return runner
 
 
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop: the same asyncio API, its transports and scheduling in C (the
+    services spend much of their time in them)."""
+    return uvloop.new_event_loop()
+
+
 def run(app_factory: Callable[[Settings], web.Application], name: str, default_port: int) -> None:
-    """Entry point of an HTTP service: settings from the environment, then serve."""
+    """Entry point of an HTTP service: settings from the environment, then serve, in
+    OFFSIM_HTTP_WORKERS processes sharing the port."""
     settings = Settings.from_env(http_port=default_port)
     setup_logging(settings.log_level, name)
+    if settings.http_workers > 1:
+        sys.exit(run_workers(settings.http_workers, lambda: serve(app_factory, name, settings)))
+    serve(app_factory, name, settings)
+
+
+def serve(
+    app_factory: Callable[[Settings], web.Application], name: str, settings: Settings
+) -> None:
     traces = tracing.start_tracing(settings, f"offsim-{name}")
     try:
-        web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None)
+        web.run_app(app_factory(settings), port=settings.http_port, print=None, access_log=None,
+                    reuse_port=settings.http_workers > 1, loop=event_loop())  # fmt: skip
     finally:
         if traces is not None:
             traces.shutdown()
+
+
+def run_workers(count: int, work: Callable[[], None]) -> int:
+    """Fork `count` workers running `work` and wait for them. Each is a replica of the service
+    (its own pool, NATS connection and consumers), which offsim's replicas already share work
+    as. SIGTERM or SIGINT is passed on to every worker; if one dies, the others are stopped
+    too and the exit status says so, so the orchestrator restarts the whole service."""
+    children: list[int] = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                work()
+            except BaseException:
+                log.exception("worker failed")
+                os._exit(1)
+            os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while children:
+        pid, code = os.wait()
+        children.remove(pid)
+        if code != 0 and status == 0:
+            status = 1
+            log.error("worker %d exited (status %d); stopping the others", pid, code)
+            forward(signal.SIGTERM, None)
+    return status
 
 
 def micro_ctx(

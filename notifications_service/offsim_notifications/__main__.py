@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from offsim_common import bus, tracing
 from offsim_common.config import Settings
 from offsim_common.logs import setup_logging
-from offsim_common.web import start_probe_server
+from offsim_common.web import event_loop, start_probe_server
 
 from .courier import consumers
 
@@ -49,7 +49,8 @@ async def amain() -> None:
 
 
 def main() -> None:
-    asyncio.run(amain())
+    with asyncio.Runner(loop_factory=event_loop) as runner:
+        runner.run(amain())
 
 
 if __name__ == "__main__":

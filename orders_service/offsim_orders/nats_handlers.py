@@ -78,10 +78,9 @@ def transition_consumer(
         each is handled alone, and only that one is dead-lettered)."""
         events = [event for event, _ in batch]
         async with pool.acquire() as conn, conn.transaction():
-            moved = await record_many(conn, events)
-            unmoved = [event for event in events if event.id not in moved]
-            if unmoved and not all(await queries.describing(conn, unmoved)):
+            if not all(await queries.describing(conn, events)):
                 raise bus.Contradiction("an event of the batch describes no order")
+            moved = await record_many(conn, events)
         for event in events:
             if (previous := moved.pop(event.id, None)) is not None:  # once per order
                 _recorded(event, previous, transition)
