@@ -34,9 +34,9 @@ from typing import Any
 import asyncpg
 import orjson
 import psutil
-from offsim_common.config import Settings
 from offsim_common.migrate import migrate
 from offsim_etl import EtlSummary, run_etl, sample_path
+from offsim_etl.settings import EtlSettings
 from offsim_launcher.embedded import ensure_database, start_postgres
 
 COPIES = 30
@@ -108,7 +108,7 @@ async def truncate(dsn: str) -> None:
         await conn.close()
 
 
-async def timed(settings: Settings, source: str, file: Path | None, cold: bool) -> EtlSummary:
+async def timed(settings: EtlSettings, source: str, file: Path | None, cold: bool) -> EtlSummary:
     if cold:
         await truncate(settings.database_url)
     started = time.perf_counter()
@@ -174,7 +174,7 @@ def _row(run: str, runs: list[EtlSummary]) -> dict[str, Any]:
 
 
 async def bench(dsn: str, dump: Path, parquet: Path | None, repeat: int) -> dict[str, Any]:
-    settings = Settings(database_url=dsn)
+    settings = EtlSettings(database_url=dsn)
     results = []
     k = f"{round(sum(1 for _ in gzip.open(dump)) / 1000)}k"
     sources: list[tuple[str, str, Path | None]] = [
@@ -238,7 +238,7 @@ async def memory(dsn: str, dump: Path) -> dict[str, Any]:
     started = time.perf_counter()
     sampler.start()
     try:
-        summary = await timed(Settings(database_url=dsn), "jsonl", dump, cold=True)
+        summary = await timed(EtlSettings(database_url=dsn), "jsonl", dump, cold=True)
     finally:
         stop.set()
         sampler.join()

@@ -12,16 +12,15 @@ import argparse
 import asyncio
 import io
 import time
-from dataclasses import replace
 
-from offsim_common.config import Settings
-from offsim_generator.__main__ import make_model
+from offsim_generator.app import make_model
 from offsim_generator.dryrun import DryRun
 from offsim_generator.engine import Engine
+from offsim_generator.settings import GeneratorSettings
 
 
 async def measure(ssds: int, speed: float, seconds: float, consumption: float) -> dict:
-    settings = replace(Settings(), seed=1, sim_speed=speed)
+    settings = GeneratorSettings(seed=1, sim_speed=speed)
     model = make_model(settings)
     started = time.perf_counter()
     model.populate(ssds)

@@ -16,22 +16,9 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiohttp import web
 
-from .http import ApiError, NotFound
+from .errors import Forbidden, NotFound, Unauthenticated
 
 TOKEN_PREFIX = "offsim_"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)
@@ -59,9 +46,9 @@ def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
-        raise Unauthorized("a bearer token is required", {"Authorization": "missing"})
+        raise Unauthenticated("a bearer token is required", {"Authorization": "missing"})
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
+        raise Unauthenticated(
             "the Authorization header must be `Bearer <token>`", {"Authorization": "malformed"}
         )
     return token.strip()
@@ -105,10 +92,10 @@ async def authenticate(
         return Caller(user_id=user_id)
     async with pool.acquire() as conn:
         user_id = await conn.fetchval(
-            "SELECT user_id FROM api_tokens WHERE token_hash = $1", digest
+            "SELECT user_id FROM bearer_tokens WHERE token_hash = $1", digest
         )
     if user_id is None:
-        raise Unauthorized("the bearer token is not valid", {"Authorization": "invalid token"})
+        raise Unauthenticated("the bearer token is not valid", {"Authorization": "invalid token"})
     if cache is not None:
         cache.put(digest, user_id)
     return Caller(user_id=user_id)
@@ -123,7 +110,7 @@ async def require_ssd_owner(
     conn: asyncpg.Connection, caller: Caller, ssd_id: int, field: str = "ssd_id"
 ) -> None:
     """404 for an unknown SSD, 403 for someone else's."""
-    owner = await conn.fetchval("SELECT user_id FROM ssds WHERE id = $1", ssd_id)
+    owner = await conn.fetchval("SELECT user_id FROM ssd_owners WHERE ssd_id = $1", ssd_id)
     if owner is None:
         raise NotFound(f"SSD {ssd_id} not found", {field: "unknown SSD"})
     if not caller.is_service and caller.user_id != owner:

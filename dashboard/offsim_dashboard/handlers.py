@@ -15,13 +15,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
-from offsim_common.config import Settings
+from offsim_common.app_keys import POOL, SETTINGS
+from offsim_common.events import OrderStatus
 from offsim_common.http import int_param, json_response, query_params
-from offsim_common.messages import OrderStatus
-from offsim_common.web import POOL, SETTINGS
 
 from . import events, queries
 from .app_keys import HTTP, HUB, SNAPSHOTS
+from .settings import DashboardSettings
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
@@ -91,7 +91,7 @@ async def _health(http: aiohttp.ClientSession, url: str) -> str:
         return "unreachable"
 
 
-async def load_services(http: aiohttp.ClientSession, settings: Settings) -> dict[str, Any]:
+async def load_services(http: aiohttp.ClientSession, settings: DashboardSettings) -> dict[str, Any]:
     services = {"users": settings.users_url, "orders": settings.orders_url}
     statuses = await asyncio.gather(*(_health(http, url) for url in services.values()))
     return {

@@ -99,10 +99,7 @@ async def put_control(request: web.Request) -> web.Response:
     return json_response(state(engine))
 
 
-def add_routes(engine: Engine):
-    def add(app: web.Application) -> None:
-        app[ENGINE] = engine
-        app.router.add_get("/api/control", get_control)
-        app.router.add_put("/api/control", put_control)
-
-    return add
+def add_routes(app: web.Application) -> None:
+    """`GET` and `PUT /api/control`, on the engine the app's run puts in ENGINE."""
+    app.router.add_get("/api/control", get_control)
+    app.router.add_put("/api/control", put_control)

@@ -31,13 +31,14 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from nats.aio.client import Client
 from offsim_common import tracing
-from offsim_common.config import Settings
-from offsim_common.messages import RandomOrderRequest
+from offsim_common.events import RandomOrderRequest
 from offsim_common.metrics import GENERATOR_EVENTS
 
-from . import metrics
+from . import answers, metrics
+from .answers import Consumed, M, Placed, Registered
 from .model import Event, Population
 from .scatter import gather_random
+from .settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ServiceError(Exception):
 class Simulation:
     def __init__(
         self,
-        settings: Settings,
+        settings: GeneratorSettings,
         http: aiohttp.ClientSession,
         nc: Client | None,
         population: Population,
@@ -117,10 +118,11 @@ class Simulation:
             self.stats["register.conflict"] += 1
             return
         self._expect(status, 201, body, "register")
-        for index, device in zip(event.ssds, body["devices"], strict=False):
-            self.ssd_ids[index] = device["id"]
-            self.tokens[index] = body["token"]
-        log.info("registered user %s with %d SSD(s)", body["id"], len(body["devices"]))
+        registered = self._read(Registered, body, "register")
+        for index, device in zip(event.ssds, registered.devices, strict=False):
+            self.ssd_ids[index] = device.id
+            self.tokens[index] = registered.token
+        log.info("registered user %s with %d SSD(s)", registered.id, len(registered.devices))
 
     async def populate(self, users: list[tuple[int, list[int]]], concurrency: int = 4) -> None:
         """Register the starting population: synthetic people, `concurrency` at a time; a
@@ -193,11 +195,12 @@ class Simulation:
         if status == 401 and self.tokens.pop(index, None):
             return  # the owner's token is gone: the service credential from the next event
         self._expect(status, 200, body, "consume")
+        consumed = self._read(Consumed, body, "consume")
         if not barcodes:
-            self.barcodes[index] = sorted(item["barcode"] for item in body["stock"])
-        self.stats["consume.units"] += sum(item["consumed"] for item in body["stock"])
-        for item in body["restock"]:
-            await self._order(ssd_id, item["barcode"], item["quantity"], restock=True,
+            self.barcodes[index] = sorted(item.barcode for item in consumed.stock)
+        self.stats["consume.units"] += sum(item.consumed for item in consumed.stock)
+        for item in consumed.restock:
+            await self._order(ssd_id, item.barcode, item.quantity, restock=True,
                               token=self._token(index))  # fmt: skip
 
     async def malformed(self, event: Event) -> None:
@@ -235,8 +238,9 @@ class Simulation:
             self.stats["order.already_open"] += 1
             return
         self._expect(status, 201, body, "order")
+        placed = self._read(Placed, body, "order")
         self.stats["order.restock" if restock else "order.random"] += 1
-        log.info("order %s: SSD %s, %s x %s", body["id"], ssd_id, quantity, barcode)
+        log.info("order %s: SSD %s, %s x %s", placed.id, ssd_id, quantity, barcode)
 
     def _token(self, index: int) -> str | None:
         """The owner's token if this generator registered the SSD, else the service's."""
@@ -254,6 +258,13 @@ class Simulation:
             except ValueError:
                 body = {"message": (await resp.text())[:200]}
             return resp.status, body if isinstance(body, dict) else {"body": body}
+
+    @staticmethod
+    def _read(model: type[M], body: dict, what: str) -> M:
+        try:
+            return answers.read(model, body, what)
+        except answers.UnexpectedAnswer as exc:
+            raise ServiceError(str(exc)) from None
 
     @staticmethod
     def _expect(status: int, wanted: int, body: dict, what: str) -> None:

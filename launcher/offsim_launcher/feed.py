@@ -7,7 +7,6 @@ really crossed the bus, once.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections import Counter
 from datetime import datetime
@@ -17,14 +16,16 @@ import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from offsim_common import bus, subjects
-from offsim_common.config import Settings
 from offsim_common.db import create_pool
+from offsim_common.events import OrderEvent, UserRegistered
 from offsim_common.products import ProductNames
+from offsim_common.settings import ServiceSettings
+from pydantic import ValidationError
 
 MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓"}
 
 
-async def follow(settings: Settings, stop: asyncio.Event) -> None:
+async def follow(settings: ServiceSettings, stop: asyncio.Event) -> None:
     """`offsim feed`: the live feed of a simulation running elsewhere (compose, Kubernetes),
     from its NATS_URL and DATABASE_URL, until `stop`."""
     pool = await create_pool(settings.database_url, max_size=2)
@@ -62,25 +63,25 @@ class Feed:
 
     async def _on_user(self, msg: Msg) -> None:
         try:
-            user = json.loads(msg.data)
-            self.counts["users"] += 1
-            self.say(
-                f"+ user {user['id']} {user['first_name']} {user['last_name']} "
-                f"with {len(user['devices'])} SSD(s)"
-            )
-        except (ValueError, KeyError, TypeError):
+            user = UserRegistered.model_validate_json(msg.data)
+        except ValidationError:
             self.say(f"? unreadable registration event: {msg.data[:60]!r}")
+            return
+        self.counts["users"] += 1
+        self.say(
+            f"+ user {user.id} {user.first_name} {user.last_name} with {len(user.devices)} SSD(s)"
+        )
 
     async def _on_order(self, msg: Msg) -> None:
         try:
-            order = json.loads(msg.data)
-            status = order["status"]
-            name = await self.names.get(order["barcode"]) or order["barcode"]
-        except (ValueError, KeyError, TypeError):
+            order = OrderEvent.model_validate_json(msg.data)
+        except ValidationError:
             self.say(f"? unreadable order event: {msg.data[:60]!r}")
             return
+        name = await self.names.get(order.barcode) or order.barcode
+        status = order.status.value
         self.counts[status] += 1
         self.say(
-            f"{MARKS.get(status, '?')} order {order['id']} {status:<9} SSD {order['ssd_id']}: "
-            f"{order['quantity']} x {name[:28]}"
+            f"{MARKS.get(status, '?')} order {order.id} {status:<9} SSD {order.ssd_id}: "
+            f"{order.quantity} x {name[:28]}"
         )

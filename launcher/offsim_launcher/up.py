@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,10 +20,12 @@ from pathlib import Path
 
 import aiohttp
 from offsim_common import bus
-from offsim_common.config import Settings
 from offsim_common.db import create_pool
 from offsim_common.migrate import migrate
+from offsim_common.service import stop_on_signals
+from offsim_common.settings import ServiceSettings
 from offsim_etl import run_etl
+from offsim_etl.settings import EtlSettings
 
 from . import embedded
 from .feed import Feed
@@ -87,7 +88,7 @@ def service_token(data: Path) -> str:
     return token
 
 
-async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> None:
+async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event) -> None:
     data = options.data_dir.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -111,10 +112,12 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
         applied = await migrate(database_url)
         say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-        run_settings = Settings(**{**settings.__dict__, "database_url": database_url,
-                                   "nats_url": nats_url})  # fmt: skip
         if options.load_sample:
-            summary = await run_etl(run_settings, "sample", progress=sys.stderr.isatty())
+            summary = await run_etl(
+                EtlSettings.from_env(database_url=database_url),
+                "sample",
+                progress=sys.stderr.isatty(),
+            )
             say(
                 f"OFF sample: {summary.kept} products kept ({summary.inserted} new, "
                 f"{summary.updated} updated, {summary.unchanged} unchanged), "
@@ -176,21 +179,18 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
 
 def run_until_signal(
-    work: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+    work: Callable[[ServiceSettings, asyncio.Event], Awaitable[None]], settings: ServiceSettings
 ) -> None:
     """Run `work` until Ctrl-C or SIGTERM sets its stop event, then let it finish in order."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await work(settings, stop)
+        with stop_on_signals(asyncio.Event()) as stop:
+            await work(settings, stop)
 
     asyncio.run(main())
 
 
 def run_up(data_dir: Path, load_sample: bool) -> None:
     options = UpOptions(data_dir, load_sample)
-    run_until_signal(lambda settings, stop: up(settings, options, stop), Settings.from_env())
+    run_until_signal(lambda settings, stop: up(settings, options, stop), ServiceSettings.from_env())

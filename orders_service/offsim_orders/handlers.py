@@ -6,31 +6,24 @@ import asyncpg
 import orjson
 from aiohttp import web
 from offsim_common import idempotency
+from offsim_common.app_keys import JS, NC, POOL, SETTINGS
 from offsim_common.auth import authenticate
+from offsim_common.errors import Invalid, NotFound
+from offsim_common.events import OrderStatus
 from offsim_common.http import (
-    BadRequest,
-    NotFound,
     int_param,
     json_response,
     query_params,
     read_body,
 )
 from offsim_common.logs import request_id
-from offsim_common.messages import (
-    Order,
-    OrderDetail,
-    OrderPage,
-    OrderRequest,
-    OrderStatus,
-    Product,
-    ProductPage,
-)
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, STRING_SCHEMA, doc
-from offsim_common.web import JS, NC, POOL, SETTINGS
+from offsim_common.requests import OrderRequest
 
 from . import queries
 from .app_keys import MARKS, PLACER
 from .orders import Placement, announce_order, insert_order
+from .schemas import Order, OrderDetail, OrderPage, ProductInfo, ProductPage
 
 MAX_PAGE = 500
 MAX_OFFSET = 2**31 - 1
@@ -98,7 +91,7 @@ async def list_orders(request: web.Request) -> web.Response:
     ssd_id = int_param(query.get("ssd_id"), "ssd_id", default=0, minimum=1) or None
     status = query.get("status")
     if status is not None and status not in set(OrderStatus):
-        raise BadRequest("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
+        raise Invalid("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
     limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total, rows = await queries.list_orders(conn, ssd_id, status, limit, offset)
@@ -120,7 +113,7 @@ async def list_products(request: web.Request) -> web.Response:
     return json_response(page.model_dump(mode="json"))
 
 
-@doc("One product", "products", responses={200: Product}, errors=(404, 503),
+@doc("One product", "products", responses={200: ProductInfo}, errors=(404, 503),
      path={"barcode": (STRING_SCHEMA, "the product's barcode (OFF code)")})  # fmt: skip
 async def get_product(request: web.Request) -> web.Response:
     barcode = request.match_info["barcode"]
@@ -130,7 +123,7 @@ async def get_product(request: web.Request) -> web.Response:
             product = await queries.fetch_product(conn, barcode)
     if product is None:
         raise NotFound(f"product {barcode} not found", {"barcode": "unknown product"})
-    return json_response(Product.model_validate(product).model_dump(mode="json"))
+    return json_response(ProductInfo.model_validate(product).model_dump(mode="json"))
 
 
 def paging(request: web.Request) -> tuple[int, int]:

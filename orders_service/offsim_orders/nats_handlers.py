@@ -10,7 +10,9 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects, tracing
-from offsim_common.messages import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from offsim_common.errors import Invalid, NotFound
+from offsim_common.events import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from offsim_common.http import validation_details
 from offsim_common.metrics import ORDER_TRANSITION_SECONDS, ORDER_TRANSITIONS
 from pydantic import ValidationError
 
@@ -27,13 +29,11 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
         try:
             body = RandomOrderRequest.model_validate_json(request.data or b"{}")
         except ValidationError as exc:
-            await request.respond_error("400", f"invalid request: {exc.errors(include_url=False)}")
-            return
+            raise Invalid("invalid request", validation_details(exc)) from None
         async with pool.acquire() as conn:
             barcode = await queries.random_barcode(conn, body.ssd_id)
         if barcode is None:
-            await request.respond_error("404", "no product loaded yet")
-            return
+            raise NotFound("no product loaded yet")
         await request.respond(RandomBarcodeReply(barcode=barcode).model_dump_json().encode())
 
     return handle

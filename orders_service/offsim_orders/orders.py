@@ -21,12 +21,12 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, idempotency, subjects, tracing
-from offsim_common.auth import Forbidden
 from offsim_common.db import is_unavailable
-from offsim_common.http import ApiError, Conflict, NotFound
+from offsim_common.errors import Conflict, DomainError, Forbidden, NotFound
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import request_id
-from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
 from offsim_common.metrics import ORDER_TRANSITIONS
+from offsim_common.requests import OrderRequest
 
 from . import queries
 from .group_commit import GroupCommit
@@ -57,7 +57,7 @@ class Placement:
     request_id: str | None
 
 
-def _outcome(placement: Placement, row: asyncpg.Record) -> dict[str, Any] | ApiError:
+def _outcome(placement: Placement, row: asyncpg.Record) -> dict[str, Any] | DomainError:
     """The placed order, or the error to answer, in the order the checks were always made: the
     SSD (404, 403), the product (404), an open restock order (409)."""
     order = placement.order
@@ -87,7 +87,7 @@ def _outcome(placement: Placement, row: asyncpg.Record) -> dict[str, Any] | ApiE
 
 async def _insert(
     conn: asyncpg.Connection, placements: list[Placement]
-) -> list[dict[str, Any] | ApiError]:
+) -> list[dict[str, Any] | DomainError]:
     rows = await queries.insert_orders(
         conn,
         [p.order.ssd_id for p in placements],
@@ -104,7 +104,7 @@ async def insert_order(conn: asyncpg.Connection, placement: Placement) -> dict[s
     """Store one order in the caller's transaction (an idempotent request records its answer
     in the same one), or raise the error to answer."""
     (result,) = await _insert(conn, [placement])
-    if isinstance(result, ApiError):
+    if isinstance(result, DomainError):
         raise result
     return result
 

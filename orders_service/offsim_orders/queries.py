@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import OrderEvent
+from offsim_common.events import OrderEvent
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
@@ -39,7 +39,7 @@ async def insert_orders(
                                 AND (i.caller IS NULL OR i.caller = s.user_id)
                            THEN nextval(pg_get_serial_sequence('product_orders', 'id')) END AS id
                FROM input i
-               LEFT JOIN ssds s ON s.id = i.ssd_id
+               LEFT JOIN ssd_owners s ON s.ssd_id = i.ssd_id
                LEFT JOIN products p ON p.barcode = i.barcode),
            inserted AS (
                INSERT INTO product_orders (id, ssd_id, barcode, quantity, kind, request_id)
@@ -112,7 +112,7 @@ async def claim_overdue(
                     OR (o.status = 'completed'
                         AND o.completed_at < now() - make_interval(secs => $3)
                         AND o.completed_at > now() - make_interval(secs => $4)
-                        AND NOT EXISTS (SELECT 1 FROM stock_deliveries d
+                        AND NOT EXISTS (SELECT 1 FROM delivered_orders d
                                         WHERE d.order_id = o.id)))
                 ORDER BY o.created_at LIMIT $5
                 FOR UPDATE SKIP LOCKED)
@@ -268,7 +268,8 @@ async def random_barcode(conn: asyncpg.Connection, ssd_id: int | None) -> str | 
     """A product for a random order: one the SSD watches when it is given, else any product."""
     if ssd_id is not None:
         watched = await conn.fetchval(
-            "SELECT barcode FROM product_ssds WHERE ssd_id = $1 ORDER BY random() LIMIT 1", ssd_id
+            "SELECT barcode FROM watched_products WHERE ssd_id = $1 ORDER BY random() LIMIT 1",
+            ssd_id,
         )
         if watched is not None:
             return watched

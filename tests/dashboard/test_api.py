@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
-from offsim_common.web import POOL
+from offsim_common.app_keys import POOL
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 NUTELLA_IMAGE = (
@@ -210,7 +208,7 @@ async def test_services_reports_health_of_users_and_orders(
 
     client = await aiohttp_client(
         create_app(
-            replace(
+            changed(
                 settings,
                 users_url=str(users.make_url("")).rstrip("/"),
                 orders_url=f"http://127.0.0.1:{unused_tcp_port}",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import repo_root
+from tests.conftest import changed, repo_root
 from tests.helpers import register
 
 playwright_api = pytest.importorskip(
@@ -49,7 +48,7 @@ SLOW = 15_000  # ms: a transition takes 1 to 2 s here, a snapshot comes every 5 
 def settings(settings):
     """Slow enough that an order stays pending for 2 s and shipped for 1 s: long enough to be
     seen, short enough for a quick test."""
-    return replace(
+    return changed(
         settings, sim_speed=60.0, supplier_delay=(120.0, 120.0), delivery_delay=(60.0, 60.0)
     )
 
@@ -71,7 +70,7 @@ async def dashboard_url(aiohttp_server, settings, users, orders, pool):
     from offsim_dashboard.app import create_app
 
     app = create_app(
-        replace(
+        changed(
             settings,
             users_url=str(users.make_url("")).rstrip("/"),
             orders_url=str(orders.make_url("")).rstrip("/"),

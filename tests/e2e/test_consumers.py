@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from nats.js import api
 from offsim_common import bus, subjects
+from offsim_common.app_keys import NC
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import REQUEST_ID_HEADER
-from offsim_common.messages import OrderEvent, OrderStatus
-from offsim_common.web import NC
 
 from tests.conftest import eventually
 from tests.helpers import register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from offsim_common import bus, subjects
-from offsim_common.messages import OrderEvent
+from offsim_common.events import OrderEvent
 from offsim_launcher.feed import follow
 
 from tests.conftest import eventually

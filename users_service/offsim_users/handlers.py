@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 from offsim_common import idempotency
+from offsim_common.app_keys import JS, NC, POOL, SETTINGS
 from offsim_common.auth import authenticate, require_ssd_owner, require_user
-from offsim_common.http import NotFound, int_param, json_response, read_body
-from offsim_common.messages import (
-    ConsumeRequest,
-    ConsumeResult,
-    RegisterRequest,
-    RegisterResult,
-    UserDetail,
-)
+from offsim_common.errors import NotFound
+from offsim_common.http import int_param, json_response, read_body
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, doc
-from offsim_common.web import JS, NC, POOL, SETTINGS
+from offsim_common.requests import ConsumeRequest, RegisterRequest
 
 from . import queries
 from .app_keys import RNG
 from .registration import register_user
+from .schemas import ConsumeResult, RegisterResult, UserDetail
 
 ID = {"id": (ID_SCHEMA, "the SSD's id")}
 

@@ -8,7 +8,8 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects, tracing
-from offsim_common.messages import OrderEvent, RandomSsdReply
+from offsim_common.errors import NotFound
+from offsim_common.events import OrderEvent, RandomSsdReply
 
 from . import queries
 
@@ -22,8 +23,7 @@ def random_ssd_endpoint(pool: asyncpg.Pool):
         async with pool.acquire() as conn:
             ssd_id = await queries.random_ssd_id(conn)
         if ssd_id is None:
-            await request.respond_error("404", "no SSD registered yet")
-            return
+            raise NotFound("no SSD registered yet")
         await request.respond(RandomSsdReply(ssd_id=ssd_id).model_dump_json().encode())
 
     return handle

@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import NewUser
+from offsim_common.requests import NewUser
 
 
 async def insert_user(
@@ -121,9 +121,8 @@ async def consume_stock(
            RETURNING ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
                      t.before - ps.quantity AS consumed,
                      (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name,
-                     EXISTS (SELECT 1 FROM product_orders o
-                             WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode
-                               AND o.status <> 'completed') AS on_order""",
+                     EXISTS (SELECT 1 FROM open_orders o
+                             WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode) AS on_order""",
         ssd_id,
         barcode,
         quantity,
@@ -143,8 +142,8 @@ async def record_delivery(
     was already added, or no order has this id, SSD, product and quantity)."""
     first = await conn.fetchval(
         """INSERT INTO stock_deliveries (order_id)
-           SELECT id FROM product_orders
-           WHERE id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
+           SELECT order_id FROM placed_orders
+           WHERE order_id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
            ON CONFLICT (order_id) DO NOTHING RETURNING true""",
         order_id,
         ssd_id,
@@ -178,12 +177,12 @@ async def record_deliveries(
     batches touching the same rows wait for each other instead of deadlocking."""
     rows = await conn.fetch(
         """WITH e AS (
-               SELECT DISTINCT ON (o.id) o.id, o.ssd_id, o.barcode, o.quantity
+               SELECT DISTINCT ON (o.order_id) o.order_id AS id, o.ssd_id, o.barcode, o.quantity
                FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[])
                    AS e(id, ssd_id, barcode, quantity)
-               JOIN product_orders o ON o.id = e.id AND o.ssd_id = e.ssd_id
+               JOIN placed_orders o ON o.order_id = e.id AND o.ssd_id = e.ssd_id
                    AND o.barcode = e.barcode AND o.quantity = e.quantity
-               ORDER BY o.id),
+               ORDER BY o.order_id),
            first AS (
                INSERT INTO stock_deliveries (order_id) SELECT id FROM e ORDER BY id
                ON CONFLICT (order_id) DO NOTHING RETURNING order_id),

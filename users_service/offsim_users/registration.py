@@ -12,11 +12,14 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, idempotency, subjects
 from offsim_common.auth import new_token
-from offsim_common.http import Conflict, json_response
-from offsim_common.messages import Device, RegisterRequest, RegisterResult, UserRegistered
+from offsim_common.errors import Conflict
+from offsim_common.events import Device, UserRegistered
+from offsim_common.http import json_response
+from offsim_common.requests import RegisterRequest
 
 from . import queries
 from .passwords import hash_password
+from .schemas import RegisterResult
 
 log = logging.getLogger(__name__)
 

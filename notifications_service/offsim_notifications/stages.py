@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
-from offsim_common.config import Settings
-from offsim_common.messages import OrderEvent, OrderStatus
+from offsim_common.events import OrderEvent, OrderStatus
+
+from .settings import NotificationsSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Stage:
     delay_range: tuple[float, float]
 
 
-def stages(settings: Settings) -> list[Stage]:
+def stages(settings: NotificationsSettings) -> list[Stage]:
     return [
         Stage("supplier", subjects.ORDERS_PENDING, subjects.NOTIFICATIONS_SHIP,
               subjects.ORDERS_SHIPPED, OrderStatus.SHIPPED, settings.supplier_delay),
@@ -51,7 +52,9 @@ def delay_for(order_id: int, stage: str, delay_range: tuple[float, float], seed:
     return random.Random(f"{seed}:{stage}:{order_id}").uniform(*delay_range)
 
 
-def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bus.ConsumerSpec:
+def stage_consumer(
+    js: JetStreamContext, stage: Stage, settings: NotificationsSettings
+) -> bus.ConsumerSpec:
     seed = settings.seed or 0
 
     def delay(event: OrderEvent) -> float:
@@ -83,5 +86,5 @@ def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bu
     )
 
 
-def consumers(js: JetStreamContext, settings: Settings) -> list[bus.ConsumerSpec]:
+def consumers(js: JetStreamContext, settings: NotificationsSettings) -> list[bus.ConsumerSpec]:
     return [stage_consumer(js, stage, settings) for stage in stages(settings)]
