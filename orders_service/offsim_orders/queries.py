@@ -7,24 +7,55 @@ from typing import Any
 
 import asyncpg
 from offsim_common.events import OrderEvent
-from offsim_common.requests import OrderRequest
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 
-async def insert_order(
-    conn: asyncpg.Connection, order: OrderRequest, request_id: str | None
-) -> asyncpg.Record:
-    return await conn.fetchrow(
-        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, kind, request_id)
-            VALUES ($1, $2, $3, $4, $5)
-            RETURNING {ORDER_COLUMNS}""",
-        order.ssd_id,
-        order.barcode,
-        order.quantity,
-        order.kind.value,
-        request_id,
+async def insert_orders(
+    conn: asyncpg.Connection,
+    ssd_ids: list[int],
+    barcodes: list[str],
+    quantities: list[int],
+    kinds: list[str],
+    request_ids: list[str | None],
+    callers: list[int | None],
+) -> list[asyncpg.Record]:
+    """Insert many orders in one statement (one commit when run outside a transaction), each
+    checked against its caller (`callers`: a user, or None for the service credential), and
+    return one row per input, in order: the order's `id`, `status` and `created_at` when it was
+    inserted (else NULL), with `owner` (NULL: unknown SSD) and `product_known` to say why not.
+    A restock order clashing with an open one (even one of the same batch) is skipped, not an
+    error: one bad order never fails the others. Ids come from the identity's sequence up front,
+    so each inserted row is matched to its input."""
+    return await conn.fetch(
+        """WITH input AS (
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[],
+                                    $6::bigint[])
+                   WITH ORDINALITY AS i(ssd_id, barcode, quantity, kind, request_id, caller, n)),
+           checked AS MATERIALIZED (
+               SELECT i.*, s.user_id AS owner, p.barcode IS NOT NULL AS product_known,
+                      CASE WHEN s.user_id IS NOT NULL AND p.barcode IS NOT NULL
+                                AND (i.caller IS NULL OR i.caller = s.user_id)
+                           THEN nextval(pg_get_serial_sequence('product_orders', 'id')) END AS id
+               FROM input i
+               LEFT JOIN ssd_owners s ON s.ssd_id = i.ssd_id
+               LEFT JOIN products p ON p.barcode = i.barcode),
+           inserted AS (
+               INSERT INTO product_orders (id, ssd_id, barcode, quantity, kind, request_id)
+               OVERRIDING SYSTEM VALUE
+               SELECT id, ssd_id, barcode, quantity, kind, request_id FROM checked
+               WHERE id IS NOT NULL ORDER BY n
+               ON CONFLICT DO NOTHING
+               RETURNING id, status, created_at)
+           SELECT c.owner, c.product_known, o.id, o.status, o.created_at
+           FROM checked c LEFT JOIN inserted o ON o.id = c.id ORDER BY c.n""",
+        ssd_ids,
+        barcodes,
+        quantities,
+        kinds,
+        request_ids,
+        callers,
     )
 
 
@@ -171,6 +202,84 @@ async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datet
         event.barcode,
         event.quantity,
     )
+
+
+# The events of a batch as a table `e` (id, at, ssd_id, barcode, quantity, n: its place in the
+# batch) from the arrays $1 to $5.
+_EVENTS = """e AS (SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::text[],
+                                     $5::int[]) WITH ORDINALITY
+                   AS e(id, at, ssd_id, barcode, quantity, n))"""
+
+
+def _event_columns(events: list[OrderEvent]) -> tuple[list, ...]:
+    return (
+        [e.id for e in events],
+        [e.timestamp for e in events],
+        [e.ssd_id for e in events],
+        [e.barcode for e in events],
+        [e.quantity for e in events],
+    )
+
+
+async def record_shipped_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_shipped for a batch in one statement: {order id: when it was placed} for the
+    orders this moved."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            UPDATE product_orders o SET status = 'shipped', shipped_at = e.at FROM e
+            WHERE o.id = e.id AND o.status = 'pending' AND o.ssd_id = e.ssd_id
+              AND o.barcode = e.barcode AND o.quantity = e.quantity
+            RETURNING o.id, o.created_at AS previous""",
+        *_event_columns(events),
+    )
+    return {row["id"]: row["previous"] for row in rows}
+
+
+async def record_completed_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_completed for a batch in one statement: {order id: when it shipped}."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            UPDATE product_orders o
+            SET status = 'completed', completed_at = e.at, shipped_at = coalesce(o.shipped_at, e.at)
+            FROM e
+            WHERE o.id = e.id AND o.status IN ('pending', 'shipped') AND o.ssd_id = e.ssd_id
+              AND o.barcode = e.barcode AND o.quantity = e.quantity
+            RETURNING o.id, o.shipped_at AS previous""",
+        *_event_columns(events),
+    )
+    return {row["id"]: row["previous"] for row in rows}
+
+
+async def record_cancelled_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_cancelled for a batch in one statement: {order id: when it was placed}."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            UPDATE product_orders o SET status = 'cancelled', cancelled_at = e.at FROM e
+            WHERE o.id = e.id AND o.status = 'pending' AND o.ssd_id = e.ssd_id
+              AND o.barcode = e.barcode AND o.quantity = e.quantity
+            RETURNING o.id, o.created_at AS previous""",
+        *_event_columns(events),
+    )
+    return {row["id"]: row["previous"] for row in rows}
+
+
+async def describing(conn: asyncpg.Connection, events: list[OrderEvent]) -> list[bool]:
+    """For each event, whether an order with its id, SSD, product and quantity exists."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            SELECT EXISTS (SELECT 1 FROM product_orders o WHERE o.id = e.id
+                           AND o.ssd_id = e.ssd_id AND o.barcode = e.barcode
+                           AND o.quantity = e.quantity) AS described
+            FROM e ORDER BY e.n""",
+        *_event_columns(events),
+    )
+    return [row["described"] for row in rows]
 
 
 async def describes_order(conn: asyncpg.Connection, event: OrderEvent) -> bool:

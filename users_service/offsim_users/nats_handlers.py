@@ -53,10 +53,32 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
         else:
             log.debug("order %s already delivered; duplicate ignored", event.id)
 
+    async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
+        """The batch in one transaction; an event that describes no order undoes it all (then
+        each is handled alone, and only that one is dead-lettered)."""
+        events = [event for event, _ in batch]
+        async with pool.acquire() as conn, conn.transaction():
+            added = await queries.record_deliveries(
+                conn,
+                [e.id for e in events],
+                [e.ssd_id for e in events],
+                [e.barcode for e in events],
+                [e.quantity for e in events],
+            )
+            missing = {e.id for e in events} - added
+            if missing and missing - await queries.deliveries_recorded(conn, list(missing)):
+                raise bus.Contradiction("an event of the batch describes no order")
+        for event in events:
+            if event.id in added:
+                added.discard(event.id)
+                log.info("order %s delivered: +%s of %s to SSD %s",
+                         event.id, event.quantity, event.barcode, event.ssd_id)  # fmt: skip
+
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,
         durable=subjects.USERS_RESTOCK,
         subject=subjects.ORDERS_COMPLETED,
         model=OrderEvent,
         handler=handle,
+        batch_handler=handle_many,
     )

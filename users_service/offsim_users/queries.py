@@ -165,6 +165,50 @@ async def record_delivery(
     return True
 
 
+async def record_deliveries(
+    conn: asyncpg.Connection,
+    order_ids: list[int],
+    ssd_ids: list[int],
+    barcodes: list[str],
+    quantities: list[int],
+) -> set[int]:
+    """record_delivery for a batch in one statement: the ids of the orders added to stock now.
+    An order repeated in the batch counts once; the stock rows are updated in key order, so two
+    batches touching the same rows wait for each other instead of deadlocking."""
+    rows = await conn.fetch(
+        """WITH e AS (
+               SELECT DISTINCT ON (o.order_id) o.order_id AS id, o.ssd_id, o.barcode, o.quantity
+               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[])
+                   AS e(id, ssd_id, barcode, quantity)
+               JOIN placed_orders o ON o.order_id = e.id AND o.ssd_id = e.ssd_id
+                   AND o.barcode = e.barcode AND o.quantity = e.quantity
+               ORDER BY o.order_id),
+           first AS (
+               INSERT INTO stock_deliveries (order_id) SELECT id FROM e ORDER BY id
+               ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
+           stocked AS (
+               INSERT INTO product_ssds (ssd_id, barcode, quantity, reorder_point, capacity)
+               SELECT e.ssd_id, e.barcode, sum(e.quantity), 0, sum(e.quantity)
+               FROM e JOIN first f ON f.order_id = e.id
+               GROUP BY e.ssd_id, e.barcode ORDER BY e.ssd_id, e.barcode
+               ON CONFLICT (ssd_id, barcode)
+               DO UPDATE SET quantity = product_ssds.quantity + excluded.quantity)
+           SELECT order_id FROM first""",
+        order_ids,
+        ssd_ids,
+        barcodes,
+        quantities,
+    )
+    return {row["order_id"] for row in rows}
+
+
+async def deliveries_recorded(conn: asyncpg.Connection, order_ids: list[int]) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT order_id FROM stock_deliveries WHERE order_id = ANY($1::bigint[])", order_ids
+    )
+    return {row["order_id"] for row in rows}
+
+
 # --- bulk registration of synthetic users (synthetic.py) ----------------------------------------
 
 
