@@ -178,3 +178,32 @@ def test_which_orders_a_share_hits_is_fixed_by_the_seed():
     assert first != [hits(8, "reject", order, 0.3) for order in range(1, 2001)]
     assert not any(hits(7, "reject", order, 0.0) for order in range(1, 100))
     assert all(hits(7, "reject", order, 1.0) for order in range(1, 100))
+
+
+async def test_supplier_delay_and_courier_spikes_stretch_the_stages(
+    users, orders, pool, products, settings, nc
+):
+    """Both stages take 60 simulated seconds (0.1 s at x600); with the supplier's delay
+    multiplied by 20 and every delivery spiked 20 times, each takes at least 2 s."""
+    await faults.put(
+        nc.jetstream(), Faults(supplier_delay=20, courier_spike=1.0, courier_spike_factor=20)
+    )
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    slow = changed(settings, supplier_delay=(60.0, 60.0), delivery_delay=(60.0, 60.0))
+    async with replica(slow):
+        _, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+
+        async def completed() -> dict | None:
+            order = await (await orders.get(f"/api/orders/{order_id}")).json()
+            return order if order["status"] == "completed" else None
+
+        await eventually(completed, within=30)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT created_at, shipped_at, completed_at FROM product_orders WHERE id = $1",
+            order_id,
+        )
+    # A stage is due its delay after the previous event; it can only be later, never earlier.
+    assert (row["shipped_at"] - row["created_at"]).total_seconds() >= 2.0
+    assert (row["completed_at"] - row["shipped_at"]).total_seconds() >= 2.0
