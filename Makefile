@@ -41,7 +41,11 @@ lint: install
 compose-check: install
 	$(BIN)/python deploy/compose-check/check.py
 
+# bench/services.py loads the services with wrk (Debian's package): installed here when missing,
+# as root (apt-get), as compose-check installs Podman.
 bench: install
+	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y -q wrk >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
 	$(BIN)/python bench/services.py
 	$(BIN)/python bench/etl.py
 	$(BIN)/python bench/generator.py

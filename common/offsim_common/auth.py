@@ -10,27 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
 
-from .http import ApiError, NotFound
+from .errors import Forbidden, NotFound, Unauthenticated
 
 TOKEN_PREFIX = "offsim_"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)
@@ -58,12 +46,38 @@ def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
-        raise Unauthorized("a bearer token is required", {"Authorization": "missing"})
+        raise Unauthenticated("a bearer token is required", {"Authorization": "missing"})
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
+        raise Unauthenticated(
             "the Authorization header must be `Bearer <token>`", {"Authorization": "malformed"}
         )
     return token.strip()
+
+
+@dataclass
+class TokenCache:
+    """Valid tokens seen lately (hash -> user), so a client placing order after order costs no
+    lookup each time. A token never changes hands and is only removed with its user (no endpoint
+    does that), so a hit stays right for `ttl_s`; an unknown token is never cached and is looked
+    up every time."""
+
+    ttl_s: float = 60.0
+    max_size: int = 100_000
+    _users: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+
+    def get(self, digest: bytes) -> int | None:
+        hit = self._users.get(digest)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, digest: bytes, user_id: int) -> None:
+        if len(self._users) >= self.max_size:
+            self._users.clear()  # a crude bound: the next requests look their tokens up again
+        self._users[digest] = (user_id, time.monotonic() + self.ttl_s)
+
+
+TOKENS = web.AppKey("tokens", TokenCache)
 
 
 async def authenticate(
@@ -72,12 +86,18 @@ async def authenticate(
     token = bearer_token(request)
     if service_token and hmac.compare_digest(token.encode(), service_token.encode()):
         return Caller(user_id=None)
+    digest = token_hash(token)
+    cache = request.app.get(TOKENS)
+    if cache is not None and (user_id := cache.get(digest)) is not None:
+        return Caller(user_id=user_id)
     async with pool.acquire() as conn:
         user_id = await conn.fetchval(
-            "SELECT user_id FROM api_tokens WHERE token_hash = $1", token_hash(token)
+            "SELECT user_id FROM bearer_tokens WHERE token_hash = $1", digest
         )
     if user_id is None:
-        raise Unauthorized("the bearer token is not valid", {"Authorization": "invalid token"})
+        raise Unauthenticated("the bearer token is not valid", {"Authorization": "invalid token"})
+    if cache is not None:
+        cache.put(digest, user_id)
     return Caller(user_id=user_id)
 
 
@@ -90,7 +110,7 @@ async def require_ssd_owner(
     conn: asyncpg.Connection, caller: Caller, ssd_id: int, field: str = "ssd_id"
 ) -> None:
     """404 for an unknown SSD, 403 for someone else's."""
-    owner = await conn.fetchval("SELECT user_id FROM ssds WHERE id = $1", ssd_id)
+    owner = await conn.fetchval("SELECT user_id FROM ssd_owners WHERE ssd_id = $1", ssd_id)
     if owner is None:
         raise NotFound(f"SSD {ssd_id} not found", {field: "unknown SSD"})
     if not caller.is_service and caller.user_id != owner:

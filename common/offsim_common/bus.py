@@ -194,6 +194,11 @@ class ConsumerSpec(Generic[M]):
     max_deliver: int = 100
     max_ack_pending: int = 10_000
     batch: int = 64
+    # Applies the due messages of a fetched batch at once (one transaction), or raises: then
+    # each is handled alone by `handler`, so one bad message is dead-lettered by itself and the
+    # others still apply. Acked, each, only after it returns. With tracing on, messages are
+    # handled one by one, each in its own span.
+    batch_handler: Callable[[list[tuple[M, Msg]]], Awaitable[None]] | None = None
     fetch_timeout_s: float = 5.0
     fetch_retry_s: float = 1.0
 
@@ -358,7 +363,43 @@ async def pull_forever(
             await asyncio.sleep(spec.fetch_retry_s)
             continue
         missing = 0
-        await asyncio.gather(*(_handle(js, spec, m) for m in msgs))
+        if spec.batch_handler is not None and len(msgs) > 1 and not tracing.enabled():
+            await _handle_batch(js, spec, msgs)
+        else:
+            await asyncio.gather(*(_handle(js, spec, m) for m in msgs))
+
+
+async def _handle_batch(js: JetStreamContext, spec: ConsumerSpec[M], msgs: list[Msg]) -> None:
+    """Validate each message (dead-letter the invalid, send back those not due), apply the rest
+    with `spec.batch_handler` in one go and ack each; if that fails, handle each alone."""
+    ready: list[tuple[M, Msg]] = []
+    for msg in msgs:
+        try:
+            payload = spec.model.model_validate_json(msg.data)
+        except ValidationError:
+            await _handle(js, spec, msg)  # dead-lettered there, with its reason
+            continue
+        if spec.due_in is not None and spec.due_in(payload) > 0:
+            await _handle(js, spec, msg)  # sent back there with its delay
+            continue
+        ready.append((payload, msg))
+    if not ready:
+        return
+    try:
+        await spec.batch_handler(ready)
+    except Exception as exc:
+        log.info("%s: a batch of %d failed (%r); handling each alone",
+                 spec.durable, len(ready), exc)  # fmt: skip
+        await asyncio.gather(*(_handle(js, spec, msg) for _, msg in ready))
+        return
+    for _, msg in ready:
+        try:
+            await msg.ack()
+            outcome = "ack"
+        except Exception as exc:  # the connection is lost: the server delivers it again
+            log.warning("%s: could not ack a message on %s: %r", spec.durable, msg.subject, exc)
+            outcome = "unsettled"
+        NATS_MESSAGES.labels(spec.durable, outcome).inc()
 
 
 async def start_consumers(

@@ -1,7 +1,8 @@
-"""HTTP errors as JSON: ``{"error": code, "message": ..., "details": {field: problem}}``.
+"""The HTTP side of every service: parsing requests, and errors as JSON
+``{"error": code, "message": ..., "details": {field: problem}}``.
 
-One middleware turns every failure into that body: a client mistake is a 4xx that names the
-problem, anything unexpected is logged and answered 500 without a traceback.
+One middleware turns every failure into that body: a domain error is mapped to its status here
+and nowhere else, anything unexpected is logged and answered 500 without a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .db import is_unavailable
+from .errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    KeyReused,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    database_unavailable,
+)
 from .logs import REQUEST_ID_HEADER, new_request_id, request_id
 
 log = logging.getLogger(__name__)
@@ -33,52 +45,32 @@ RETRY_AFTER_S = 2
 REQUEST_DEADLINE_S = 1.5
 
 
-class ApiError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, details: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
-
-    def body(self) -> dict:
-        return {"error": self.code, "message": self.message, "details": self.details}
-
-    def headers(self) -> dict[str, str]:
-        return {}
+# Each domain error's HTTP status; the first class in an error's MRO found here wins.
+STATUS: dict[type[DomainError], int] = {
+    Invalid: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    KeyReused: 422,
+    Unavailable: 503,
+}
 
 
-class BadRequest(ApiError):
-    status = 400
-    code = "bad_request"
+def status_of(exc: DomainError) -> int:
+    return next((STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS), 500)
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
-
-
-class Unavailable(ApiError):
-    """A dependency does not answer: try again after `Retry-After` seconds."""
-
-    status = 503
-    code = "unavailable"
-
-    def headers(self) -> dict[str, str]:
+def headers_of(exc: DomainError) -> dict[str, str]:
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, Unavailable):
         return {"Retry-After": str(RETRY_AFTER_S)}
+    return {}
 
 
-def database_unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable(
-        "the database is unavailable; retry later",
-        {"database": str(exc) or type(exc).__name__},
-    )
+def error_response(exc: DomainError) -> web.Response:
+    return web.json_response(exc.body(), status=status_of(exc), headers=headers_of(exc))
 
 
 def _field(loc: tuple) -> str:
@@ -92,17 +84,17 @@ def validation_details(exc: ValidationError) -> dict[str, str]:
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Parse and validate a JSON body, or raise a 400 naming each bad field."""
     if not request.body_exists:
-        raise BadRequest("request body is required (JSON)", {"body": "missing"})
+        raise Invalid("request body is required (JSON)", {"body": "missing"})
     raw = await request.read()
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(err["type"] == "json_invalid" for err in errors):
-            raise BadRequest("malformed JSON", {"body": errors[0]["msg"]}) from None
+            raise Invalid("malformed JSON", {"body": errors[0]["msg"]}) from None
         if any(err["type"] == "model_type" and not err["loc"] for err in errors):
-            raise BadRequest("the body must be a JSON object", {"body": "not an object"}) from None
-        raise BadRequest("invalid request body", validation_details(exc)) from None
+            raise Invalid("the body must be a JSON object", {"body": "not an object"}) from None
+        raise Invalid("invalid request body", validation_details(exc)) from None
 
 
 def query_params(request: web.Request, known: set[str]) -> dict[str, str]:
@@ -110,7 +102,7 @@ def query_params(request: web.Request, known: set[str]) -> dict[str, str]:
     silently filter nothing)."""
     unknown = set(request.query) - known
     if unknown:
-        raise BadRequest(
+        raise Invalid(
             "unknown query parameter", {name: "not supported" for name in sorted(unknown)}
         )
     return dict(request.query)
@@ -127,16 +119,14 @@ def int_param(
     """A path or query integer, or a 400 naming it."""
     if value is None or value == "":
         if default is None:
-            raise BadRequest(f"{name} is required", {name: "missing"})
+            raise Invalid(f"{name} is required", {name: "missing"})
         return default
     try:
         number = int(value)
     except ValueError:
-        raise BadRequest(
-            f"{name} must be an integer", {name: f"not an integer: {value!r}"}
-        ) from None
+        raise Invalid(f"{name} must be an integer", {name: f"not an integer: {value!r}"}) from None
     if not minimum <= number <= maximum:
-        raise BadRequest(f"{name} out of range", {name: f"must be between {minimum} and {maximum}"})
+        raise Invalid(f"{name} out of range", {name: f"must be between {minimum} and {maximum}"})
     return number
 
 
@@ -201,8 +191,8 @@ def deadline_middleware(seconds: float):
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+    except DomainError as exc:
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -215,8 +205,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception as exc:
         if is_unavailable(exc):
             log.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
-            error = database_unavailable(exc)
-            return web.json_response(error.body(), status=error.status, headers=error.headers())
+            return error_response(database_unavailable(exc))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
             {"error": "internal_error", "message": "internal server error", "details": {}},

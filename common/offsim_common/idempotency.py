@@ -31,7 +31,7 @@ from typing import TypeVar
 import asyncpg
 from aiohttp import web
 
-from .http import ApiError, BadRequest, Conflict
+from .errors import Conflict, Invalid, KeyReused
 
 HEADER = "Idempotency-Key"
 KEEP = timedelta(hours=24)
@@ -45,11 +45,6 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 T = TypeVar("T")
-
-
-class KeyReused(ApiError):
-    status = 422
-    code = "idempotency_key_reused"
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ async def request_key(request: web.Request, *, slow: bool = False) -> Key | None
         return None
     key = value.strip()
     if _KEY.match(key) is None:
-        raise BadRequest(f"malformed {HEADER}", {HEADER: "1 to 255 printable ASCII characters"})
+        raise Invalid(f"malformed {HEADER}", {HEADER: "1 to 255 printable ASCII characters"})
     if len(key) > 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
     scope = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()

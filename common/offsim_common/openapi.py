@@ -17,8 +17,8 @@ from apispec import APISpec
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
+from .errors import ErrorBody
 from .idempotency import KEY_PATTERN
-from .messages import ErrorBody
 
 SPEC = web.AppKey("openapi_spec", dict)
 DOCS_PREFIX = "/api/docs"

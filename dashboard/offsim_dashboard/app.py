@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from offsim_common.config import Settings
-from offsim_common.web import NC, POOL, base_app
+from offsim_common.app_keys import NC, POOL
+from offsim_common.service import base_app
 
 from . import events
 from .app_keys import HTTP, HUB, SNAPSHOTS
 from .routes import setup_routes
+from .settings import DashboardSettings
 from .snapshot import SnapshotCache
 
 # The services' health is a glance, not a wait: a slow one shows as unreachable.
@@ -39,7 +40,7 @@ async def close_streams(app: web.Application) -> None:
     app[HUB].close()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: DashboardSettings) -> web.Application:
     app = base_app(settings, "dashboard")
     app[HUB] = events.EventHub()
     app[SNAPSHOTS] = SnapshotCache()

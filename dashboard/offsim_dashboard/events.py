@@ -1,10 +1,10 @@
-"""From NATS to the browsers: one set of core subscriptions fanned out to every SSE client.
+"""From NATS to the browsers: one set of stream watchers fanned out to every SSE client.
 
-The dashboard only watches, so it uses plain core subscriptions (no durable consumer, nothing
-acked): an event published while it is down is simply not shown, and the page's periodic
+The dashboard only watches, so it follows the streams with ordered ephemeral consumers
+(`bus.watch`: nothing durable, nothing acked, a re-publish the stream de-duplicated shown
+once): an event published while it is down is simply not shown, and the page's periodic
 snapshot puts the counts right. Each browser has its own bounded queue; when a client reads too
-slowly its oldest events are dropped, so one slow client never holds up the others or NATS.
-"""
+slowly its oldest events are dropped, so one slow client never holds up the others or NATS."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from offsim_common import bus, subjects
-from offsim_common.messages import OrderEvent, UserRegistered
+from offsim_common.events import OrderEvent, UserRegistered
 from offsim_common.products import ProductNames
 from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
-ORDER_SUBJECTS = (subjects.ORDERS_PENDING, subjects.ORDERS_SHIPPED, subjects.ORDERS_COMPLETED)
+ORDER_SUBJECTS = subjects.ORDERS_STREAM_SUBJECTS
 QUEUE_SIZE = 256
 
 # Put on a client's queue when the server shuts down: the stream ends.

@@ -15,13 +15,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
-from offsim_common.config import Settings
+from offsim_common.app_keys import POOL, SETTINGS
+from offsim_common.errors import Unavailable
+from offsim_common.events import OrderStatus
 from offsim_common.http import int_param, json_response, query_params
-from offsim_common.messages import OrderStatus
-from offsim_common.web import POOL, SETTINGS
 
 from . import events, queries
 from .app_keys import HTTP, HUB, SNAPSHOTS
+from .settings import DashboardSettings
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
@@ -91,7 +92,7 @@ async def _health(http: aiohttp.ClientSession, url: str) -> str:
         return "unreachable"
 
 
-async def load_services(http: aiohttp.ClientSession, settings: Settings) -> dict[str, Any]:
+async def load_services(http: aiohttp.ClientSession, settings: DashboardSettings) -> dict[str, Any]:
     services = {"users": settings.users_url, "orders": settings.orders_url}
     statuses = await asyncio.gather(*(_health(http, url) for url in services.values()))
     return {
@@ -142,6 +143,27 @@ async def get_services(request: web.Request) -> web.Response:
     app = request.app
     body = await app[SNAPSHOTS].get("services", lambda: load_services(app[HTTP], app[SETTINGS]))
     return json_response(body)
+
+
+async def generator_control(request: web.Request) -> web.Response:
+    """GET and PUT /api/generator: the generator's `/api/control` (GENERATOR_URL), through the
+    dashboard, so the page needs no other origin. A PUT's body goes as it came; the generator's
+    answer, 4xx included, comes back as it is. Like the page itself, this is for the private
+    network the simulation runs on: no credential is asked or sent."""
+    query_params(request, set())
+    app = request.app
+    url = f"{app[SETTINGS].generator_url}/api/control"
+    headers = {"Content-Type": "application/json"}
+    data = await request.read() if request.method == "PUT" else None
+    try:
+        async with app[HTTP].request(request.method, url, data=data, headers=headers) as resp:
+            body = await resp.read()
+            return web.Response(body=body, status=resp.status, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Unavailable(
+            f"the generator at {app[SETTINGS].generator_url} does not answer",
+            {"generator": str(exc) or type(exc).__name__},
+        ) from None
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

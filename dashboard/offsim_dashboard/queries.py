@@ -43,7 +43,7 @@ async def recent_orders(conn: asyncpg.Connection, limit: int) -> list[dict[str, 
     """The newest orders with their product and the time of each transition."""
     rows = await conn.fetch(
         """SELECT o.id, o.ssd_id, o.barcode, p.name AS product_name, p.image_url, o.quantity,
-                  o.status, o.created_at, o.shipped_at, o.completed_at
+                  o.status, o.created_at, o.shipped_at, o.completed_at, o.cancelled_at
            FROM product_orders o JOIN products p ON p.barcode = o.barcode
            ORDER BY o.id DESC LIMIT $1""",
         limit,
@@ -52,7 +52,8 @@ async def recent_orders(conn: asyncpg.Connection, limit: int) -> list[dict[str, 
 
 
 async def recent_transitions(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
-    """The latest transitions (pending, shipped, completed) of the newest orders, newest first."""
+    """The latest transitions (pending, shipped, completed, cancelled) of the newest orders,
+    newest first."""
     rows = await conn.fetch(
         """WITH newest AS (
                SELECT * FROM product_orders ORDER BY id DESC LIMIT $2
@@ -61,7 +62,8 @@ async def recent_transitions(conn: asyncpg.Connection, limit: int) -> list[dict[
            FROM newest o
            JOIN products p ON p.barcode = o.barcode
            CROSS JOIN LATERAL (VALUES ('pending', o.created_at), ('shipped', o.shipped_at),
-                                      ('completed', o.completed_at)) AS t(status, at)
+                                      ('completed', o.completed_at),
+                                      ('cancelled', o.cancelled_at)) AS t(status, at)
            WHERE t.at IS NOT NULL
            ORDER BY t.at DESC, o.id DESC LIMIT $1""",
         limit,
@@ -98,7 +100,8 @@ async def stock_of(conn: asyncpg.Connection, ssd_ids: Iterable[int]) -> list[dic
            FROM product_ssds ps
            JOIN products p ON p.barcode = ps.barcode
            LEFT JOIN product_orders o
-                  ON o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode AND o.status <> 'completed'
+                  ON o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode
+                 AND o.status IN ('pending', 'shipped')
            WHERE ps.ssd_id = ANY($1::bigint[])
            ORDER BY ps.ssd_id, p.name, ps.barcode""",
         list(ssd_ids),

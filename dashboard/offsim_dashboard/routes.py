@@ -11,4 +11,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/throughput", handlers.get_throughput)
     app.router.add_get("/api/services", handlers.get_services)
     app.router.add_get("/api/events", handlers.stream_events)
+    app.router.add_get("/api/generator", handlers.generator_control)
+    app.router.add_put("/api/generator", handlers.generator_control)
     app.router.add_static("/static/", handlers.STATIC)

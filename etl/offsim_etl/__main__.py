@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from offsim_common.config import ConfigError, Settings
+from offsim_common.settings import ConfigError
 from prometheus_client import start_http_server
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import EtlError
 from .extract_api import DEFAULT_SORT, FIELDS, SEARCH_PATH
 from .pipeline import FILE_SOURCES, MAX_PAGE_SIZE, SOURCES, run_etl
+from .settings import EtlSettings
 from .summary import EtlSummary
 
 DESCRIPTION = """\
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{given[0].replace('_', '-')} goes with --source api")
 
     try:
-        settings = Settings.from_env()
+        settings = EtlSettings.from_env()
     except ConfigError as exc:
         sys.exit(f"offsim-etl: {exc}")
     logging.basicConfig(

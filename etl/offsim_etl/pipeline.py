@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
-from offsim_common.config import Settings
 from offsim_common.metrics import ETL_RECORDS
 from tqdm import tqdm
 
@@ -33,6 +32,7 @@ from .errors import DatabaseError, EtlError
 from .extract_api import SearchQuery, Throttle, make_session, read_search
 from .extract_jsonl import decode_lines, read_jsonl
 from .prepare import Decode, Prepared, decode_objects, prepare
+from .settings import EtlSettings
 from .summary import EtlSummary
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def sample_path() -> Path:
 
 
 async def run_etl(
-    settings: Settings,
+    settings: EtlSettings,
     source: str = "sample",
     *,
     file: Path | None = None,

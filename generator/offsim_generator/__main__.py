@@ -8,23 +8,20 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
 from typing import TextIO
 
-import aiohttp
-from offsim_common import bus, tracing
-from offsim_common.config import ConfigError, Settings
+from offsim_common import tracing
+from offsim_common.app_keys import STOP
 from offsim_common.logs import setup_logging
-from offsim_common.web import start_probe_server
+from offsim_common.service import serving, stop_on_signals
+from offsim_common.settings import ConfigError
 
-from . import control, metrics, scenario
+from . import metrics, scenario
+from .app import RUN, Limits, Run, base_rates, create_app, drive, make_model
 from .dryrun import DryRun
 from .engine import Engine
-from .model import Model
-from .simulation import Simulation
+from .settings import GeneratorSettings
 
 log = logging.getLogger("offsim_generator")
 
@@ -79,49 +76,8 @@ def _seconds(raw: str) -> float:
     return value
 
 
-def base_rates(settings: Settings) -> tuple[float, float]:
-    """Registrations and random orders per simulated hour for the built-in scenarios: today's
-    clock, one event every OFFSIM_TICK_SECONDS shared by the OFFSIM_WEIGHT_* (15 an hour each
-    with the defaults)."""
-    total = sum(settings.weights.values())
-    if total <= 0 or settings.tick_seconds <= 0:
-        return 0.0, 0.0
-    per_hour = 3600.0 / settings.tick_seconds
-    return (
-        per_hour * settings.weights.get("register", 0.0) / total,
-        per_hour * settings.weights.get("random_order", 0.0) / total,
-    )
-
-
-def make_model(settings: Settings) -> Model:
-    return Model(
-        scenario.load(settings.scenario, *base_rates(settings)),
-        seed=settings.seed,
-        watched=settings.watched_products,
-        consume_per_day=settings.consume_per_day,
-    )
-
-
-@dataclass
-class Run:
-    engine: Engine
-    simulation: Simulation | None
-
-    @property
-    def stats(self):
-        return self.simulation.stats if self.simulation else {}
-
-    def summary(self) -> dict:
-        summary = self.engine.summary()
-        if self.simulation is not None:
-            stats = self.simulation.stats
-            summary["failed"] = sum(v for k, v in stats.items() if k.endswith(".failed"))
-            summary["outcomes"] = dict(sorted(stats.items()))
-        return summary
-
-
 async def run(
-    settings: Settings,
+    settings: GeneratorSettings,
     stop: asyncio.Event,
     *,
     duration: float | None = None,
@@ -132,86 +88,59 @@ async def run(
     out: TextIO | None = None,
 ) -> Run:
     """Run the settings' scenario until `stop`, the duration, the scenario's end or the event
-    budget."""
+    budget: against the services as the generator's app (serving `/api/health`, `/metrics`
+    and `/api/control` on `probe_port`, 0 for any free one), or as a dry run."""
     if sim_hours is not None:
         duration = sim_hours * 3600
-    model = make_model(settings)
-    users = model.populate(settings.population)
-    metrics.POPULATION.set(model.population.ssds)
     if dry_run:
-        writer = DryRun(
-            model.population, out or sys.stdout, seed=settings.seed,
-            supplier_delay=settings.supplier_delay, delivery_delay=settings.delivery_delay,
-        )  # fmt: skip
-        writer.population_line(model.population.users, model.population.ssds)
-        engine = Engine(
-            model, speed=settings.sim_speed, duration=duration, max_events=max_events,
-            dry_run=writer,
-        )  # fmt: skip
-        await _drive(engine, stop)
-        return Run(engine, None)
-
-    async with AsyncExitStack() as stack:
-        http = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=10),
-                connector=aiohttp.TCPConnector(limit=settings.max_in_flight),
-            )
-        )
-        nc = await bus.connect(settings.nats_url, name="generator")
-        stack.push_async_callback(nc.drain)
-        sim = Simulation(settings, http, nc, model.population)
-        engine = Engine(
-            model, speed=settings.sim_speed, duration=duration, max_events=max_events,
-            perform=sim.perform, max_in_flight=settings.max_in_flight,
-        )  # fmt: skip
-        if probe_port is not None:
-            probe = await start_probe_server(
-                nc, probe_port, "generator", routes=control.add_routes(engine)
-            )
-            stack.push_async_callback(probe.cleanup)
-        if users:
-            log.info("registering a population of %d SSDs (%d users)", model.population.ssds,
-                     len(users))  # fmt: skip
-            await sim.populate(users)
-            log.info("population registered: %s", sim.stats)
-        await _drive(engine, stop)
-    return Run(engine, sim)
+        return await _dry_run(settings, stop, duration, max_events, out or sys.stdout)
+    app = create_app(settings, Limits(duration, max_events))
+    async with serving(app, probe_port or 0):
+        await _first(stop, app[STOP])
+    return app[RUN]
 
 
-async def _drive(engine: Engine, stop: asyncio.Event) -> None:
-    engine.start()
-    log.info("generator: scenario %s, %d SSDs, x%s", engine.model.scenario.name,
-             engine.model.population.ssds, engine.speed)  # fmt: skip
-    stopped = asyncio.ensure_future(stop.wait())
-    done = asyncio.ensure_future(engine.done.wait())
-    rate = asyncio.ensure_future(_report_rate(engine))
+async def _dry_run(
+    settings: GeneratorSettings,
+    stop: asyncio.Event,
+    duration: float | None,
+    max_events: int | None,
+    out: TextIO,
+) -> Run:
+    model = make_model(settings)
+    model.populate(settings.population)
+    metrics.POPULATION.set(model.population.ssds)
+    writer = DryRun(
+        model.population, out, seed=settings.seed,
+        supplier_delay=settings.supplier_delay, delivery_delay=settings.delivery_delay,
+    )  # fmt: skip
+    writer.population_line(model.population.users, model.population.ssds)
+    engine = Engine(
+        model, speed=settings.sim_speed, duration=duration, max_events=max_events,
+        dry_run=writer,
+    )  # fmt: skip
+    driving = asyncio.create_task(drive(engine))
     try:
-        await asyncio.wait({stopped, done}, return_when=asyncio.FIRST_COMPLETED)
+        await _first(stop, engine.done)
     finally:
-        for task in (stopped, done, rate):
-            task.cancel()
-        # Before the HTTP session and NATS close: no new tick, and the requests in flight
-        # finish, so every event sent is counted and none is cut off mid-request.
+        driving.cancel()
         await engine.stop()
+    return Run(engine, None)
 
 
-async def _report_rate(engine: Engine) -> None:
-    while True:
-        await asyncio.sleep(1.0)
-        metrics.EVENT_RATE.set(engine.event_rate)
-        metrics.POPULATION.set(engine.model.population.ssds)
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env(http_port=8084)
-    if args.seed is not None:
-        settings = replace(settings, seed=args.seed)
-    if args.scenario is not None:
-        settings = replace(settings, scenario=args.scenario)
-    if args.population is not None:
-        settings = replace(settings, population=args.population)
-    return settings
+def settings_from(args: argparse.Namespace) -> GeneratorSettings:
+    """The environment's settings; the flags given win."""
+    flags = {"seed": args.seed, "scenario": args.scenario, "population": args.population}
+    return GeneratorSettings.from_env(**{k: v for k, v in flags.items() if v is not None})
 
 
 async def amain(argv: list[str] | None = None) -> int:
@@ -225,16 +154,12 @@ async def amain(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, "generator")
     traces = tracing.start_tracing(settings, "offsim-generator")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        result = await run(
-            settings, stop, duration=args.duration, sim_hours=args.sim_hours,
-            max_events=args.max_events, probe_port=None if args.dry_run else settings.http_port,
-            dry_run=args.dry_run,
-        )  # fmt: skip
+        with stop_on_signals(asyncio.Event()) as stop:
+            result = await run(
+                settings, stop, duration=args.duration, sim_hours=args.sim_hours,
+                max_events=args.max_events, probe_port=settings.http_port, dry_run=args.dry_run,
+            )  # fmt: skip
     finally:
         if traces is not None:
             traces.shutdown()

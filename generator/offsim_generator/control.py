@@ -7,6 +7,7 @@ back to the scenario; `paused` stops and restarts the simulated clock.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from aiohttp import web
@@ -17,6 +18,9 @@ from .engine import Engine
 from .scenario import HOUR
 
 ENGINE = web.AppKey("engine", Engine)
+# Called after a PUT changed something (the faults reach the notifications service before the
+# answer goes out).
+ON_CHANGE = web.AppKey("on_change", Callable[[], Awaitable[None]])
 
 Rate = Annotated[float, Field(ge=0, le=1e6, description="per simulated hour")]
 
@@ -96,13 +100,12 @@ async def put_control(request: web.Request) -> web.Response:
         engine.pause()
     elif update.paused is False:
         engine.resume()
+    if ON_CHANGE in request.app:
+        await request.app[ON_CHANGE]()
     return json_response(state(engine))
 
 
-def add_routes(engine: Engine):
-    def add(app: web.Application) -> None:
-        app[ENGINE] = engine
-        app.router.add_get("/api/control", get_control)
-        app.router.add_put("/api/control", put_control)
-
-    return add
+def add_routes(app: web.Application) -> None:
+    """`GET` and `PUT /api/control`, on the engine the app's run puts in ENGINE."""
+    app.router.add_get("/api/control", get_control)
+    app.router.add_put("/api/control", put_control)

@@ -7,19 +7,21 @@ to a fixed subject, so two generators would steal each other's answers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from offsim_common import subjects, tracing
-from offsim_common.messages import RandomOrderRequest
+from offsim_common.events import RandomBarcodeReply, RandomOrderRequest, RandomSsdReply
+from pydantic import TypeAdapter, ValidationError
 
 log = logging.getLogger(__name__)
 
 SERVICE_ERROR = "Nats-Service-Error"
 # The server's status answer when nothing subscribes to the subject at all.
 NO_RESPONDERS = "503"
+# The users service answers with an SSD, the orders service with a product.
+RandomReply = TypeAdapter(RandomSsdReply | RandomBarcodeReply)
 
 
 @dataclass
@@ -66,16 +68,14 @@ async def _gather(
                     gathered.errors.append(msg.headers[SERVICE_ERROR])
                     continue
                 try:
-                    body = json.loads(msg.data)
-                except ValueError:
-                    gathered.errors.append(f"not JSON: {msg.data[:100]!r}")
+                    reply = RandomReply.validate_json(msg.data)
+                except ValidationError:
+                    gathered.errors.append(f"unexpected reply: {msg.data[:100]!r}")
                     continue
-                if isinstance(body.get("ssd_id"), int):
-                    gathered.ssd_id = body["ssd_id"]
-                elif isinstance(body.get("barcode"), str):
-                    gathered.barcode = body["barcode"]
+                if isinstance(reply, RandomSsdReply):
+                    gathered.ssd_id = reply.ssd_id
                 else:
-                    gathered.errors.append(f"unexpected reply: {body!r}")
+                    gathered.barcode = reply.barcode
     except TimeoutError:
         gathered.errors.append("timed out waiting for replies")
     finally:

@@ -31,19 +31,25 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from nats.aio.client import Client
 from offsim_common import tracing
-from offsim_common.config import Settings
-from offsim_common.messages import RandomOrderRequest
+from offsim_common.events import RandomOrderRequest
 from offsim_common.metrics import GENERATOR_EVENTS
 
-from . import metrics
+from . import answers, metrics
+from .answers import Consumed, M, Placed, Registered
 from .model import Event, Population
 from .scatter import gather_random
+from .settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("register", "random_order", "consume")
-# A population registration answered 503 (it took no effect) is tried this often.
-POPULATE_ATTEMPTS = 5
+# A population batch answered 503 (or 409 while it is still being stored) is tried this often,
+# waiting a little longer each time (a busy database catches up; the Idempotency-Key makes a
+# batch that did commit answer again).
+POPULATE_ATTEMPTS = 10
+# Users a bulk registration request carries: well within the users service's request deadline
+# (REQUEST_DEADLINE_S) on a busy machine.
+POPULATE_BATCH = 100
 
 
 class ServiceError(Exception):
@@ -57,7 +63,7 @@ class ServiceError(Exception):
 class Simulation:
     def __init__(
         self,
-        settings: Settings,
+        settings: GeneratorSettings,
         http: aiohttp.ClientSession,
         nc: Client | None,
         population: Population,
@@ -117,42 +123,59 @@ class Simulation:
             self.stats["register.conflict"] += 1
             return
         self._expect(status, 201, body, "register")
-        for index, device in zip(event.ssds, body["devices"], strict=False):
-            self.ssd_ids[index] = device["id"]
-            self.tokens[index] = body["token"]
-        log.info("registered user %s with %d SSD(s)", body["id"], len(body["devices"]))
+        registered = self._read(Registered, body, "register")
+        for index, device in zip(event.ssds, registered.devices, strict=False):
+            self.ssd_ids[index] = device.id
+            self.tokens[index] = registered.token
+        log.info("registered user %s with %d SSD(s)", registered.id, len(registered.devices))
 
-    async def populate(self, users: list[tuple[int, list[int]]], concurrency: int = 4) -> None:
-        """Register the starting population: synthetic people, `concurrency` at a time; a
-        503 is retried with the same Idempotency-Key (it took no effect)."""
+    async def populate(
+        self, users: list[tuple[int, list[int]]], batch: int = POPULATE_BATCH, concurrency: int = 2
+    ) -> None:
+        """Register the starting population through the users service's bulk path
+        (`POST /api/synthetic-users`, service credential): synthetic people, `batch` users a
+        request, `concurrency` requests at a time (one hashes while another writes). A 503, or
+        a 409 while the same batch is still being stored, is retried with the batch's
+        Idempotency-Key (a batch that did commit is answered again, never stored twice); any
+        other failure is counted and the run goes on with the SSDs that exist. Their SSDs act
+        with the service credential (synthetic users get no token)."""
         run = uuid.UUID(int=self.keys.getrandbits(128)).hex[:12]
-        queue = list(reversed(users))
+        batches = [users[i : i + batch] for i in range(0, len(users), batch)]
+        batches.reverse()
 
         async def worker() -> None:
-            while queue:
-                user, ssds = queue.pop()
-                body = {
-                    "user": {"first_name": "Population", "last_name": f"User {user + 1}",
-                             "email": f"pop-{run}-{user + 1}@offsim.example",
-                             "password": uuid.UUID(int=self.keys.getrandbits(128)).hex},
-                    "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds],
-                }  # fmt: skip
+            while batches:
+                chunk = batches.pop()
+                body = {"users": [
+                    {"first_name": "Population", "last_name": f"User {user + 1}",
+                     "email": f"pop-{run}-{user + 1}@offsim.example",
+                     "password": uuid.UUID(int=self.keys.getrandbits(128)).hex,
+                     "devices": [{"mac_address": self._mac(run, ssd)} for ssd in ssds]}
+                    for user, ssds in chunk
+                ]}  # fmt: skip
                 key = str(uuid.UUID(int=self.keys.getrandbits(128)))
                 for attempt in range(POPULATE_ATTEMPTS):
                     try:
-                        await self.register(Event(0.0, "register", body=body, ssds=ssds), key)
-                        self.stats["populate.sent"] += 1
-                        break
-                    except ServiceError as exc:
-                        if exc.status == 503 and attempt + 1 < POPULATE_ATTEMPTS:
-                            await asyncio.sleep(0.5 * (attempt + 1))
+                        status, answer = await self._post(
+                            f"{self.settings.users_url}/api/synthetic-users", body,
+                            self.settings.service_token, idempotency_key=key,
+                        )  # fmt: skip
+                        in_progress = status == 409 and "Idempotency-Key" in answer.get(
+                            "details", {}
+                        )
+                        if (status == 503 or in_progress) and attempt + 1 < POPULATE_ATTEMPTS:
+                            await asyncio.sleep(min(0.5 * (attempt + 1), 3.0))
                             continue
-                        self.stats["populate.failed"] += 1
-                        log.warning("population user %d not registered: %s", user + 1, exc)
-                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                        self.stats["populate.failed"] += 1
-                        log.warning("population user %d not registered: %s", user + 1, exc)
+                        self._expect(status, 201, answer, "synthetic users")
+                    except (ServiceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        self.stats["populate.failed"] += len(chunk)
+                        log.warning("%d population users not registered: %s", len(chunk), exc)
                         break
+                    for (_, ssds), made in zip(chunk, answer["users"], strict=True):
+                        for index, device in zip(ssds, made["devices"], strict=True):
+                            self.ssd_ids[index] = device["id"]
+                    self.stats["populate.sent"] += len(chunk)
+                    break
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -193,11 +216,12 @@ class Simulation:
         if status == 401 and self.tokens.pop(index, None):
             return  # the owner's token is gone: the service credential from the next event
         self._expect(status, 200, body, "consume")
+        consumed = self._read(Consumed, body, "consume")
         if not barcodes:
-            self.barcodes[index] = sorted(item["barcode"] for item in body["stock"])
-        self.stats["consume.units"] += sum(item["consumed"] for item in body["stock"])
-        for item in body["restock"]:
-            await self._order(ssd_id, item["barcode"], item["quantity"], restock=True,
+            self.barcodes[index] = sorted(item.barcode for item in consumed.stock)
+        self.stats["consume.units"] += sum(item.consumed for item in consumed.stock)
+        for item in consumed.restock:
+            await self._order(ssd_id, item.barcode, item.quantity, restock=True,
                               token=self._token(index))  # fmt: skip
 
     async def malformed(self, event: Event) -> None:
@@ -235,8 +259,9 @@ class Simulation:
             self.stats["order.already_open"] += 1
             return
         self._expect(status, 201, body, "order")
+        placed = self._read(Placed, body, "order")
         self.stats["order.restock" if restock else "order.random"] += 1
-        log.info("order %s: SSD %s, %s x %s", body["id"], ssd_id, quantity, barcode)
+        log.info("order %s: SSD %s, %s x %s", placed.id, ssd_id, quantity, barcode)
 
     def _token(self, index: int) -> str | None:
         """The owner's token if this generator registered the SSD, else the service's."""
@@ -254,6 +279,13 @@ class Simulation:
             except ValueError:
                 body = {"message": (await resp.text())[:200]}
             return resp.status, body if isinstance(body, dict) else {"body": body}
+
+    @staticmethod
+    def _read(model: type[M], body: dict, what: str) -> M:
+        try:
+            return answers.read(model, body, what)
+        except answers.UnexpectedAnswer as exc:
+            raise ServiceError(str(exc)) from None
 
     @staticmethod
     def _expect(status: int, wanted: int, body: dict, what: str) -> None:

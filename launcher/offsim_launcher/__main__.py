@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from offsim_common.config import ConfigError, Settings
 from offsim_common.migrate import migrate
+from offsim_common.settings import ConfigError, DatabaseSettings, GeneratorUrl, ServiceSettings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,9 +38,12 @@ def main(argv: list[str] | None = None) -> None:
             from .feed import follow
             from .up import run_until_signal
 
-            run_until_signal(follow, Settings.from_env())
+            generator = GeneratorUrl.from_env().generator_url
+            run_until_signal(
+                lambda settings, stop: follow(settings, stop, generator), ServiceSettings.from_env()
+            )
         else:
-            applied = asyncio.run(migrate(Settings.from_env().database_url))
+            applied = asyncio.run(migrate(DatabaseSettings.from_env().database_url))
             print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     except (ConfigError, OSError, RuntimeError) as exc:
         sys.exit(f"offsim: {exc}")

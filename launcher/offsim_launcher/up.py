@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,10 +20,12 @@ from pathlib import Path
 
 import aiohttp
 from offsim_common import bus
-from offsim_common.config import Settings
 from offsim_common.db import create_pool
 from offsim_common.migrate import migrate
+from offsim_common.service import stop_on_signals
+from offsim_common.settings import ServiceSettings
 from offsim_etl import run_etl
+from offsim_etl.settings import EtlSettings
 
 from . import embedded
 from .feed import Feed
@@ -36,6 +37,7 @@ DATABASE = "offsim"
 NATS_PORT = 4222
 USERS_PORT = 8081
 ORDERS_PORT = 8082
+GENERATOR_PORT = 8084
 DASHBOARD_PORT = 8085
 
 
@@ -87,7 +89,7 @@ def service_token(data: Path) -> str:
     return token
 
 
-async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> None:
+async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event) -> None:
     data = options.data_dir.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -111,10 +113,12 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
         applied = await migrate(database_url)
         say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-        run_settings = Settings(**{**settings.__dict__, "database_url": database_url,
-                                   "nats_url": nats_url})  # fmt: skip
         if options.load_sample:
-            summary = await run_etl(run_settings, "sample", progress=sys.stderr.isatty())
+            summary = await run_etl(
+                EtlSettings.from_env(database_url=database_url),
+                "sample",
+                progress=sys.stderr.isatty(),
+            )
             say(
                 f"OFF sample: {summary.kept} products kept ({summary.inserted} new, "
                 f"{summary.updated} updated, {summary.unchanged} unchanged), "
@@ -123,13 +127,16 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
         users_port, orders_port = pick_port(USERS_PORT), pick_port(ORDERS_PORT)
         dashboard_port = pick_port(DASHBOARD_PORT)
+        generator_port = pick_port(GENERATOR_PORT)
         users_url = f"http://127.0.0.1:{users_port}"
         orders_url = f"http://127.0.0.1:{orders_port}"
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        generator_url = f"http://127.0.0.1:{generator_port}"
         token = settings.service_token or service_token(data)
         common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
                   "SIM_SPEED": str(settings.sim_speed),
                   "USERS_URL": users_url, "ORDERS_URL": orders_url,
+                  "GENERATOR_URL": generator_url,
                   "OFFSIM_SERVICE_TOKEN": token}  # fmt: skip
         children = [
             Child("users", "offsim_users", {**common, "HTTP_PORT": str(users_port)},
@@ -141,7 +148,7 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             Child("dashboard", "offsim_dashboard",
                   {**common, "HTTP_PORT": str(dashboard_port)}, logs / "dashboard.log"),
             Child("generator", "offsim_generator",
-                  {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "generator.log"),
+                  {**common, "HTTP_PORT": str(generator_port)}, logs / "generator.log"),
         ]  # fmt: skip
         for child in children:  # popped last first: the generator stops before the services
             stack.push_async_callback(child.stop)
@@ -167,7 +174,9 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
             say(f"service token   in {data / 'service-token'} (Authorization: Bearer ...)")
         say(f"dashboard       {dashboard_url}   (open it in a browser to watch)")
         say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
+        say(f"generator       {generator_url}/api/control   (phase, rates, faults)")
         supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]
+        supervisors.append(asyncio.create_task(feed.follow_generator(generator_url)))
         await stop.wait()
         say("stopping…")
         for task in supervisors:
@@ -176,21 +185,18 @@ async def up(settings: Settings, options: UpOptions, stop: asyncio.Event) -> Non
 
 
 def run_until_signal(
-    work: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+    work: Callable[[ServiceSettings, asyncio.Event], Awaitable[None]], settings: ServiceSettings
 ) -> None:
     """Run `work` until Ctrl-C or SIGTERM sets its stop event, then let it finish in order."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await work(settings, stop)
+        with stop_on_signals(asyncio.Event()) as stop:
+            await work(settings, stop)
 
     asyncio.run(main())
 
 
 def run_up(data_dir: Path, load_sample: bool) -> None:
     options = UpOptions(data_dir, load_sample)
-    run_until_signal(lambda settings, stop: up(settings, options, stop), Settings.from_env())
+    run_until_signal(lambda settings, stop: up(settings, options, stop), ServiceSettings.from_env())

@@ -8,15 +8,29 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from offsim_common import subjects
-from offsim_common.config import Settings
+from offsim_common.app_keys import JS, POOL, SETTINGS
+from offsim_common.auth import TOKENS, TokenCache
+from offsim_common.endpoints import VERSION, micro_ctx
 from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
-from offsim_common.web import JS, POOL, SETTINGS, VERSION, base_app, consumers_ctx, micro_ctx
+from offsim_common.service import base_app, consumers_ctx
 
 from . import nats_handlers
-from .orders import republish_forever
+from .app_keys import MARKS, PLACER
+from .orders import PublishedMarks, order_placer, republish_forever
 from .reconciler import reconcile_forever
 from .routes import setup_routes
+from .settings import OrdersSettings
+
+
+async def placing_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Group commit of new orders, batched marks of published ones; both finish their work in
+    flight at shutdown, before the pool closes."""
+    app[PLACER] = order_placer(app[POOL])
+    app[MARKS] = PublishedMarks(app[POOL])
+    yield
+    await app[PLACER].close()
+    await app[MARKS].close()
 
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -35,7 +49,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: OrdersSettings) -> web.Application:
     app = base_app(settings, "orders", deadline_s=REQUEST_DEADLINE_S)
     app.cleanup_ctx.append(
         micro_ctx(
@@ -50,6 +64,8 @@ def create_app(settings: Settings) -> web.Application:
             },
         )
     )
+    app[TOKENS] = TokenCache()
+    app.cleanup_ctx.append(placing_ctx)
     app.cleanup_ctx.append(consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL])))
     app.cleanup_ctx.append(background_ctx)
     setup_routes(app)
@@ -57,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
         app,
         "offsim orders service",
         VERSION,
-        "Orders, their transitions (pending, shipped, completed) and the Open Food Facts products.",
+        "Orders, their transitions (pending, shipped, completed or cancelled) and the Open Food "
+        "Facts products.",
     )
     return app

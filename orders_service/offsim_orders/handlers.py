@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import asyncpg
+import orjson
 from aiohttp import web
 from offsim_common import idempotency
-from offsim_common.auth import authenticate, require_ssd_owner
+from offsim_common.app_keys import JS, NC, POOL, SETTINGS
+from offsim_common.auth import authenticate
+from offsim_common.errors import Invalid, NotFound
+from offsim_common.events import OrderStatus
 from offsim_common.http import (
-    BadRequest,
-    NotFound,
     int_param,
     json_response,
     query_params,
     read_body,
 )
-from offsim_common.messages import (
-    Order,
-    OrderDetail,
-    OrderPage,
-    OrderRequest,
-    OrderStatus,
-    Product,
-    ProductPage,
-)
+from offsim_common.logs import request_id
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, STRING_SCHEMA, doc
-from offsim_common.web import JS, NC, POOL, SETTINGS
+from offsim_common.requests import OrderRequest
 
 from . import queries
-from .orders import announce_order, insert_order
+from .app_keys import MARKS, PLACER
+from .orders import Placement, announce_order, insert_order
+from .schemas import Order, OrderDetail, OrderPage, ProductInfo, ProductPage
 
 MAX_PAGE = 500
 MAX_OFFSET = 2**31 - 1
@@ -45,17 +41,27 @@ async def place_order(request: web.Request) -> web.Response:
     caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     body = await read_body(request, OrderRequest)
     key = await idempotency.request_key(request)
+    placement = Placement(body, caller.user_id, request_id.get())
+    if key is None:
+        order = await app[PLACER].submit(placement)  # committed with others placed meanwhile
+        response = created(order)
+    else:
 
-    async def place(conn: asyncpg.Connection) -> tuple[web.Response, asyncpg.Record]:
-        await require_ssd_owner(conn, caller, body.ssd_id)
-        row = await insert_order(conn, body)
-        order = Order.model_validate(dict(row)).model_dump(mode="json")
-        return json_response(order, status=201), row
+        async def place(conn: asyncpg.Connection) -> tuple[web.Response, dict]:
+            order = await insert_order(conn, placement)
+            return created(order), order
 
-    response, row = await idempotency.run_once(app[POOL], key, place)
-    if row is not None:  # not a replay
-        await announce_order(app[POOL], app[NC], app[JS], row)
+        response, order = await idempotency.run_once(app[POOL], key, place)
+    if order is not None:  # not a replay
+        await announce_order(app[NC], app[JS], app[MARKS], order)
     return response
+
+
+def created(order: dict) -> web.Response:
+    """201 with the order, written as its model would write it (UTC times end in Z), without
+    building the model: this is the hot path."""
+    body = orjson.dumps(order, option=orjson.OPT_UTC_Z)
+    return web.Response(body=body, status=201, content_type="application/json")
 
 
 @doc("An order, its status and the time of each transition", "orders",
@@ -85,7 +91,7 @@ async def list_orders(request: web.Request) -> web.Response:
     ssd_id = int_param(query.get("ssd_id"), "ssd_id", default=0, minimum=1) or None
     status = query.get("status")
     if status is not None and status not in set(OrderStatus):
-        raise BadRequest("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
+        raise Invalid("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
     limit, offset = paging(request)
     async with request.app[POOL].acquire() as conn:
         total, rows = await queries.list_orders(conn, ssd_id, status, limit, offset)
@@ -107,7 +113,7 @@ async def list_products(request: web.Request) -> web.Response:
     return json_response(page.model_dump(mode="json"))
 
 
-@doc("One product", "products", responses={200: Product}, errors=(404, 503),
+@doc("One product", "products", responses={200: ProductInfo}, errors=(404, 503),
      path={"barcode": (STRING_SCHEMA, "the product's barcode (OFF code)")})  # fmt: skip
 async def get_product(request: web.Request) -> web.Response:
     barcode = request.match_info["barcode"]
@@ -117,7 +123,7 @@ async def get_product(request: web.Request) -> web.Response:
             product = await queries.fetch_product(conn, barcode)
     if product is None:
         raise NotFound(f"product {barcode} not found", {"barcode": "unknown product"})
-    return json_response(Product.model_validate(product).model_dump(mode="json"))
+    return json_response(ProductInfo.model_validate(product).model_dump(mode="json"))
 
 
 def paging(request: web.Request) -> tuple[int, int]:
@@ -135,6 +141,7 @@ def detail(order: dict) -> OrderDetail:
             ("pending", order["created_at"]),
             ("shipped", order.get("shipped_at")),
             ("completed", order.get("completed_at")),
+            ("cancelled", order.get("cancelled_at")),
         )
         if at is not None
     ]

@@ -10,7 +10,9 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects, tracing
-from offsim_common.messages import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from offsim_common.errors import Invalid, NotFound
+from offsim_common.events import OrderEvent, RandomBarcodeReply, RandomOrderRequest
+from offsim_common.http import validation_details
 from offsim_common.metrics import ORDER_TRANSITION_SECONDS, ORDER_TRANSITIONS
 from pydantic import ValidationError
 
@@ -27,13 +29,11 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
         try:
             body = RandomOrderRequest.model_validate_json(request.data or b"{}")
         except ValidationError as exc:
-            await request.respond_error("400", f"invalid request: {exc.errors(include_url=False)}")
-            return
+            raise Invalid("invalid request", validation_details(exc)) from None
         async with pool.acquire() as conn:
             barcode = await queries.random_barcode(conn, body.ssd_id)
         if barcode is None:
-            await request.respond_error("404", "no product loaded yet")
-            return
+            raise NotFound("no product loaded yet")
         await request.respond(RandomBarcodeReply(barcode=barcode).model_dump_json().encode())
 
     return handle
@@ -41,10 +41,25 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
 
 # Records a transition; returns when the previous one happened, or None if nothing changed.
 Recorder = Callable[[asyncpg.Connection, OrderEvent], Awaitable[datetime | None]]
+# The same for a batch: {order id: when the previous transition happened} for those it moved.
+BatchRecorder = Callable[[asyncpg.Connection, list[OrderEvent]], Awaitable[dict[int, datetime]]]
+
+
+def _recorded(event: OrderEvent, previous: datetime, transition: str) -> None:
+    log.info("order %s %s", event.id, event.status)
+    ORDER_TRANSITIONS.labels(event.status.value).inc()
+    ORDER_TRANSITION_SECONDS.labels(transition).observe(
+        max((event.timestamp - previous).total_seconds(), 0.0)
+    )
 
 
 def transition_consumer(
-    pool: asyncpg.Pool, subject: str, durable: str, record: Recorder, transition: str
+    pool: asyncpg.Pool,
+    subject: str,
+    durable: str,
+    record: Recorder,
+    record_many: BatchRecorder,
+    transition: str,
 ) -> bus.ConsumerSpec[OrderEvent]:
     async def handle(event: OrderEvent, msg: Msg) -> None:
         tracing.annotate({"offsim.order.id": event.id})
@@ -54,13 +69,21 @@ def transition_consumer(
                 raise bus.Contradiction(f"order {event.id}: no such order with this SSD, "
                                         "product and quantity")  # fmt: skip
         if previous is not None:
-            log.info("order %s %s", event.id, event.status)
-            ORDER_TRANSITIONS.labels(event.status.value).inc()
-            ORDER_TRANSITION_SECONDS.labels(transition).observe(
-                max((event.timestamp - previous).total_seconds(), 0.0)
-            )
+            _recorded(event, previous, transition)
         else:
             log.debug("order %s: %s changed nothing (duplicate or late)", event.id, subject)
+
+    async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
+        """The batch in one transaction; an event that describes no order undoes it all (then
+        each is handled alone, and only that one is dead-lettered)."""
+        events = [event for event, _ in batch]
+        async with pool.acquire() as conn, conn.transaction():
+            if not all(await queries.describing(conn, events)):
+                raise bus.Contradiction("an event of the batch describes no order")
+            moved = await record_many(conn, events)
+        for event in events:
+            if (previous := moved.pop(event.id, None)) is not None:  # once per order
+                _recorded(event, previous, transition)
 
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,
@@ -68,13 +91,19 @@ def transition_consumer(
         subject=subject,
         model=OrderEvent,
         handler=handle,
+        batch_handler=handle_many,
     )
 
 
 def transition_consumers(pool: asyncpg.Pool) -> list[bus.ConsumerSpec]:
     return [
         transition_consumer(pool, subjects.ORDERS_SHIPPED, subjects.ORDERS_RECORD_SHIPPED,
-                            queries.record_shipped, "pending_to_shipped"),
+                            queries.record_shipped, queries.record_shipped_many,
+                            "pending_to_shipped"),
         transition_consumer(pool, subjects.ORDERS_COMPLETED, subjects.ORDERS_RECORD_COMPLETED,
-                            queries.record_completed, "shipped_to_completed"),
+                            queries.record_completed, queries.record_completed_many,
+                            "shipped_to_completed"),
+        transition_consumer(pool, subjects.ORDERS_CANCELLED, subjects.ORDERS_RECORD_CANCELLED,
+                            queries.record_cancelled, queries.record_cancelled_many,
+                            "pending_to_cancelled"),
     ]  # fmt: skip

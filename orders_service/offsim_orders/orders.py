@@ -1,8 +1,11 @@
 """Placing an order and announcing it: the logic behind POST /api/orders.
 
-The order is committed first, then published on orders.pending with a de-duplication id. If the
-publish fails (NATS down), the row keeps `published_at IS NULL` and the re-publisher sends it
-later, so no order is ever stuck in pending as in the original. No pooled connection is held
+The order is committed first, then published on orders.pending with a de-duplication id.
+Concurrent orders are committed together (group commit: one statement, which also checks the
+SSD's owner and the product, for a whole batch), each request answered with its own order or
+error once that batch is committed. If the publish fails (NATS down), the row keeps
+`published_at IS NULL` and the re-publisher sends it later, so no order is ever stuck in pending
+as in the original. No pooled connection is held
 while waiting on NATS: a slow or absent NATS never starves the pool.
 """
 
@@ -10,24 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from offsim_common import bus, idempotency, subjects, tracing
-from offsim_common.http import Conflict, NotFound
+from offsim_common.db import is_unavailable
+from offsim_common.errors import Conflict, DomainError, Forbidden, NotFound
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import request_id
-from offsim_common.messages import OrderEvent, OrderRequest, OrderStatus
 from offsim_common.metrics import ORDER_TRANSITIONS
+from offsim_common.requests import OrderRequest
 
 from . import queries
+from .group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
 REPUBLISH_AFTER_S = 5.0
 
 
-def pending_event(row: asyncpg.Record) -> OrderEvent:
+def pending_event(row: Mapping) -> OrderEvent:
     return OrderEvent(
         id=row["id"],
         ssd_id=row["ssd_id"],
@@ -39,41 +48,140 @@ def pending_event(row: asyncpg.Record) -> OrderEvent:
     )
 
 
-async def insert_order(conn: asyncpg.Connection, order: OrderRequest) -> asyncpg.Record:
-    """Store the order (the caller owns the transaction), or raise the error to answer."""
-    try:
-        return await queries.insert_order(conn, order, request_id.get())
-    except asyncpg.ForeignKeyViolationError as exc:
-        if exc.constraint_name == "product_orders_ssd_id_fkey":
-            raise NotFound(f"SSD {order.ssd_id} not found", {"ssd_id": "unknown SSD"}) from None
-        raise NotFound(
-            f"product {order.barcode} not found", {"barcode": "unknown product"}
-        ) from None
-    except asyncpg.UniqueViolationError:  # only restock orders are one open at a time
-        raise Conflict(
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """An order to place, with who asks (a user, or None for the service credential)."""
+
+    order: OrderRequest
+    caller: int | None
+    request_id: str | None
+
+
+def _outcome(placement: Placement, row: asyncpg.Record) -> dict[str, Any] | DomainError:
+    """The placed order, or the error to answer, in the order the checks were always made: the
+    SSD (404, 403), the product (404), an open restock order (409)."""
+    order = placement.order
+    if row["owner"] is None:
+        return NotFound(f"SSD {order.ssd_id} not found", {"ssd_id": "unknown SSD"})
+    if placement.caller is not None and placement.caller != row["owner"]:
+        return Forbidden(
+            f"this token cannot act for SSD {order.ssd_id}", {"ssd_id": "another user's SSD"}
+        )
+    if not row["product_known"]:
+        return NotFound(f"product {order.barcode} not found", {"barcode": "unknown product"})
+    if row["id"] is None:  # only restock orders are one open at a time
+        return Conflict(
             f"SSD {order.ssd_id} already has an open restock order for {order.barcode}",
             {"barcode": "a restock order for this product is already open"},
-        ) from None
+        )
+    return {
+        "id": row["id"],
+        "ssd_id": order.ssd_id,
+        "barcode": order.barcode,
+        "quantity": order.quantity,
+        "kind": order.kind.value,
+        "status": row["status"],
+        "created_at": row["created_at"],
+    }
+
+
+async def _insert(
+    conn: asyncpg.Connection, placements: list[Placement]
+) -> list[dict[str, Any] | DomainError]:
+    rows = await queries.insert_orders(
+        conn,
+        [p.order.ssd_id for p in placements],
+        [p.order.barcode for p in placements],
+        [p.order.quantity for p in placements],
+        [p.order.kind.value for p in placements],
+        [p.request_id for p in placements],
+        [p.caller for p in placements],
+    )
+    return [_outcome(p, row) for p, row in zip(placements, rows, strict=True)]
+
+
+async def insert_order(conn: asyncpg.Connection, placement: Placement) -> dict[str, Any]:
+    """Store one order in the caller's transaction (an idempotent request records its answer
+    in the same one), or raise the error to answer."""
+    (result,) = await _insert(conn, [placement])
+    if isinstance(result, DomainError):
+        raise result
+    return result
+
+
+async def insert_batch(
+    pool: asyncpg.Pool, placements: list[Placement]
+) -> list[dict[str, Any] | Exception]:
+    """Store a batch of orders in one statement, which commits them all at once (group commit,
+    see group_commit.py). Should the statement itself fail (a value the database refuses), each
+    order is tried alone, so only the bad one fails."""
+    async with pool.acquire() as conn:
+        try:
+            return await _insert(conn, placements)
+        except asyncpg.PostgresError as exc:
+            if len(placements) == 1 or is_unavailable(exc):
+                raise
+        results: list[dict[str, Any] | Exception] = []
+        for placement in placements:
+            try:
+                results.extend(await _insert(conn, [placement]))
+            except asyncpg.PostgresError as exc:
+                results.append(exc)
+        return results
+
+
+def order_placer(pool: asyncpg.Pool) -> GroupCommit[Placement, dict[str, Any]]:
+    return GroupCommit(lambda placements: insert_batch(pool, placements))
+
+
+class PublishedMarks:
+    """Orders whose orders.pending the stream acknowledged, marked published in one UPDATE for
+    all those acknowledged meanwhile, not one round trip each. A mark lost (a crash, the
+    database away) only lets the re-publisher announce the order again, which the stream drops
+    as a duplicate."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._ids: list[int] = []
+        self._task: asyncio.Task | None = None
+
+    def add(self, order_id: int) -> None:
+        self._ids.append(order_id)
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._ids:
+                ids, self._ids = self._ids, []
+                try:
+                    async with self._pool.acquire() as conn:
+                        await queries.mark_published(conn, ids)
+                except Exception as exc:  # published all the same; a re-publish is de-duplicated
+                    log.warning("%d orders published but not marked so: %r", len(ids), exc)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
 
 
 async def announce_order(
-    pool: asyncpg.Pool, nc: Client, js: JetStreamContext, row: asyncpg.Record
+    nc: Client, js: JetStreamContext, marks: PublishedMarks, order: Mapping
 ) -> None:
-    """Publish a committed order on orders.pending, then mark it published. A failure leaves it
-    to the re-publisher; no connection is held while publishing."""
+    """Publish a committed order on orders.pending and wait for the stream's ack; then it counts
+    as announced (its mark is written with others'). A failure leaves it to the re-publisher;
+    no connection is held while publishing."""
     ORDER_TRANSITIONS.labels(OrderStatus.PENDING.value).inc()
-    tracing.annotate({"offsim.order.id": row["id"]})
-    event = pending_event(row)
+    tracing.annotate({"offsim.order.id": order["id"]})
+    event = pending_event(order)
     try:
         await bus.announce(nc, js, subjects.ORDERS_PENDING, event, event.msg_id)
     except Exception as exc:  # the order stands; the re-publisher will announce it
-        log.warning("order %s saved but not yet published: %r", row["id"], exc)
+        log.warning("order %s saved but not yet published: %r", order["id"], exc)
         return
-    try:
-        async with pool.acquire() as conn:
-            await queries.mark_published(conn, [row["id"]])
-    except Exception as exc:  # published all the same; a re-publish is de-duplicated
-        log.warning("order %s published but not marked so: %r", row["id"], exc)
+    marks.add(order["id"])
 
 
 # How long a replica's claim on unpublished orders lasts: it publishes them within it.

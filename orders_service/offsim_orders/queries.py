@@ -6,24 +6,56 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import OrderEvent, OrderRequest
+from offsim_common.events import OrderEvent
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
-ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at"
+ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 
-async def insert_order(
-    conn: asyncpg.Connection, order: OrderRequest, request_id: str | None
-) -> asyncpg.Record:
-    return await conn.fetchrow(
-        f"""INSERT INTO product_orders (ssd_id, barcode, quantity, kind, request_id)
-            VALUES ($1, $2, $3, $4, $5)
-            RETURNING {ORDER_COLUMNS}""",
-        order.ssd_id,
-        order.barcode,
-        order.quantity,
-        order.kind.value,
-        request_id,
+async def insert_orders(
+    conn: asyncpg.Connection,
+    ssd_ids: list[int],
+    barcodes: list[str],
+    quantities: list[int],
+    kinds: list[str],
+    request_ids: list[str | None],
+    callers: list[int | None],
+) -> list[asyncpg.Record]:
+    """Insert many orders in one statement (one commit when run outside a transaction), each
+    checked against its caller (`callers`: a user, or None for the service credential), and
+    return one row per input, in order: the order's `id`, `status` and `created_at` when it was
+    inserted (else NULL), with `owner` (NULL: unknown SSD) and `product_known` to say why not.
+    A restock order clashing with an open one (even one of the same batch) is skipped, not an
+    error: one bad order never fails the others. Ids come from the identity's sequence up front,
+    so each inserted row is matched to its input."""
+    return await conn.fetch(
+        """WITH input AS (
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[],
+                                    $6::bigint[])
+                   WITH ORDINALITY AS i(ssd_id, barcode, quantity, kind, request_id, caller, n)),
+           checked AS MATERIALIZED (
+               SELECT i.*, s.user_id AS owner, p.barcode IS NOT NULL AS product_known,
+                      CASE WHEN s.user_id IS NOT NULL AND p.barcode IS NOT NULL
+                                AND (i.caller IS NULL OR i.caller = s.user_id)
+                           THEN nextval(pg_get_serial_sequence('product_orders', 'id')) END AS id
+               FROM input i
+               LEFT JOIN ssd_owners s ON s.ssd_id = i.ssd_id
+               LEFT JOIN products p ON p.barcode = i.barcode),
+           inserted AS (
+               INSERT INTO product_orders (id, ssd_id, barcode, quantity, kind, request_id)
+               OVERRIDING SYSTEM VALUE
+               SELECT id, ssd_id, barcode, quantity, kind, request_id FROM checked
+               WHERE id IS NOT NULL ORDER BY n
+               ON CONFLICT DO NOTHING
+               RETURNING id, status, created_at)
+           SELECT c.owner, c.product_known, o.id, o.status, o.created_at
+           FROM checked c LEFT JOIN inserted o ON o.id = c.id ORDER BY c.n""",
+        ssd_ids,
+        barcodes,
+        quantities,
+        kinds,
+        request_ids,
+        callers,
     )
 
 
@@ -80,7 +112,7 @@ async def claim_overdue(
                     OR (o.status = 'completed'
                         AND o.completed_at < now() - make_interval(secs => $3)
                         AND o.completed_at > now() - make_interval(secs => $4)
-                        AND NOT EXISTS (SELECT 1 FROM stock_deliveries d
+                        AND NOT EXISTS (SELECT 1 FROM delivered_orders d
                                         WHERE d.order_id = o.id)))
                 ORDER BY o.created_at LIMIT $5
                 FOR UPDATE SKIP LOCKED)
@@ -97,7 +129,7 @@ async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record
     return await conn.fetchrow(
         """SELECT o.id, o.ssd_id, o.barcode, o.quantity, o.kind, o.status, o.created_at,
                   o.shipped_at,
-                  o.completed_at, p.name AS product_name
+                  o.completed_at, o.cancelled_at, p.name AS product_name
            FROM product_orders o JOIN products p ON p.barcode = o.barcode WHERE o.id = $1""",
         order_id,
     )
@@ -140,11 +172,12 @@ async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetim
 
 
 async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
-    """Mark the order completed; return when it shipped, or None if this changed nothing."""
+    """Mark the order completed; return when it shipped, or None if this changed nothing (a
+    cancelled order stays cancelled)."""
     return await conn.fetchval(
         """UPDATE product_orders
            SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status <> 'completed' AND ssd_id = $3 AND barcode = $4
+           WHERE id = $1 AND status IN ('pending', 'shipped') AND ssd_id = $3 AND barcode = $4
              AND quantity = $5
            RETURNING shipped_at""",
         event.id,
@@ -153,6 +186,97 @@ async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datet
         event.barcode,
         event.quantity,
     )
+
+
+async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
+    """Mark a pending order cancelled (the supplier rejected it); return when it was placed, or
+    None if this changed nothing: a repeated event, or an order already past the supplier."""
+    return await conn.fetchval(
+        """UPDATE product_orders SET status = 'cancelled', cancelled_at = $2
+           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
+             AND quantity = $5
+           RETURNING created_at""",
+        event.id,
+        event.timestamp,
+        event.ssd_id,
+        event.barcode,
+        event.quantity,
+    )
+
+
+# The events of a batch as a table `e` (id, at, ssd_id, barcode, quantity, n: its place in the
+# batch) from the arrays $1 to $5.
+_EVENTS = """e AS (SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[], $4::text[],
+                                     $5::int[]) WITH ORDINALITY
+                   AS e(id, at, ssd_id, barcode, quantity, n))"""
+
+
+def _event_columns(events: list[OrderEvent]) -> tuple[list, ...]:
+    return (
+        [e.id for e in events],
+        [e.timestamp for e in events],
+        [e.ssd_id for e in events],
+        [e.barcode for e in events],
+        [e.quantity for e in events],
+    )
+
+
+async def _move_many(
+    conn: asyncpg.Connection, events: list[OrderEvent], moves: str, allowed: str, previous: str
+) -> dict[int, datetime]:
+    """Move a batch's orders in one statement: `moves` (a SET list) where the order is in an
+    `allowed` status and matches its event; {order id: `previous`} for the orders it moved."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            UPDATE product_orders o SET {moves} FROM e
+            WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
+              AND o.barcode = e.barcode AND o.quantity = e.quantity
+            RETURNING o.id, {previous} AS previous""",
+        *_event_columns(events),
+    )
+    return {row["id"]: row["previous"] for row in rows}
+
+
+async def record_shipped_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_shipped for a batch: {order id: when it was placed} for the orders this moved."""
+    return await _move_many(
+        conn, events, "status = 'shipped', shipped_at = e.at", "'pending'", "o.created_at"
+    )
+
+
+async def record_completed_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_completed for a batch: {order id: when it shipped}."""
+    return await _move_many(
+        conn, events,
+        "status = 'completed', completed_at = e.at, shipped_at = coalesce(o.shipped_at, e.at)",
+        "'pending', 'shipped'", "o.shipped_at",
+    )  # fmt: skip
+
+
+async def record_cancelled_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_cancelled for a batch: {order id: when it was placed}."""
+    return await _move_many(
+        conn, events, "status = 'cancelled', cancelled_at = e.at", "'pending'", "o.created_at"
+    )
+
+
+async def describing(conn: asyncpg.Connection, events: list[OrderEvent]) -> list[bool]:
+    """For each event, whether an order with its id, SSD, product and quantity exists."""
+    rows = await conn.fetch(
+        f"""WITH {_EVENTS}
+            SELECT EXISTS (SELECT 1 FROM product_orders o WHERE o.id = e.id
+                           AND o.ssd_id = e.ssd_id AND o.barcode = e.barcode
+                           AND o.quantity = e.quantity) AS described
+            FROM e ORDER BY e.n""",
+        *_event_columns(events),
+    )
+    return [row["described"] for row in rows]
 
 
 async def describes_order(conn: asyncpg.Connection, event: OrderEvent) -> bool:
@@ -173,7 +297,8 @@ async def random_barcode(conn: asyncpg.Connection, ssd_id: int | None) -> str | 
     """A product for a random order: one the SSD watches when it is given, else any product."""
     if ssd_id is not None:
         watched = await conn.fetchval(
-            "SELECT barcode FROM product_ssds WHERE ssd_id = $1 ORDER BY random() LIMIT 1", ssd_id
+            "SELECT barcode FROM watched_products WHERE ssd_id = $1 ORDER BY random() LIMIT 1",
+            ssd_id,
         )
         if watched is not None:
             return watched

@@ -20,12 +20,12 @@ import logging
 import asyncpg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects
-from offsim_common.config import Settings
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import request_id
-from offsim_common.messages import OrderEvent, OrderStatus
 from offsim_common.metrics import ORDER_REANNOUNCEMENTS
 
 from . import queries
+from .settings import OrdersSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def stored_event(row: asyncpg.Record) -> tuple[str, OrderEvent]:
     return subject, event
 
 
-async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: Settings) -> int:
+async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: OrdersSettings) -> int:
     """Announce again one batch of overdue orders; return how many were announced."""
     async with pool.acquire() as conn:
         rows = await queries.claim_overdue(
@@ -80,7 +80,9 @@ async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: Set
     return len(rows)
 
 
-async def reconcile_forever(pool: asyncpg.Pool, js: JetStreamContext, settings: Settings) -> None:
+async def reconcile_forever(
+    pool: asyncpg.Pool, js: JetStreamContext, settings: OrdersSettings
+) -> None:
     """Every `reconcile_interval` seconds, announce again the orders that are overdue (batch
     after batch while there are more)."""
     while True:

@@ -131,7 +131,14 @@ async def test_public_reads_need_no_token(anonymous, two_users, products):
 async def test_specs_declare_bearer_security(anonymous):
     users, orders = anonymous
     for client, secured in (
-        (users, {("get", "/api/users/{id}"), ("post", "/api/ssds/{id}/consume")}),
+        (
+            users,
+            {
+                ("get", "/api/users/{id}"),
+                ("post", "/api/ssds/{id}/consume"),
+                ("post", "/api/synthetic-users"),
+            },
+        ),
         (orders, {("post", "/api/orders")}),
     ):
         spec = await (await client.get("/api/openapi.json")).json()

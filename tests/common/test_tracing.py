@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from offsim_common import bus, subjects, tracing
-from offsim_common.config import ConfigError, Settings
-from offsim_common.messages import OrderEvent, OrderStatus
+from offsim_common.events import OrderEvent, OrderStatus
+from offsim_common.settings import ConfigError, ServiceSettings
 
 
 def test_settings_read_the_otel_variables():
-    settings = Settings.from_env(
+    settings = ServiceSettings.from_env(
         {
             "OTEL_TRACES_EXPORTER": "otlp, console",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318/",
@@ -28,9 +28,9 @@ def test_settings_read_the_otel_variables():
 
 
 def test_settings_trace_nothing_by_default():
-    assert Settings.from_env({}).traces_exporters == ()
-    assert Settings.from_env({"OTEL_TRACES_EXPORTER": "none"}).traces_exporters == ()
-    assert tracing.start_tracing(Settings(), "offsim-test") is None
+    assert ServiceSettings.from_env({}).traces_exporters == ()
+    assert ServiceSettings.from_env({"OTEL_TRACES_EXPORTER": "none"}).traces_exporters == ()
+    assert tracing.start_tracing(ServiceSettings(), "offsim-test") is None
     assert not tracing.enabled() and tracing.log_ids() == ("-", "-")
 
 
@@ -46,7 +46,7 @@ def test_settings_trace_nothing_by_default():
 )
 def test_settings_bad_otel_values_fail_fast_naming_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):
-        Settings.from_env(env)
+        ServiceSettings.from_env(env)
 
 
 def event() -> OrderEvent:

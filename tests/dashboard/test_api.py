@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
-from offsim_common.web import POOL
+from offsim_common.app_keys import POOL
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 NUTELLA_IMAGE = (
@@ -43,7 +41,13 @@ async def test_summary_empty_database_returns_zero_counts(dashboard):
     body = await resp.json()
     assert (body["users"], body["ssds"]) == (0, 0)
     assert isinstance(body["products"], int)
-    assert body["orders"] == {"total": 0, "pending": 0, "shipped": 0, "completed": 0}
+    assert body["orders"] == {
+        "total": 0,
+        "pending": 0,
+        "shipped": 0,
+        "completed": 0,
+        "cancelled": 0,
+    }
     assert body["stage_seconds"] == {"pending": None, "shipped": None, "completed": None}
     assert body["at"]
 
@@ -65,7 +69,13 @@ async def test_summary_after_registration_and_orders_counts_each(
 
     body = await (await dashboard.get("/api/summary")).json()
     assert (body["users"], body["ssds"], body["products"]) == (2, 3, len(products))
-    assert body["orders"] == {"total": 2, "pending": 1, "shipped": 0, "completed": 1}
+    assert body["orders"] == {
+        "total": 2,
+        "pending": 1,
+        "shipped": 0,
+        "completed": 1,
+        "cancelled": 0,
+    }
     # Only the completed order has times, and it never shipped: no time pending or shipped.
     stages = body["stage_seconds"]
     assert stages["pending"] is None and stages["shipped"] is None
@@ -210,7 +220,7 @@ async def test_services_reports_health_of_users_and_orders(
 
     client = await aiohttp_client(
         create_app(
-            replace(
+            changed(
                 settings,
                 users_url=str(users.make_url("")).rstrip("/"),
                 orders_url=f"http://127.0.0.1:{unused_tcp_port}",

@@ -8,15 +8,19 @@ to refresh the screenshot in the docs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
+from offsim_dashboard.app import create_app
+from offsim_generator.__main__ import run
+from offsim_launcher.embedded import free_port
 
-from tests.conftest import repo_root
+from tests.conftest import changed, repo_root
 from tests.helpers import register
 
 playwright_api = pytest.importorskip(
@@ -49,7 +53,7 @@ SLOW = 15_000  # ms: a transition takes 1 to 2 s here, a snapshot comes every 5 
 def settings(settings):
     """Slow enough that an order stays pending for 2 s and shipped for 1 s: long enough to be
     seen, short enough for a quick test."""
-    return replace(
+    return changed(
         settings, sim_speed=60.0, supplier_delay=(120.0, 120.0), delivery_delay=(60.0, 60.0)
     )
 
@@ -68,10 +72,8 @@ async def browser():
 
 @pytest.fixture
 async def dashboard_url(aiohttp_server, settings, users, orders, pool):
-    from offsim_dashboard.app import create_app
-
     app = create_app(
-        replace(
+        changed(
             settings,
             users_url=str(users.make_url("")).rstrip("/"),
             orders_url=str(orders.make_url("")).rstrip("/"),
@@ -160,3 +162,41 @@ async def test_dashboard_follows_a_running_simulation(
     assert screenshot.stat().st_size > 10_000
     if target := os.environ.get("OFFSIM_DASHBOARD_SCREENSHOT"):
         shutil.copyfile(screenshot, repo_root() / target)
+
+
+async def test_dashboard_shows_the_generator_and_changes_its_faults(
+    browser, aiohttp_server, settings, users, orders, products, pool, nc
+):
+    port = free_port()
+    urls = {"users_url": str(users.make_url("")).rstrip("/"),
+            "orders_url": str(orders.make_url("")).rstrip("/")}  # fmt: skip
+    server = await aiohttp_server(
+        create_app(changed(settings, generator_url=f"http://127.0.0.1:{port}", **urls))
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        run(changed(settings, seed=9, tick_seconds=10**6, **urls), stop, probe_port=port)
+    )
+    try:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#gen-phase")).to_have_text("steady · steady", timeout=SLOW)
+        await expect(page.locator("#gen-rate")).to_have_text(re.compile(r"^\d+\.\d$"))
+        await expect(page.locator("#generator")).to_have_attribute("data-state", "running")
+
+        await page.fill("#gen-reject", "0.5")
+        await page.click("#gen-form button[type=submit]")
+        await expect(page.locator("#gen-status")).to_have_text("applied")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/api/control") as resp:
+                state = await resp.json()
+        assert state["faults"]["reject"] == 0.5
+
+        await page.click("#gen-pause")
+        await expect(page.locator("#generator")).to_have_attribute("data-state", "paused")
+        assert errors == []
+    finally:
+        stop.set()
+        await running

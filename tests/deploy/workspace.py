@@ -7,6 +7,7 @@ checked without editing these tests.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -15,14 +16,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
-from offsim_common.config import Settings
+from offsim_common.settings import EnvSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -87,38 +87,17 @@ def scripts_in_image(member: Member) -> set[str]:
     return {s for f in closure(member.folder) for s in members()[f].scripts}
 
 
-class _Recorder(Mapping[str, str]):
-    """An empty environment that remembers every name it is asked for."""
-
-    def __init__(self) -> None:
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        raise KeyError(key)
-
-    def get(self, key, default=None):
-        self.asked.add(key)
-        return default
-
-    def __contains__(self, key: object) -> bool:
-        self.asked.add(str(key))
-        return False
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 @cache
 def known_env_vars() -> frozenset[str]:
     """Every variable the config reads (asked of a recording environment), plus the ones a
     member reads from os.environ itself (OFFSIM_DATA_DIR in the launcher)."""
-    env = _Recorder()
-    Settings.from_env(env)
-    names = set(env.asked)
+    names: set[str] = set()
+    for member in members().values():
+        for package in (ROOT / member.folder).glob("offsim_*/settings.py"):
+            module = importlib.import_module(f"{package.parent.name}.settings")
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, EnvSettings):
+                    names |= value.variables()
     pattern = re.compile(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
     for member in members().values():
         for source in (ROOT / member.folder).rglob("*.py"):

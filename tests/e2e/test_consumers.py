@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from nats.js import api
 from offsim_common import bus, subjects
+from offsim_common.app_keys import NC
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import REQUEST_ID_HEADER
-from offsim_common.messages import OrderEvent, OrderStatus
-from offsim_common.web import NC
 
 from tests.conftest import eventually
 from tests.helpers import register
@@ -173,3 +174,59 @@ async def test_events_that_contradict_the_order_are_dead_lettered_and_change_not
         return await stock_of(pool, ssd_id, products[0]) == before + 2
 
     await eventually(applied)
+
+
+async def test_batch_with_one_contradicting_event_dead_letters_only_it(
+    aiohttp_client, settings, users, nc, pool, products
+):
+    """Events fetched together are applied in one transaction; one that describes no order
+    undoes that transaction, and then each is handled alone: the others apply and only it is
+    dead-lettered."""
+    from offsim_orders.app import create_app
+
+    ssd_id = (await register(users))["devices"][0]["id"]
+    async with pool.acquire() as conn:
+        ids = [
+            await conn.fetchval(
+                """INSERT INTO product_orders (ssd_id, barcode, quantity, published_at)
+                   VALUES ($1, $2, 1, now()) RETURNING id""",
+                ssd_id,
+                barcode,
+            )
+            for barcode in products[:5]
+        ]
+    js = nc.jetstream()
+    dead_subject = f"{subjects.DEAD_LETTER_PREFIX}.{subjects.ORDERS_RECORD_SHIPPED}"
+    before = await dead_letters(js, dead_subject)
+    dead = await js.subscribe(
+        dead_subject, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+    )
+    now = datetime.now(UTC)
+    events = [
+        OrderEvent(id=order_id, ssd_id=ssd_id, barcode=barcode, quantity=1,
+                   status=OrderStatus.SHIPPED, timestamp=now)
+        for order_id, barcode in zip(ids, products, strict=False)
+    ]  # fmt: skip
+    forged = events[2].model_copy(update={"quantity": 99})
+    # Stored before the orders service starts, so its consumer fetches them together.
+    for n, event in enumerate([*events[:3], forged, *events[3:]]):
+        await bus.publish(js, subjects.ORDERS_SHIPPED, event, f"batch-{n}")
+    await aiohttp_client(create_app(settings))
+
+    async def all_shipped() -> bool:
+        async with pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT count(*) FROM product_orders WHERE id = ANY($1) AND status = 'shipped'",
+                ids,
+            ) == len(ids)  # fmt: skip
+
+    await eventually(all_shipped)
+    msg = await dead.next_msg(timeout=10)
+    assert OrderEvent.model_validate_json(msg.data).quantity == 99
+    assert await dead_letters(js, dead_subject) == before + 1
+    await dead.unsubscribe()
+
+
+async def dead_letters(js, subject: str) -> int:
+    info = await js.stream_info(subjects.DEAD_LETTER_STREAM, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offsim_common.web import NC, POOL
+from offsim_common.app_keys import NC, POOL
 
 
 async def check_health_follows_dependencies(client) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offsim_common.messages import RandomOrderRequest
+from offsim_common.events import RandomOrderRequest
 from offsim_generator.scatter import gather_random
 
 from tests.helpers import register
@@ -42,3 +42,26 @@ async def test_orders_random_replies_go_to_each_requester(users, orders, nc, poo
     await register(users)
     results = await asyncio.gather(*(gather_random(nc) for _ in range(10)))
     assert all(r.complete and not r.errors for r in results)
+
+
+async def test_a_refused_request_is_a_micro_error_counted_apart_from_failures(
+    users, orders, nc, products
+):
+    """A domain error on a `nats.micro` endpoint is answered as a micro error whose code is the
+    HTTP status of the same error, and counted as refused (not ok, not error)."""
+    from offsim_common import subjects
+    from offsim_common.metrics import NATS_REQUESTS
+
+    def count(outcome: str) -> float:
+        return NATS_REQUESTS.labels("orders.random-barcode", outcome)._value.get()
+
+    await register(users)  # so the users service answers with an SSD
+    refused, ok = count("refused"), count("ok")
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=2)
+    await nc.publish(subjects.ORDERS_RANDOM, b'{"ssd_id": "one"}', reply=inbox)
+    replies = [await sub.next_msg(timeout=5) for _ in range(2)]
+    from_orders = [m for m in replies if (m.headers or {}).get("Nats-Service-Error-Code")]
+    assert [m.headers["Nats-Service-Error-Code"] for m in from_orders] == ["400"]
+    assert "invalid request" in from_orders[0].headers["Nats-Service-Error"]
+    assert count("refused") == refused + 1 and count("ok") == ok

@@ -5,16 +5,15 @@ stock exact."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import asyncpg
 import pytest
 from offsim_common import bus, subjects
-from offsim_common.messages import OrderEvent
+from offsim_common.events import OrderEvent
 from offsim_orders.reconciler import reconcile_once, stored_event
 from prometheus_client import REGISTRY
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 
@@ -22,7 +21,7 @@ from tests.helpers import register
 def settings(settings):
     """Stages of 0.5 to 2 real seconds, so that orders are in flight when the stream is
     purged; overdue 0.5 s after a stage's longest delay, looked for every 0.2 s."""
-    return replace(settings, sim_speed=120.0, reconcile_interval=0.2)
+    return changed(settings, sim_speed=120.0, reconcile_interval=0.2)
 
 
 async def counts(pool: asyncpg.Pool) -> dict[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -15,7 +14,7 @@ from offsim_generator.model import Event, Population
 from offsim_generator.simulation import Simulation
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 
@@ -26,7 +25,7 @@ def by_id(spans) -> dict[int, object]:
 @pytest.fixture
 def settings(settings):
     """The supplier takes a real second: its message is delivered, sent back, delivered again."""
-    return replace(settings, supplier_delay=(600.0, 600.0))
+    return changed(settings, supplier_delay=(600.0, 600.0))
 
 
 def one(spans, name: str):
@@ -57,7 +56,7 @@ async def test_one_order_is_one_trace_from_the_generator_to_the_stock(
     setup_logging("INFO", "test", json_lines=True)
     try:
         await register(users)
-        generator = replace(settings, orders_url=str(orders.make_url("")).rstrip("/"))
+        generator = changed(settings, orders_url=str(orders.make_url("")).rstrip("/"))
         population = Population(watched=settings.watched_products, per_day=12.0)
         event = Event(t=0.0, kind="random_order", quantity=2)
         async with aiohttp.ClientSession() as http:
@@ -134,7 +133,7 @@ async def test_one_order_is_one_trace_from_the_generator_to_the_stock(
     hex_id = format_trace_id(trace_id)
     order_lines = [line for line in lines if line["request_id"] == request_id]
     loggers = {line["logger"] for line in order_lines}
-    assert {"offsim_orders.nats_handlers", "offsim_notifications.courier",
+    assert {"offsim_orders.nats_handlers", "offsim_notifications.stages",
             "offsim_users.nats_handlers"} <= loggers, loggers  # fmt: skip
     assert all(line["trace_id"] == hex_id for line in order_lines)
     spans_logged = {line["span_id"] for line in order_lines}

@@ -9,13 +9,12 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from offsim_common.config import Settings
 from offsim_etl import sample_path
+from offsim_etl.settings import EtlSettings
 
 ETL_TABLES = "products, brands, product_brands, etl_positions"
 
@@ -39,6 +38,6 @@ async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def etl_settings(database_url: str) -> Settings:
+def etl_settings(database_url: str) -> EtlSettings:
     # The API tests point off_api_url at their local server; a high rate keeps them fast.
-    return replace(Settings(), database_url=database_url, off_search_rate=60_000.0)
+    return EtlSettings(database_url=database_url, off_search_rate=60_000.0)

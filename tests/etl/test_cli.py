@@ -12,9 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from offsim_common.config import Settings
 from offsim_etl import DatabaseError, run_etl
 from offsim_etl.load import RUN_LOCK
+from offsim_etl.settings import EtlSettings
 
 ETL = str(Path(sys.executable).parent / "offsim-etl")
 UNMIGRATED = "offsim_etl_unmigrated"
@@ -111,7 +111,9 @@ async def test_cli_bad_arguments_exit_2(database_url: str, args: list[str], mess
     assert message in err
 
 
-async def test_second_concurrent_run_is_refused(db: asyncpg.Pool, etl_settings: Settings) -> None:
+async def test_second_concurrent_run_is_refused(
+    db: asyncpg.Pool, etl_settings: EtlSettings
+) -> None:
     async with db.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", RUN_LOCK)
         try:
@@ -122,7 +124,7 @@ async def test_second_concurrent_run_is_refused(db: asyncpg.Pool, etl_settings: 
 
 
 async def test_etl_counts_records_in_its_prometheus_metric(
-    db: asyncpg.Pool, etl_settings: Settings
+    db: asyncpg.Pool, etl_settings: EtlSettings
 ) -> None:
     """What `--metrics-port` serves: offsim_etl_records_total moves with the run's summary."""
     from offsim_common.metrics import ETL_RECORDS

@@ -12,16 +12,16 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from offsim_common.config import Settings
 from offsim_etl import ExtractError, run_etl
 from offsim_etl.extract_api import FIELDS
+from offsim_etl.settings import EtlSettings
 
 PAGES = Path(__file__).parent / "pages"
 RECORDED = {1: "page-010.json", 2: "page-002.json", 3: "page-009.json"}
@@ -81,12 +81,12 @@ async def off(aiohttp_server: ServerFactory) -> tuple[FakeOff, str]:
     return fake, str(server.make_url("")).rstrip("/")
 
 
-def api_settings(settings: Settings, base_url: str) -> Settings:
-    return replace(settings, off_api_url=base_url)
+def api_settings(settings: EtlSettings, base_url: str) -> EtlSettings:
+    return settings.model_copy(update={"off_api_url": base_url})
 
 
 async def test_api_retries_429_and_500_then_loads_every_page(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
     fake.failures[2] = [429, 500]
@@ -117,7 +117,7 @@ async def test_api_retries_429_and_500_then_loads_every_page(
 
 
 async def test_api_sends_fields_paging_and_user_agent(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
 
@@ -146,7 +146,7 @@ async def test_api_sends_fields_paging_and_user_agent(
 
 
 async def test_api_resumes_after_the_last_stored_page(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
     settings = api_settings(etl_settings, url)
@@ -182,7 +182,7 @@ async def test_api_resumes_after_the_last_stored_page(
 
 
 async def test_api_max_pages_keeps_the_position_and_restart_ignores_it(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
     settings = api_settings(etl_settings, url)
@@ -199,7 +199,7 @@ async def test_api_max_pages_keeps_the_position_and_restart_ignores_it(
 
 
 async def test_api_unreachable_server_fails_with_one_line(
-    db: asyncpg.Pool, etl_settings: Settings
+    db: asyncpg.Pool, etl_settings: EtlSettings
 ) -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once.
     settings = api_settings(etl_settings, "http://127.0.0.1:1")
@@ -213,10 +213,12 @@ async def test_api_unreachable_server_fails_with_one_line(
 
 
 async def test_api_spaces_requests_by_off_search_rate(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
-    settings = replace(api_settings(etl_settings, url), off_search_rate=200.0)  # one per 0.3 s
+    settings = api_settings(etl_settings, url).model_copy(
+        update={"off_search_rate": 200.0}
+    )  # one per 0.3 s
 
     await run_etl(settings, "api", page_size=20, progress=False)
 
@@ -226,7 +228,7 @@ async def test_api_spaces_requests_by_off_search_rate(
 
 
 async def test_api_honours_retry_after(
-    db: asyncpg.Pool, etl_settings: Settings, off: tuple[FakeOff, str]
+    db: asyncpg.Pool, etl_settings: EtlSettings, off: tuple[FakeOff, str]
 ) -> None:
     fake, url = off
     fake.failures[1] = [429]

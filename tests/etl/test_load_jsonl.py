@@ -9,9 +9,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from offsim_common.config import Settings
 from offsim_etl import ExtractError, extract_jsonl, run_etl, sample_path
 from offsim_etl.extract_jsonl import decode_full, decode_lines, read_jsonl
+from offsim_etl.settings import EtlSettings
 from offsim_etl.transform import transform
 
 # Real sample objects: full 2020s objects, an old nutrition_grades-only one, a fields= one.
@@ -52,7 +52,7 @@ def write(path: Path, lines: list[bytes]) -> Path:
 @pytest.mark.parametrize("name", ["dump.jsonl.gz", "dump.jsonl"])
 async def test_jsonl_loads_good_lines_and_counts_bad_ones_by_reason(
     db: asyncpg.Pool,
-    etl_settings: Settings,
+    etl_settings: EtlSettings,
     sample_records: dict[str, Any],
     tmp_path: Path,
     name: str,
@@ -71,7 +71,7 @@ async def test_jsonl_loads_good_lines_and_counts_bad_ones_by_reason(
 
 
 async def test_jsonl_gzip_is_sniffed_not_guessed_from_the_name(
-    db: asyncpg.Pool, etl_settings: Settings, sample_records: dict[str, Any], tmp_path: Path
+    db: asyncpg.Pool, etl_settings: EtlSettings, sample_records: dict[str, Any], tmp_path: Path
 ) -> None:
     path = tmp_path / "renamed.jsonl"
     path.write_bytes(gzip.compress(json.dumps(sample_records["3017620422003"]).encode()))
@@ -82,7 +82,7 @@ async def test_jsonl_gzip_is_sniffed_not_guessed_from_the_name(
 
 
 async def test_jsonl_duplicate_barcode_in_a_batch_last_one_wins(
-    db: asyncpg.Pool, etl_settings: Settings, sample_records: dict[str, Any], tmp_path: Path
+    db: asyncpg.Pool, etl_settings: EtlSettings, sample_records: dict[str, Any], tmp_path: Path
 ) -> None:
     renamed = dict(sample_records["3017620422003"], product_name="Nutella (newer)")
     path = write(
@@ -102,7 +102,7 @@ async def test_jsonl_duplicate_barcode_in_a_batch_last_one_wins(
 
 
 async def test_jsonl_truncated_gzip_fails_after_keeping_whole_batches(
-    db: asyncpg.Pool, etl_settings: Settings, sample_records: dict[str, Any], tmp_path: Path
+    db: asyncpg.Pool, etl_settings: EtlSettings, sample_records: dict[str, Any], tmp_path: Path
 ) -> None:
     lines = [json.dumps(record).encode() for record in list(sample_records.values())[:300]]
     path = write(tmp_path / "cut.jsonl.gz", lines)

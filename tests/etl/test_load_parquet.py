@@ -13,9 +13,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from offsim_common.config import Settings
 from offsim_etl import ExtractError, run_etl, sample_path
 from offsim_etl.off_parquet import FOOD_COLUMNS, write_food_parquet
+from offsim_etl.settings import EtlSettings
 
 from .test_cli import offsim_etl
 
@@ -50,7 +50,7 @@ async def products(db: asyncpg.Pool) -> list[asyncpg.Record]:
 
 
 async def test_parquet_loads_the_same_products_and_counts_as_jsonl(
-    db: asyncpg.Pool, etl_settings: Settings, tmp_path: Path
+    db: asyncpg.Pool, etl_settings: EtlSettings, tmp_path: Path
 ) -> None:
     objects = sample_objects()
     jsonl = tmp_path / "sample.jsonl"
@@ -79,7 +79,7 @@ async def test_parquet_loads_the_same_products_and_counts_as_jsonl(
 
 
 async def test_parquet_rerun_changes_nothing(
-    db: asyncpg.Pool, etl_settings: Settings, tmp_path: Path
+    db: asyncpg.Pool, etl_settings: EtlSettings, tmp_path: Path
 ) -> None:
     parquet = tmp_path / "food.parquet"
     write_food_parquet(parquet, sample_objects())
@@ -98,7 +98,7 @@ async def test_parquet_rerun_changes_nothing(
     ],
 )
 async def test_parquet_bad_file_fails_with_one_line(
-    db: asyncpg.Pool, etl_settings: Settings, tmp_path: Path, content: bytes | None, message: str
+    db: asyncpg.Pool, etl_settings: EtlSettings, tmp_path: Path, content: bytes | None, message: str
 ) -> None:
     path = tmp_path / "bad.parquet"
     if content is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-from offsim_common.config import Settings
 from offsim_etl import run_etl
+from offsim_etl.settings import EtlSettings
 from prometheus_client import REGISTRY
 
 SAMPLE_SIZE = 1049
@@ -16,7 +16,7 @@ def etl_metric(outcome: str) -> float:
 
 
 async def test_sample_loads_every_kept_product_with_its_brands(
-    db: asyncpg.Pool, etl_settings: Settings
+    db: asyncpg.Pool, etl_settings: EtlSettings
 ) -> None:
     inserted_before, rejected_before = etl_metric("inserted"), etl_metric("rejected")
 
@@ -43,7 +43,9 @@ async def test_sample_loads_every_kept_product_with_its_brands(
     assert etl_metric("rejected") - rejected_before == summary.rejected_total
 
 
-async def test_sample_second_run_changes_nothing(db: asyncpg.Pool, etl_settings: Settings) -> None:
+async def test_sample_second_run_changes_nothing(
+    db: asyncpg.Pool, etl_settings: EtlSettings
+) -> None:
     first = await run_etl(etl_settings, progress=False)
     async with db.acquire() as conn:
         before = await conn.fetch("SELECT barcode, xmin::text, updated_at FROM products")
@@ -62,7 +64,7 @@ async def test_sample_second_run_changes_nothing(db: asyncpg.Pool, etl_settings:
 
 
 async def test_sample_changed_product_and_brands_count_as_updated(
-    db: asyncpg.Pool, etl_settings: Settings
+    db: asyncpg.Pool, etl_settings: EtlSettings
 ) -> None:
     await run_etl(etl_settings, progress=False)
     async with db.acquire() as conn:
@@ -87,7 +89,7 @@ async def test_sample_changed_product_and_brands_count_as_updated(
 
 
 async def test_sample_strict_keeps_only_complete_products(
-    db: asyncpg.Pool, etl_settings: Settings
+    db: asyncpg.Pool, etl_settings: EtlSettings
 ) -> None:
     summary = await run_etl(etl_settings, strict=True, progress=False)
 

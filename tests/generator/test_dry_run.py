@@ -10,20 +10,20 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import replace
 
-from offsim_common.config import Settings
-from offsim_generator.__main__ import make_model, run
+from offsim_generator.__main__ import run
+from offsim_generator.app import make_model
 from offsim_generator.engine import Engine
 from offsim_generator.model import Model, synthetic_barcode
 from offsim_generator.scenario import load
+from offsim_generator.settings import GeneratorSettings
 
 
-def dry_settings(**changes) -> Settings:
-    return replace(Settings(), sim_speed=100_000.0, seed=3, log_level="WARNING", **changes)
+def dry_settings(**changes) -> GeneratorSettings:
+    return GeneratorSettings(sim_speed=100_000.0, seed=3, log_level="WARNING", **changes)
 
 
-async def dry_run(settings: Settings, duration: float) -> tuple[list[dict], dict]:
+async def dry_run(settings: GeneratorSettings, duration: float) -> tuple[list[dict], dict]:
     out = io.StringIO()
     result = await run(settings, asyncio.Event(), duration=duration, dry_run=True, out=out)
     return [json.loads(line) for line in out.getvalue().splitlines()], result.summary()

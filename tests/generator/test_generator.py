@@ -4,17 +4,16 @@ and live control over HTTP."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import aiohttp
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 
 
 def against(settings, users, orders, **changes):
-    return replace(
+    return changed(
         settings,
         users_url=str(users.make_url("")).rstrip("/"),
         orders_url=str(orders.make_url("")).rstrip("/"),
@@ -71,7 +70,7 @@ async def test_generator_runs_simulated_hours_and_orders_complete(
 
 async def test_generator_survives_services_down(settings, pool, nc):
     """Nothing listens on these ports: every event fails, is counted, and the run goes on."""
-    dead = replace(
+    dead = changed(
         settings,
         sim_speed=3600.0,
         seed=1,
@@ -123,9 +122,13 @@ async def test_live_control_changes_the_rate(
 
             status, state = await control("PUT", {"paused": True})
             assert status == 200 and state["paused"]
-            await asyncio.sleep(0.5)  # requests already in flight land
+
+            async def landed() -> bool:  # the requests in flight when it paused
+                return (await control("GET"))[1]["in_flight"] == 0
+
+            await eventually(landed, within=30)
             paused_at = await registered()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # six registrations' worth of time, had it not paused
             assert await registered() == paused_at
 
             status, state = await control("PUT", {"paused": False, "register_rate": None})

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from io import StringIO
 
 from offsim_common import bus, subjects
-from offsim_common.messages import OrderEvent
-from offsim_launcher.feed import follow
+from offsim_common.events import OrderEvent
+from offsim_generator.__main__ import run
+from offsim_launcher.embedded import free_port
+from offsim_launcher.feed import Feed, follow
 
-from tests.conftest import eventually
+from tests.conftest import changed, eventually
 from tests.helpers import register
 
 
@@ -50,3 +53,30 @@ async def test_feed_follows_registrations_and_orders_once(
 async def _printed(capsys, text: str) -> bool:
     captured = capsys.readouterr().out
     return text in captured
+
+
+async def test_feed_shows_the_generator_phase_and_rate(users, orders, pool, settings, nc, capsys):
+    port = free_port()
+    quiet = changed(
+        settings,
+        users_url=str(users.make_url("")).rstrip("/"),
+        orders_url=str(orders.make_url("")).rstrip("/"),
+        seed=2,
+        tick_seconds=10**6,
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(run(quiet, stop, probe_port=port))
+    out = StringIO()
+    feed = Feed(pool, out)
+    watching = asyncio.create_task(feed.follow_generator(f"http://127.0.0.1:{port}", every_s=0.05))
+    try:
+        await eventually(lambda: _has(out, "◆ scenario steady: phase steady"), within=30)
+        await eventually(lambda: _has(out, "phase steady · 0.0 ev/s]"))
+    finally:
+        watching.cancel()
+        stop.set()
+        await running
+
+
+async def _has(out, text: str) -> bool:
+    return text in out.getvalue()

@@ -11,9 +11,9 @@ import sys
 import aiohttp
 import pytest
 from offsim_common import subjects
-from offsim_common.messages import OrderEvent
+from offsim_common.events import OrderEvent
 from offsim_launcher.embedded import free_port
-from offsim_notifications.courier import delay_for
+from offsim_notifications.stages import delay_for
 
 from tests.conftest import eventually
 from tests.helpers import register

@@ -1,12 +1,13 @@
 """offsim-users: run the users service on HTTP_PORT (default 8081)."""
 
-from offsim_common.web import run
+from offsim_common import service
 
 from .app import create_app
+from .settings import UsersSettings
 
 
 def main() -> None:
-    run(create_app, "users", default_port=8081)
+    service.main("users", UsersSettings, create_app)
 
 
 if __name__ == "__main__":

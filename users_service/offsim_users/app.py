@@ -6,17 +6,19 @@ import random
 
 from aiohttp import web
 from offsim_common import subjects
-from offsim_common.config import Settings
+from offsim_common.app_keys import POOL
+from offsim_common.endpoints import VERSION, micro_ctx
 from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
-from offsim_common.web import POOL, VERSION, base_app, consumers_ctx, micro_ctx
+from offsim_common.service import base_app, consumers_ctx
 
 from . import nats_handlers
 from .app_keys import RNG
 from .routes import setup_routes
+from .settings import UsersSettings
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: UsersSettings) -> web.Application:
     app = base_app(settings, "users", deadline_s=REQUEST_DEADLINE_S)
     app[RNG] = random.Random(settings.seed)
     app.cleanup_ctx.append(

@@ -1,4 +1,4 @@
-"""Typed application keys of the users service (the shared ones live in offsim_common.web)."""
+"""Typed application keys of the users service (the shared ones live in offsim_common.app_keys)."""
 
 import random
 

@@ -8,7 +8,8 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects, tracing
-from offsim_common.messages import OrderEvent, RandomSsdReply
+from offsim_common.errors import NotFound
+from offsim_common.events import OrderEvent, RandomSsdReply
 
 from . import queries
 
@@ -22,8 +23,7 @@ def random_ssd_endpoint(pool: asyncpg.Pool):
         async with pool.acquire() as conn:
             ssd_id = await queries.random_ssd_id(conn)
         if ssd_id is None:
-            await request.respond_error("404", "no SSD registered yet")
-            return
+            raise NotFound("no SSD registered yet")
         await request.respond(RandomSsdReply(ssd_id=ssd_id).model_dump_json().encode())
 
     return handle
@@ -53,10 +53,32 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
         else:
             log.debug("order %s already delivered; duplicate ignored", event.id)
 
+    async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
+        """The batch in one transaction; an event that describes no order undoes it all (then
+        each is handled alone, and only that one is dead-lettered)."""
+        events = [event for event, _ in batch]
+        async with pool.acquire() as conn, conn.transaction():
+            added = await queries.record_deliveries(
+                conn,
+                [e.id for e in events],
+                [e.ssd_id for e in events],
+                [e.barcode for e in events],
+                [e.quantity for e in events],
+            )
+            missing = {e.id for e in events} - added
+            if missing and missing - await queries.deliveries_recorded(conn, list(missing)):
+                raise bus.Contradiction("an event of the batch describes no order")
+        for event in events:
+            if event.id in added:
+                added.discard(event.id)
+                log.info("order %s delivered: +%s of %s to SSD %s",
+                         event.id, event.quantity, event.barcode, event.ssd_id)  # fmt: skip
+
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,
         durable=subjects.USERS_RESTOCK,
         subject=subjects.ORDERS_COMPLETED,
         model=OrderEvent,
         handler=handle,
+        batch_handler=handle_many,
     )

@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 import asyncpg
-from offsim_common.messages import NewUser
+from offsim_common.requests import NewUser
 
 
 async def insert_user(
@@ -121,9 +121,8 @@ async def consume_stock(
            RETURNING ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
                      t.before - ps.quantity AS consumed,
                      (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name,
-                     EXISTS (SELECT 1 FROM product_orders o
-                             WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode
-                               AND o.status <> 'completed') AS on_order""",
+                     EXISTS (SELECT 1 FROM open_orders o
+                             WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode) AS on_order""",
         ssd_id,
         barcode,
         quantity,
@@ -143,8 +142,8 @@ async def record_delivery(
     was already added, or no order has this id, SSD, product and quantity)."""
     first = await conn.fetchval(
         """INSERT INTO stock_deliveries (order_id)
-           SELECT id FROM product_orders
-           WHERE id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
+           SELECT order_id FROM placed_orders
+           WHERE order_id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
            ON CONFLICT (order_id) DO NOTHING RETURNING true""",
         order_id,
         ssd_id,
@@ -164,3 +163,96 @@ async def record_delivery(
         quantity,
     )
     return True
+
+
+async def record_deliveries(
+    conn: asyncpg.Connection,
+    order_ids: list[int],
+    ssd_ids: list[int],
+    barcodes: list[str],
+    quantities: list[int],
+) -> set[int]:
+    """record_delivery for a batch in one statement: the ids of the orders added to stock now.
+    An order repeated in the batch counts once; the stock rows are updated in key order, so two
+    batches touching the same rows wait for each other instead of deadlocking."""
+    rows = await conn.fetch(
+        """WITH e AS (
+               SELECT DISTINCT ON (o.order_id) o.order_id AS id, o.ssd_id, o.barcode, o.quantity
+               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[])
+                   AS e(id, ssd_id, barcode, quantity)
+               JOIN placed_orders o ON o.order_id = e.id AND o.ssd_id = e.ssd_id
+                   AND o.barcode = e.barcode AND o.quantity = e.quantity
+               ORDER BY o.order_id),
+           first AS (
+               INSERT INTO stock_deliveries (order_id) SELECT id FROM e ORDER BY id
+               ON CONFLICT (order_id) DO NOTHING RETURNING order_id),
+           stocked AS (
+               INSERT INTO product_ssds (ssd_id, barcode, quantity, reorder_point, capacity)
+               SELECT e.ssd_id, e.barcode, sum(e.quantity), 0, sum(e.quantity)
+               FROM e JOIN first f ON f.order_id = e.id
+               GROUP BY e.ssd_id, e.barcode ORDER BY e.ssd_id, e.barcode
+               ON CONFLICT (ssd_id, barcode)
+               DO UPDATE SET quantity = product_ssds.quantity + excluded.quantity)
+           SELECT order_id FROM first""",
+        order_ids,
+        ssd_ids,
+        barcodes,
+        quantities,
+    )
+    return {row["order_id"] for row in rows}
+
+
+async def deliveries_recorded(conn: asyncpg.Connection, order_ids: list[int]) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT order_id FROM stock_deliveries WHERE order_id = ANY($1::bigint[])", order_ids
+    )
+    return {row["order_id"] for row in rows}
+
+
+# --- bulk registration of synthetic users (synthetic.py) ----------------------------------------
+
+
+async def insert_users_bulk(
+    conn: asyncpg.Connection, users: list[NewUser], hashes: list[str]
+) -> list[int]:
+    """One multi-row INSERT; the ids in the order of `users`."""
+    rows = await conn.fetch(
+        """INSERT INTO users (first_name, last_name, email, password_hash)
+           SELECT f, l, e, h FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+               WITH ORDINALITY AS u(f, l, e, h, n) ORDER BY n
+           RETURNING id, email""",
+        [u.first_name for u in users],
+        [u.last_name for u in users],
+        [u.email for u in users],
+        hashes,
+    )
+    by_email = {row["email"]: row["id"] for row in rows}
+    return [by_email[u.email] for u in users]
+
+
+async def insert_devices_bulk(
+    conn: asyncpg.Connection, user_ids: list[int], macs: list[str]
+) -> list[int]:
+    """One multi-row INSERT; the ids in the order of `macs`."""
+    rows = await conn.fetch(
+        """INSERT INTO ssds (user_id, mac_address)
+           SELECT u, m FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS d(u, m, n)
+           ORDER BY n
+           RETURNING id, mac_address""",
+        user_ids,
+        macs,
+    )
+    by_mac = {row["mac_address"]: row["id"] for row in rows}
+    return [by_mac[mac] for mac in macs]
+
+
+async def all_barcodes(conn: asyncpg.Connection) -> list[str]:
+    return [row["barcode"] for row in await conn.fetch("SELECT barcode FROM products")]
+
+
+async def copy_stock(conn: asyncpg.Connection, rows: list[tuple[int, str, int, int, int]]) -> None:
+    await conn.copy_records_to_table(
+        "product_ssds",
+        records=rows,
+        columns=["ssd_id", "barcode", "quantity", "reorder_point", "capacity"],
+    )

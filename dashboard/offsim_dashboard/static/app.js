@@ -5,8 +5,10 @@
 // only move forward: a late or repeated event never sends an order back.
 "use strict";
 
-const STATUSES = ["pending", "shipped", "completed"];
-const RANK = { pending: 0, shipped: 1, completed: 2 };
+const STATUSES = ["pending", "shipped", "completed", "cancelled"];
+// Completed and cancelled are both terminal; a cancelled order comes straight from pending.
+const RANK = { pending: 0, shipped: 1, completed: 2, cancelled: 2 };
+const BEFORE = { shipped: "pending", completed: "shipped", cancelled: "pending" };
 const REFRESH_MS = 5000;
 const MAX_ORDERS = 12;
 const MAX_TRANSITIONS = 14;
@@ -95,7 +97,10 @@ function renderCounts() {
 function renderStageTimes() {
   const times = state.summary && state.summary.stage_seconds;
   if (!times) return;
-  for (const status of STATUSES) document.getElementById(`avg-${status}`).textContent = duration(times[status]);
+  for (const status of STATUSES) {
+    const node = document.getElementById(`avg-${status}`);
+    if (node) node.textContent = duration(times[status]);
+  }
 }
 
 // --- orders and transitions ---------------------------------------------------------------------
@@ -129,7 +134,7 @@ function applyOrder(event) {
   const counts = state.summary && state.summary.orders;
   if (counts) {
     // An order the page has not seen came from the stage before this one.
-    const before = known ? known.status : STATUSES[RANK[event.status] - 1];
+    const before = known ? known.status : BEFORE[event.status];
     if (before) counts[before] = Math.max(0, counts[before] - 1);
     else counts.total += 1;
     counts[event.status] += 1;
@@ -210,7 +215,7 @@ function renderOrders() {
   document.getElementById("orders-empty").hidden = rows.length > 0;
 }
 
-const VERB = { pending: "placed", shipped: "shipped", completed: "delivered" };
+const VERB = { pending: "placed", shipped: "shipped", completed: "delivered", cancelled: "rejected by the supplier" };
 
 function renderTransitions() {
   const items = newestTransitions(MAX_TRANSITIONS).map((t) =>
@@ -233,7 +238,7 @@ function renderTransitions() {
 // --- throughput chart ---------------------------------------------------------------------------
 
 function bumpThroughput(event) {
-  if (event.status === "shipped") return;
+  if (event.status === "shipped" || event.status === "cancelled") return;
   const last = state.series[state.series.length - 1];
   if (!last) return;
   const minute = new Date(event.timestamp);
@@ -419,8 +424,91 @@ function connect() {
   source.addEventListener("user", (e) => applyUser(JSON.parse(e.data)));
 }
 
+// --- the generator: its phase and rate, and a few controls (through the dashboard's proxy) ---
+
+const GENERATOR_MS = 2000;
+// The controls and where each sits in the generator's PUT /api/control body.
+const CONTROLS = [
+  ["register_rate", null],
+  ["random_order_rate", null],
+  ["consumption", null],
+  ["reject", "faults"],
+  ["supplier_delay", "faults"],
+  ["courier_spike", "faults"],
+  ["malformed", "faults"],
+];
+
+function renderGenerator(g) {
+  const panel = document.getElementById("generator");
+  panel.dataset.state = g ? (g.paused ? "paused" : "running") : "unreachable";
+  const text = (id, value) => (document.getElementById(id).textContent = value);
+  if (!g) {
+    text("gen-phase", "generator unreachable");
+    return;
+  }
+  text("gen-phase", `${g.scenario} · ${g.phase}`);
+  text("gen-rate", `${g.event_rate.toFixed(1)}`);
+  text("gen-ssds", fmt(g.ssds));
+  text("gen-inflight", `${g.in_flight}/${g.max_in_flight}`);
+  document.getElementById("gen-pause").textContent = g.paused ? "Resume" : "Pause";
+  for (const [name, group] of CONTROLS) {
+    const input = document.getElementById(`gen-${name}`);
+    if (document.activeElement === input) continue; // not under the person's cursor
+    input.value = group ? g.faults[name] : g.rates[name];
+  }
+}
+
+async function refreshGenerator() {
+  try {
+    renderGenerator(await getJSON("/api/generator"));
+  } catch (err) {
+    renderGenerator(null);
+  }
+}
+
+async function putGenerator(body) {
+  const status = document.getElementById("gen-status");
+  const response = await fetch("/api/generator", {
+    method: "PUT",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const answer = await response.json().catch(() => ({}));
+  if (response.ok) {
+    status.textContent = "applied";
+    renderGenerator(answer);
+  } else {
+    const details = Object.entries(answer.details || {}).map(([k, v]) => `${k}: ${v}`);
+    status.textContent = `refused: ${details.join("; ") || answer.message || response.status}`;
+  }
+}
+
+function setupGenerator() {
+  document.getElementById("gen-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const body = { faults: {} };
+    for (const [name, group] of CONTROLS) {
+      const value = document.getElementById(`gen-${name}`).value;
+      if (value === "") continue;
+      (group ? body.faults : body)[name] = Number(value);
+    }
+    putGenerator(body);
+  });
+  document.getElementById("gen-pause").addEventListener("click", () => {
+    putGenerator({ paused: document.getElementById("generator").dataset.state !== "paused" });
+  });
+  document.getElementById("gen-reset").addEventListener("click", () => {
+    const body = { faults: {} };
+    for (const [name, group] of CONTROLS) (group ? body.faults : body)[name] = null;
+    putGenerator(body);
+  });
+  refreshGenerator();
+  setInterval(refreshGenerator, GENERATOR_MS);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   refresh();
   connect();
+  setupGenerator();
   setInterval(refresh, REFRESH_MS);
 });

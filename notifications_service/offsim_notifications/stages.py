@@ -9,6 +9,13 @@ message is acked, so a crash between the two re-publishes a message the server d
 A message that is not due yet goes back to JetStream before any span is made (`due_in`): an
 order's trace has one span per stage however often it was redelivered, with the stage's wait
 in its attributes (`offsim.stage.delay_s`, `offsim.stage.waited_s`, `offsim.deliveries`).
+
+Faults (`offsim_common.faults`, set by the generator, watched in NATS KV by every replica) act
+here: the supplier's delay is multiplied, a share of orders is rejected (published on
+orders.cancelled instead of orders.shipped), a share of deliveries takes `courier_spike_factor`
+times longer. Which orders a share hits is a hash of the order id and the faults' seed, so
+replicas and redeliveries agree. A changed delay applies to the orders in flight from their
+next delivery on.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
-from offsim_common.config import Settings
-from offsim_common.messages import OrderEvent, OrderStatus
+from offsim_common.events import OrderEvent, OrderStatus
+from offsim_common.faults import Faults, FaultsView, hits
+
+from .settings import NotificationsSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,7 @@ class Stage:
     delay_range: tuple[float, float]
 
 
-def stages(settings: Settings) -> list[Stage]:
+def stages(settings: NotificationsSettings) -> list[Stage]:
     return [
         Stage("supplier", subjects.ORDERS_PENDING, subjects.NOTIFICATIONS_SHIP,
               subjects.ORDERS_SHIPPED, OrderStatus.SHIPPED, settings.supplier_delay),
@@ -51,12 +60,29 @@ def delay_for(order_id: int, stage: str, delay_range: tuple[float, float], seed:
     return random.Random(f"{seed}:{stage}:{order_id}").uniform(*delay_range)
 
 
-def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bus.ConsumerSpec:
+def fault_factor(stage: str, order_id: int, faults: Faults) -> float:
+    """How many times longer the faults make this stage for this order."""
+    if stage == "supplier":
+        return faults.supplier_delay
+    if hits(faults.seed, "courier_spike", order_id, faults.courier_spike):
+        return faults.courier_spike_factor
+    return 1.0
+
+
+def rejected(event: OrderEvent, faults: Faults) -> bool:
+    """Whether the supplier rejects this order."""
+    return hits(faults.seed, "reject", event.id, faults.reject)
+
+
+def stage_consumer(
+    js: JetStreamContext, stage: Stage, settings: NotificationsSettings, faults: FaultsView
+) -> bus.ConsumerSpec:
     seed = settings.seed or 0
 
     def delay(event: OrderEvent) -> float:
         """Real seconds this stage takes for this order, from the previous event."""
-        return settings.simulated(delay_for(event.id, stage.name, stage.delay_range, seed))
+        base = delay_for(event.id, stage.name, stage.delay_range, seed)
+        return settings.simulated(base * fault_factor(stage.name, event.id, faults.current))
 
     def due_in(event: OrderEvent) -> float:
         return event.timestamp.timestamp() + delay(event) - datetime.now(UTC).timestamp()
@@ -69,9 +95,13 @@ def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bu
             "offsim.stage.delay_s": round(delay(event), 3),
             "offsim.stage.waited_s": round((now - event.timestamp).total_seconds(), 3),
         })  # fmt: skip
-        following = event.advanced(stage.next_status, now)
-        await bus.publish(js, stage.publishes, following, following.msg_id)
-        log.info("order %s %s", event.id, stage.next_status)
+        subject, status = stage.publishes, stage.next_status
+        if stage.name == "supplier" and rejected(event, faults.current):
+            subject, status = subjects.ORDERS_CANCELLED, OrderStatus.CANCELLED
+            tracing.annotate({"offsim.fault": "reject"})
+        following = event.advanced(status, now)
+        await bus.publish(js, subject, following, following.msg_id)
+        log.info("order %s %s", event.id, status)
 
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,
@@ -83,5 +113,7 @@ def stage_consumer(js: JetStreamContext, stage: Stage, settings: Settings) -> bu
     )
 
 
-def consumers(js: JetStreamContext, settings: Settings) -> list[bus.ConsumerSpec]:
-    return [stage_consumer(js, stage, settings) for stage in stages(settings)]
+def consumers(
+    js: JetStreamContext, settings: NotificationsSettings, faults: FaultsView
+) -> list[bus.ConsumerSpec]:
+    return [stage_consumer(js, stage, settings, faults) for stage in stages(settings)]

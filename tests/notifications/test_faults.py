@@ -1,0 +1,209 @@
+"""Faults inside the notifications service, end to end on real NATS and Postgres: a rejected
+order ends `cancelled` once, and a fault set through the generator's control API reaches every
+replica without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import aiohttp
+from offsim_common import faults, subjects
+from offsim_common.faults import Faults, hits
+from offsim_common.service import serving
+from offsim_generator.__main__ import run
+from offsim_launcher.embedded import free_port
+from offsim_notifications.app import create_app
+
+from tests.conftest import changed, eventually
+from tests.helpers import register
+
+
+@asynccontextmanager
+async def replica(settings, port: int = 0):
+    """One notifications replica in this process, for the length of the block."""
+    async with serving(create_app(settings), port) as listening:
+        yield listening
+
+
+async def restock(users, orders, ssd_id: int, token: str) -> tuple[str, int, dict]:
+    """Use up a watched product; place the restock order its answer asks for."""
+    resp = await users.get(f"/api/users/{ssd_id}")
+    stock = (await resp.json())["ssds"][0]["stock"][0]
+    resp = await users.post(
+        f"/api/ssds/{ssd_id}/consume",
+        json={"barcode": stock["barcode"], "quantity": stock["quantity"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    body = await resp.json()
+    [wanted] = body["restock"]
+    resp = await orders.post(
+        "/api/orders",
+        json={"ssd_id": ssd_id, "barcode": wanted["barcode"], "quantity": wanted["quantity"],
+              "kind": "restock"},
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    assert resp.status == 201, await resp.text()
+    return wanted["barcode"], (await resp.json())["id"], body
+
+
+async def test_rejected_order_ends_cancelled_once_and_the_ssd_orders_again(
+    users, orders, pool, products, settings, nc
+):
+    js = nc.jetstream()
+    await faults.put(js, Faults(reject=1.0, seed=3))
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+
+    async with replica(settings):
+        barcode, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+
+        async def status() -> str | None:
+            resp = await orders.get(f"/api/orders/{order_id}")
+            order = await resp.json()
+            return order if order["status"] == "cancelled" else None
+
+        order = await eventually(status)
+    assert [t["status"] for t in order["transitions"]] == ["pending", "cancelled"]
+    assert order["shipped_at"] is None and order["completed_at"] is None
+    info = await js.stream_info(subjects.ORDERS_STREAM, subjects_filter="orders.>")
+    assert info.state.subjects == {subjects.ORDERS_PENDING: 1, subjects.ORDERS_CANCELLED: 1}
+
+    # The same event again (under another id, so the server keeps it): nothing changes.
+    stored = await js.get_last_msg(subjects.ORDERS_STREAM, subjects.ORDERS_CANCELLED)
+    ack = await js.publish(subjects.ORDERS_CANCELLED, stored.data, headers={"Nats-Msg-Id": "again"})
+
+    async def handled_again() -> bool:
+        info = await js.consumer_info(subjects.ORDERS_STREAM, subjects.ORDERS_RECORD_CANCELLED)
+        return info.delivered.stream_seq >= ack.seq and info.num_ack_pending == 0
+
+    await eventually(handled_again)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, cancelled_at FROM product_orders WHERE id = $1", order_id
+        )
+        quantity = await conn.fetchval(
+            "SELECT quantity FROM product_ssds WHERE ssd_id = $1 AND barcode = $2", ssd_id, barcode
+        )
+        delivered = await conn.fetchval("SELECT count(*) FROM stock_deliveries")
+    assert row["status"] == "cancelled"
+    assert row["cancelled_at"].isoformat() == order["transitions"][1]["at"].replace("Z", "+00:00")
+    # The stock is as the consumption left it: nothing was delivered.
+    assert quantity == 0 and delivered == 0
+
+    # No longer open: the SSD's next report asks for it again, and a new restock order stands.
+    resp = await users.post(
+        f"/api/ssds/{ssd_id}/consume", json={"barcode": barcode, "quantity": 1},
+        headers={"Authorization": f"Bearer {user['token']}"},
+    )  # fmt: skip
+    body = await resp.json()
+    assert [r["barcode"] for r in body["restock"]] == [barcode]
+    assert body["stock"][0]["on_order"] is False
+    resp = await orders.post(
+        "/api/orders",
+        json={"ssd_id": ssd_id, "barcode": barcode, "quantity": 3, "kind": "restock"},
+        headers={"Authorization": f"Bearer {user['token']}"},
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_fault_set_through_control_reaches_two_replicas_without_restart(
+    users, orders, pool, products, settings, nc
+):
+    ports = [free_port(), free_port()]
+    generator_port = free_port()
+    quiet = changed(
+        settings,
+        users_url=str(users.make_url("")).rstrip("/"),
+        orders_url=str(orders.make_url("")).rstrip("/"),
+        seed=5,
+        tick_seconds=10**6,  # next to no traffic: this test is about the faults
+    )
+    async with replica(settings, ports[0]), replica(settings, ports[1]):
+        stop = asyncio.Event()
+        running = asyncio.create_task(run(quiet, stop, probe_port=generator_port))
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def call(method: str, url: str, body: dict | None = None):
+                    try:
+                        async with http.request(method, url, json=body) as resp:
+                            return resp.status, await resp.json()
+                    except aiohttp.ClientConnectionError:
+                        return None  # not listening yet
+
+                async def seen(port: int) -> dict:
+                    answer = await call("GET", f"http://127.0.0.1:{port}/api/faults")
+                    return answer[1] if answer else {}
+
+                control = f"http://127.0.0.1:{generator_port}/api/control"
+                await eventually(lambda: call("GET", control), within=30)
+                change = {"faults": {"reject": 0.25, "supplier_delay": 3, "courier_spike": 0.5}}
+                status, state = await call("PUT", control, change)
+                assert status == 200 and state["faults"]["reject"] == 0.25
+                for port in ports:
+                    await eventually(lambda p=port: _matches(seen(p), reject=0.25, seed=5,
+                                                             supplier_delay=3.0,
+                                                             courier_spike=0.5))  # fmt: skip
+
+                status, _ = await call("PUT", control, {"faults": {"reject": None}})
+                assert status == 200
+                for port in ports:
+                    await eventually(lambda p=port: _matches(seen(p), reject=0.0,
+                                                             supplier_delay=3.0))  # fmt: skip
+        finally:
+            stop.set()
+            await running
+        # The run is over: it leaves no fault behind.
+        for port in ports:
+            await eventually(lambda p=port: _matches(seen_after(p), supplier_delay=1.0,
+                                                     courier_spike=0.0))  # fmt: skip
+
+
+async def seen_after(port: int) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/api/faults") as resp:
+            return await resp.json()
+
+
+async def _matches(body, **wanted) -> bool:
+    got = await body
+    return all(got.get(key) == value for key, value in wanted.items())
+
+
+def test_which_orders_a_share_hits_is_fixed_by_the_seed():
+    first = [hits(7, "reject", order, 0.3) for order in range(1, 2001)]
+    assert first == [hits(7, "reject", order, 0.3) for order in range(1, 2001)]
+    assert 0.25 < sum(first) / len(first) < 0.35
+    assert first != [hits(8, "reject", order, 0.3) for order in range(1, 2001)]
+    assert not any(hits(7, "reject", order, 0.0) for order in range(1, 100))
+    assert all(hits(7, "reject", order, 1.0) for order in range(1, 100))
+
+
+async def test_supplier_delay_and_courier_spikes_stretch_the_stages(
+    users, orders, pool, products, settings, nc
+):
+    """Both stages take 60 simulated seconds (0.1 s at x600); with the supplier's delay
+    multiplied by 20 and every delivery spiked 20 times, each takes at least 2 s."""
+    await faults.put(
+        nc.jetstream(), Faults(supplier_delay=20, courier_spike=1.0, courier_spike_factor=20)
+    )
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    slow = changed(settings, supplier_delay=(60.0, 60.0), delivery_delay=(60.0, 60.0))
+    async with replica(slow):
+        _, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+
+        async def completed() -> dict | None:
+            order = await (await orders.get(f"/api/orders/{order_id}")).json()
+            return order if order["status"] == "completed" else None
+
+        await eventually(completed, within=30)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT created_at, shipped_at, completed_at FROM product_orders WHERE id = $1",
+            order_id,
+        )
+    # A stage is due its delay after the previous event; it can only be later, never earlier.
+    assert (row["shipped_at"] - row["created_at"]).total_seconds() >= 2.0
+    assert (row["completed_at"] - row["shipped_at"]).total_seconds() >= 2.0
