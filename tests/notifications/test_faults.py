@@ -15,7 +15,7 @@ from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 from offsim_notifications.app import create_app
 
-from tests.conftest import changed, eventually
+from tests.conftest import against, changed, eventually
 from tests.helpers import register
 
 
@@ -112,13 +112,8 @@ async def test_fault_set_through_control_reaches_two_replicas_without_restart(
 ):
     ports = [free_port(), free_port()]
     generator_port = free_port()
-    quiet = changed(
-        settings,
-        users_url=str(users.make_url("")).rstrip("/"),
-        orders_url=str(orders.make_url("")).rstrip("/"),
-        seed=5,
-        tick_seconds=10**6,  # next to no traffic: this test is about the faults
-    )
+    # Next to no traffic: this test is about the faults.
+    quiet = against(settings, users, orders, seed=5, tick_seconds=10**6)
     async with replica(settings, ports[0]), replica(settings, ports[1]):
         stop = asyncio.Event()
         running = asyncio.create_task(run(quiet, stop, probe_port=generator_port))
