@@ -158,50 +158,19 @@ async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetim
 
     Only forward: a late or repeated shipped event never moves a completed order back. Only an
     event that describes the order (SSD, product, quantity) moves it."""
-    return await conn.fetchval(
-        """UPDATE product_orders SET status = 'shipped', shipped_at = $2
-           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING created_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_shipped_many(conn, [event])).get(event.id)
 
 
 async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order completed; return when it shipped, or None if this changed nothing (a
     cancelled order stays cancelled)."""
-    return await conn.fetchval(
-        """UPDATE product_orders
-           SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status IN ('pending', 'shipped') AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING shipped_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_completed_many(conn, [event])).get(event.id)
 
 
 async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark a pending order cancelled (the supplier rejected it); return when it was placed, or
     None if this changed nothing: a repeated event, or an order already past the supplier."""
-    return await conn.fetchval(
-        """UPDATE product_orders SET status = 'cancelled', cancelled_at = $2
-           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING created_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_cancelled_many(conn, [event])).get(event.id)
 
 
 # The events of a batch as a table `e` (id, at, ssd_id, barcode, quantity, n: its place in the
