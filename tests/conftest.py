@@ -89,6 +89,16 @@ def changed(settings: InProcessSettings, **changes) -> InProcessSettings:
     return settings.model_copy(update=changes)
 
 
+def against(settings: InProcessSettings, users, orders, **changes) -> InProcessSettings:
+    """`settings` for a generator calling these in-process users and orders services."""
+    return changed(
+        settings,
+        users_url=str(users.make_url("")).rstrip("/"),
+        orders_url=str(orders.make_url("")).rstrip("/"),
+        **changes,
+    )
+
+
 @pytest.fixture
 def settings(nats_url: str, database_url: str) -> InProcessSettings:
     """Settings for in-process services: fast simulated time, real servers."""

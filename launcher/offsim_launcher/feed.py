@@ -23,7 +23,7 @@ from offsim_common.db import create_pool
 from offsim_common.events import OrderEvent, UserRegistered
 from offsim_common.products import ProductNames
 from offsim_common.settings import GeneratorUrl, ServiceSettings
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 MARKS = {"pending": "⋯", "shipped": "→", "completed": "✓", "cancelled": "✗"}
 # Real seconds between two reads of the generator's phase and rate.
@@ -50,6 +50,15 @@ async def follow(
     finally:
         await nc.close()
         await pool.close()
+
+
+class GeneratorState(BaseModel):
+    """What the feed reads of the generator's GET /api/control (only what it shows)."""
+
+    scenario: str | None = None
+    phase: str
+    paused: bool = False
+    event_rate: float = 0.0
 
 
 class Feed:
@@ -86,17 +95,16 @@ class Feed:
             while True:
                 try:
                     async with http.get(f"{url}/api/control") as resp:
-                        state = await resp.json() if resp.status == 200 else None
-                except (aiohttp.ClientError, TimeoutError, ValueError):
+                        body = await resp.read() if resp.status == 200 else None
+                    state = GeneratorState.model_validate_json(body) if body else None
+                except (aiohttp.ClientError, TimeoutError, ValidationError):
                     state = None
-                if isinstance(state, dict) and "phase" in state:
-                    paused = " (paused)" if state.get("paused") else ""
-                    self.generator = (
-                        f"phase {state['phase']}{paused} · {state.get('event_rate', 0):.1f} ev/s"
-                    )
-                    if state["phase"] != phase:
-                        phase = state["phase"]
-                        self.say(f"◆ scenario {state.get('scenario')}: phase {phase}")
+                if state is not None:
+                    paused = " (paused)" if state.paused else ""
+                    self.generator = f"phase {state.phase}{paused} · {state.event_rate:.1f} ev/s"
+                    if state.phase != phase:
+                        phase = state.phase
+                        self.say(f"◆ scenario {state.scenario}: phase {phase}")
                 else:
                     self.generator = ""
                 await asyncio.sleep(every_s)

@@ -158,50 +158,19 @@ async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetim
 
     Only forward: a late or repeated shipped event never moves a completed order back. Only an
     event that describes the order (SSD, product, quantity) moves it."""
-    return await conn.fetchval(
-        """UPDATE product_orders SET status = 'shipped', shipped_at = $2
-           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING created_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_shipped_many(conn, [event])).get(event.id)
 
 
 async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order completed; return when it shipped, or None if this changed nothing (a
     cancelled order stays cancelled)."""
-    return await conn.fetchval(
-        """UPDATE product_orders
-           SET status = 'completed', completed_at = $2, shipped_at = coalesce(shipped_at, $2)
-           WHERE id = $1 AND status IN ('pending', 'shipped') AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING shipped_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_completed_many(conn, [event])).get(event.id)
 
 
 async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark a pending order cancelled (the supplier rejected it); return when it was placed, or
     None if this changed nothing: a repeated event, or an order already past the supplier."""
-    return await conn.fetchval(
-        """UPDATE product_orders SET status = 'cancelled', cancelled_at = $2
-           WHERE id = $1 AND status = 'pending' AND ssd_id = $3 AND barcode = $4
-             AND quantity = $5
-           RETURNING created_at""",
-        event.id,
-        event.timestamp,
-        event.ssd_id,
-        event.barcode,
-        event.quantity,
-    )
+    return (await record_cancelled_many(conn, [event])).get(event.id)
 
 
 # The events of a batch as a table `e` (id, at, ssd_id, barcode, quantity, n: its place in the
@@ -221,52 +190,49 @@ def _event_columns(events: list[OrderEvent]) -> tuple[list, ...]:
     )
 
 
-async def record_shipped_many(
-    conn: asyncpg.Connection, events: list[OrderEvent]
+async def _move_many(
+    conn: asyncpg.Connection, events: list[OrderEvent], moves: str, allowed: str, previous: str
 ) -> dict[int, datetime]:
-    """record_shipped for a batch in one statement: {order id: when it was placed} for the
-    orders this moved."""
+    """Move a batch's orders in one statement: `moves` (a SET list) where the order is in an
+    `allowed` status and matches its event; {order id: `previous`} for the orders it moved."""
     rows = await conn.fetch(
         f"""WITH {_EVENTS}
-            UPDATE product_orders o SET status = 'shipped', shipped_at = e.at FROM e
-            WHERE o.id = e.id AND o.status = 'pending' AND o.ssd_id = e.ssd_id
+            UPDATE product_orders o SET {moves} FROM e
+            WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
               AND o.barcode = e.barcode AND o.quantity = e.quantity
-            RETURNING o.id, o.created_at AS previous""",
+            RETURNING o.id, {previous} AS previous""",
         *_event_columns(events),
     )
     return {row["id"]: row["previous"] for row in rows}
+
+
+async def record_shipped_many(
+    conn: asyncpg.Connection, events: list[OrderEvent]
+) -> dict[int, datetime]:
+    """record_shipped for a batch: {order id: when it was placed} for the orders this moved."""
+    return await _move_many(
+        conn, events, "status = 'shipped', shipped_at = e.at", "'pending'", "o.created_at"
+    )
 
 
 async def record_completed_many(
     conn: asyncpg.Connection, events: list[OrderEvent]
 ) -> dict[int, datetime]:
-    """record_completed for a batch in one statement: {order id: when it shipped}."""
-    rows = await conn.fetch(
-        f"""WITH {_EVENTS}
-            UPDATE product_orders o
-            SET status = 'completed', completed_at = e.at, shipped_at = coalesce(o.shipped_at, e.at)
-            FROM e
-            WHERE o.id = e.id AND o.status IN ('pending', 'shipped') AND o.ssd_id = e.ssd_id
-              AND o.barcode = e.barcode AND o.quantity = e.quantity
-            RETURNING o.id, o.shipped_at AS previous""",
-        *_event_columns(events),
-    )
-    return {row["id"]: row["previous"] for row in rows}
+    """record_completed for a batch: {order id: when it shipped}."""
+    return await _move_many(
+        conn, events,
+        "status = 'completed', completed_at = e.at, shipped_at = coalesce(o.shipped_at, e.at)",
+        "'pending', 'shipped'", "o.shipped_at",
+    )  # fmt: skip
 
 
 async def record_cancelled_many(
     conn: asyncpg.Connection, events: list[OrderEvent]
 ) -> dict[int, datetime]:
-    """record_cancelled for a batch in one statement: {order id: when it was placed}."""
-    rows = await conn.fetch(
-        f"""WITH {_EVENTS}
-            UPDATE product_orders o SET status = 'cancelled', cancelled_at = e.at FROM e
-            WHERE o.id = e.id AND o.status = 'pending' AND o.ssd_id = e.ssd_id
-              AND o.barcode = e.barcode AND o.quantity = e.quantity
-            RETURNING o.id, o.created_at AS previous""",
-        *_event_columns(events),
+    """record_cancelled for a batch: {order id: when it was placed}."""
+    return await _move_many(
+        conn, events, "status = 'cancelled', cancelled_at = e.at", "'pending'", "o.created_at"
     )
-    return {row["id"]: row["previous"] for row in rows}
 
 
 async def describing(conn: asyncpg.Connection, events: list[OrderEvent]) -> list[bool]:

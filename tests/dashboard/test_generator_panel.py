@@ -9,20 +9,14 @@ from offsim_dashboard.app import create_app
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import changed, eventually
+from tests.conftest import against, changed, eventually
 
 
 async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_generator(
     aiohttp_client, users, orders, pool, products, settings, nc
 ):
     port = free_port()
-    quiet = changed(
-        settings,
-        users_url=str(users.make_url("")).rstrip("/"),
-        orders_url=str(orders.make_url("")).rstrip("/"),
-        seed=4,
-        tick_seconds=10**6,
-    )
+    quiet = against(settings, users, orders, seed=4, tick_seconds=10**6)
     dashboard = await aiohttp_client(
         create_app(changed(settings, generator_url=f"http://127.0.0.1:{port}"))
     )

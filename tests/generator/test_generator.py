@@ -9,16 +9,7 @@ import aiohttp
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import changed, eventually
-
-
-def against(settings, users, orders, **changes):
-    return changed(
-        settings,
-        users_url=str(users.make_url("")).rstrip("/"),
-        orders_url=str(orders.make_url("")).rstrip("/"),
-        **changes,
-    )
+from tests.conftest import against, changed, eventually
 
 
 async def test_generator_runs_simulated_hours_and_orders_complete(

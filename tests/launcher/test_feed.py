@@ -11,7 +11,7 @@ from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 from offsim_launcher.feed import Feed, follow
 
-from tests.conftest import changed, eventually
+from tests.conftest import against, eventually
 from tests.helpers import register
 
 
@@ -57,13 +57,7 @@ async def _printed(capsys, text: str) -> bool:
 
 async def test_feed_shows_the_generator_phase_and_rate(users, orders, pool, settings, nc, capsys):
     port = free_port()
-    quiet = changed(
-        settings,
-        users_url=str(users.make_url("")).rstrip("/"),
-        orders_url=str(orders.make_url("")).rstrip("/"),
-        seed=2,
-        tick_seconds=10**6,
-    )
+    quiet = against(settings, users, orders, seed=2, tick_seconds=10**6)
     stop = asyncio.Event()
     running = asyncio.create_task(run(quiet, stop, probe_port=port))
     out = StringIO()

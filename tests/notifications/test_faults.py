@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from offsim_common import faults, subjects
+from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.faults import Faults, hits
 from offsim_common.service import serving
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 from offsim_notifications.app import create_app
 
-from tests.conftest import changed, eventually
+from tests.conftest import against, changed, eventually
 from tests.helpers import register
 
 
@@ -112,13 +113,8 @@ async def test_fault_set_through_control_reaches_two_replicas_without_restart(
 ):
     ports = [free_port(), free_port()]
     generator_port = free_port()
-    quiet = changed(
-        settings,
-        users_url=str(users.make_url("")).rstrip("/"),
-        orders_url=str(orders.make_url("")).rstrip("/"),
-        seed=5,
-        tick_seconds=10**6,  # next to no traffic: this test is about the faults
-    )
+    # Next to no traffic: this test is about the faults.
+    quiet = against(settings, users, orders, seed=5, tick_seconds=10**6)
     async with replica(settings, ports[0]), replica(settings, ports[1]):
         stop = asyncio.Event()
         running = asyncio.create_task(run(quiet, stop, probe_port=generator_port))
@@ -178,3 +174,65 @@ def test_which_orders_a_share_hits_is_fixed_by_the_seed():
     assert first != [hits(8, "reject", order, 0.3) for order in range(1, 2001)]
     assert not any(hits(7, "reject", order, 0.0) for order in range(1, 100))
     assert all(hits(7, "reject", order, 1.0) for order in range(1, 100))
+
+
+async def test_supplier_delay_and_courier_spikes_stretch_the_stages(
+    users, orders, pool, products, settings, nc
+):
+    """Both stages take 60 simulated seconds (0.1 s at x600); with the supplier's delay
+    multiplied by 20 and every delivery spiked 20 times, each takes at least 2 s."""
+    await faults.put(
+        nc.jetstream(), Faults(supplier_delay=20, courier_spike=1.0, courier_spike_factor=20)
+    )
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    slow = changed(settings, supplier_delay=(60.0, 60.0), delivery_delay=(60.0, 60.0))
+    async with replica(slow):
+        _, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+
+        async def completed() -> dict | None:
+            order = await (await orders.get(f"/api/orders/{order_id}")).json()
+            return order if order["status"] == "completed" else None
+
+        await eventually(completed, within=30)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT created_at, shipped_at, completed_at FROM product_orders WHERE id = $1",
+            order_id,
+        )
+    # A stage is due its delay after the previous event; it can only be later, never earlier.
+    assert (row["shipped_at"] - row["created_at"]).total_seconds() >= 2.0
+    assert (row["completed_at"] - row["shipped_at"]).total_seconds() >= 2.0
+
+
+async def test_a_completed_event_for_a_cancelled_order_adds_nothing_to_stock(
+    users, orders, pool, products, settings, nc
+):
+    js = nc.jetstream()
+    await faults.put(js, Faults(reject=1.0, seed=3))
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    async with replica(settings):
+        barcode, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+
+        async def cancelled() -> bool:
+            resp = await orders.get(f"/api/orders/{order_id}")
+            return (await resp.json())["status"] == "cancelled"
+
+        await eventually(cancelled)
+    stored = await js.get_last_msg(subjects.ORDERS_STREAM, subjects.ORDERS_CANCELLED)
+    event = OrderEvent.model_validate_json(stored.data)
+    completed = event.advanced(OrderStatus.COMPLETED, event.timestamp)
+    ack = await js.publish(subjects.ORDERS_COMPLETED, completed.model_dump_json().encode())
+
+    async def handled() -> bool:
+        info = await js.consumer_info(subjects.ORDERS_STREAM, subjects.USERS_RESTOCK)
+        return info.delivered.stream_seq >= ack.seq and info.num_ack_pending == 0
+
+    await eventually(handled)
+    async with pool.acquire() as conn:
+        delivered = await conn.fetchval("SELECT count(*) FROM stock_deliveries")
+        quantity = await conn.fetchval(
+            "SELECT quantity FROM product_ssds WHERE ssd_id = $1 AND barcode = $2", ssd_id, barcode
+        )
+    assert delivered == 0 and quantity == 0

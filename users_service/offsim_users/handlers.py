@@ -1,21 +1,23 @@
-"""HTTP views: parse, call one function, answer (through the documented response models)."""
+"""HTTP views: parse, call the domain, answer (through the documented response models); a
+request with an Idempotency-Key runs its effect in the transaction that records its answer."""
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 from offsim_common import idempotency
 from offsim_common.app_keys import JS, NC, POOL, SETTINGS
 from offsim_common.auth import authenticate, require_ssd_owner, require_user
 from offsim_common.errors import Forbidden, NotFound
+from offsim_common.events import UserRegistered
 from offsim_common.http import int_param, json_response, read_body
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, doc
 from offsim_common.requests import ConsumeRequest, RegisterRequest
 
-from . import queries
+from . import queries, registration, synthetic
 from .app_keys import RNG
-from .registration import register_user
 from .schemas import ConsumeResult, RegisterResult, UserDetail
-from .synthetic import SyntheticUsersRequest, SyntheticUsersResult, register_synthetic
+from .synthetic import SyntheticUsersRequest, SyntheticUsersResult
 
 ID = {"id": (ID_SCHEMA, "the SSD's id")}
 
@@ -28,9 +30,19 @@ async def register(request: web.Request) -> web.Response:
     # The body carries a password: its fingerprint is a slow hash, like the password's.
     key = await idempotency.request_key(request, slow=True)
     app = request.app
-    return await register_user(
-        app[POOL], app[NC], app[JS], body, app[SETTINGS].watched_products, app[RNG], key
-    )
+    prepared = await registration.prepare(body)
+
+    async def store(conn: asyncpg.Connection) -> tuple[web.Response, UserRegistered]:
+        answer, registered = await registration.store_user(
+            conn, body, prepared, app[SETTINGS].watched_products, app[RNG]
+        )
+        return json_response(answer.model_dump(mode="json"), status=201), registered
+
+    # The answer is recorded in the registration's own transaction: a retry replays it.
+    response, registered = await idempotency.run_once(app[POOL], key, store)
+    if registered is not None:  # not a replay
+        await registration.announce(app[NC], app[JS], registered)
+    return response
 
 
 @doc("Register synthetic users and their SSDs in bulk (the generator's population; service "
@@ -46,7 +58,16 @@ async def register_synthetic_users(request: web.Request) -> web.Response:
     body = await read_body(request, SyntheticUsersRequest)
     # The passwords are the generator's random ones: a fast fingerprint is enough.
     key = await idempotency.request_key(request)
-    return await register_synthetic(app[POOL], body, app[SETTINGS].watched_products, app[RNG], key)
+    hashes = await synthetic.prepare(body)
+
+    async def store(conn: asyncpg.Connection) -> tuple[web.Response, None]:
+        answer = await synthetic.store_synthetic(
+            conn, body, hashes, app[SETTINGS].watched_products, app[RNG]
+        )
+        return json_response(answer.model_dump(mode="json"), status=201), None
+
+    response, _ = await idempotency.run_once(app[POOL], key, store)
+    return response
 
 
 @doc("A user, their SSDs and each SSD's stock", "users", responses={200: UserDetail},

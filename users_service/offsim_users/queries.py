@@ -142,7 +142,7 @@ async def record_delivery(
     was already added, or no order has this id, SSD, product and quantity)."""
     first = await conn.fetchval(
         """INSERT INTO stock_deliveries (order_id)
-           SELECT order_id FROM placed_orders
+           SELECT order_id FROM deliverable_orders
            WHERE order_id = $1 AND ssd_id = $2 AND barcode = $3 AND quantity = $4
            ON CONFLICT (order_id) DO NOTHING RETURNING true""",
         order_id,
@@ -180,7 +180,7 @@ async def record_deliveries(
                SELECT DISTINCT ON (o.order_id) o.order_id AS id, o.ssd_id, o.barcode, o.quantity
                FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[])
                    AS e(id, ssd_id, barcode, quantity)
-               JOIN placed_orders o ON o.order_id = e.id AND o.ssd_id = e.ssd_id
+               JOIN deliverable_orders o ON o.order_id = e.id AND o.ssd_id = e.ssd_id
                    AND o.barcode = e.barcode AND o.quantity = e.quantity
                ORDER BY o.order_id),
            first AS (

@@ -22,11 +22,8 @@ import random
 from typing import Annotated
 
 import asyncpg
-from aiohttp import web
-from offsim_common import idempotency
 from offsim_common.errors import Conflict
 from offsim_common.events import Device
-from offsim_common.http import json_response
 from offsim_common.requests import NewDevice, NewUser
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,14 +65,9 @@ async def hash_passwords(passwords: list[str]) -> list[str]:
     return [h for chunk in hashed for h in chunk]
 
 
-async def register_synthetic(
-    pool: asyncpg.Pool,
-    body: SyntheticUsersRequest,
-    watched: int,
-    rng: random.Random,
-    key: idempotency.Key | None = None,
-) -> web.Response:
-    """Store every user, SSD and watched product of the batch, or none (409)."""
+async def prepare(body: SyntheticUsersRequest) -> list[str]:
+    """Check the batch against itself and hash its passwords (at the synthetic cost, in
+    threads), outside any transaction."""
     people = body.users
     macs = [device.mac_address for user in people for device in user.devices]
     if len(set(macs)) != len(macs):
@@ -83,35 +75,42 @@ async def register_synthetic(
     emails = [user.email for user in people]
     if len(set(emails)) != len(emails):
         raise Conflict("an email appears twice in the request", {"users": "duplicate email"})
-    hashes = await hash_passwords([user.password for user in people])
+    return await hash_passwords([user.password for user in people])
 
-    async def store(conn: asyncpg.Connection) -> tuple[web.Response, None]:
-        try:
-            user_ids = await queries.insert_users_bulk(conn, people, hashes)
-            owners = [user_ids[i] for i, user in enumerate(people) for _ in user.devices]
-            ssd_ids = await queries.insert_devices_bulk(conn, owners, macs)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "users_email_key":
-                raise Conflict("an email is already registered", {"users": "email taken"}) from None
-            raise Conflict(
-                "a device with this MAC address is already registered", {"users": "MAC taken"}
-            ) from None
-        catalogue = await queries.all_barcodes(conn)
-        stock = []
-        for ssd_id in ssd_ids:
-            for barcode in rng.sample(catalogue, min(watched, len(catalogue))):
-                capacity = rng.randint(6, 12)
-                stock.append((ssd_id, barcode, capacity, capacity // 3, capacity))
-        await queries.copy_stock(conn, stock)
-        results, at = [], 0
-        for index, user in enumerate(people):
-            ends = at + len(user.devices)
-            pairs = zip(ssd_ids[at:ends], macs[at:ends], strict=True)
-            devices = [Device(id=ssd_id, mac_address=mac) for ssd_id, mac in pairs]
-            at = ends
-            results.append(SyntheticUserResult(id=user_ids[index], devices=devices))
-        answer = SyntheticUsersResult(users=results).model_dump(mode="json")
-        return json_response(answer, status=201), None
 
-    response, _ = await idempotency.run_once(pool, key, store)
-    return response
+async def store_synthetic(
+    conn: asyncpg.Connection,
+    body: SyntheticUsersRequest,
+    hashes: list[str],
+    watched: int,
+    rng: random.Random,
+) -> SyntheticUsersResult:
+    """Store every user, SSD and watched product of the batch (the caller owns the
+    transaction), or raise a 409 naming what is taken."""
+    people = body.users
+    macs = [device.mac_address for user in people for device in user.devices]
+    try:
+        user_ids = await queries.insert_users_bulk(conn, people, hashes)
+        owners = [user_ids[i] for i, user in enumerate(people) for _ in user.devices]
+        ssd_ids = await queries.insert_devices_bulk(conn, owners, macs)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "users_email_key":
+            raise Conflict("an email is already registered", {"users": "email taken"}) from None
+        raise Conflict(
+            "a device with this MAC address is already registered", {"users": "MAC taken"}
+        ) from None
+    catalogue = await queries.all_barcodes(conn)
+    stock = []
+    for ssd_id in ssd_ids:
+        for barcode in rng.sample(catalogue, min(watched, len(catalogue))):
+            capacity = rng.randint(6, 12)
+            stock.append((ssd_id, barcode, capacity, capacity // 3, capacity))
+    await queries.copy_stock(conn, stock)
+    results, at = [], 0
+    for index, user in enumerate(people):
+        ends = at + len(user.devices)
+        pairs = zip(ssd_ids[at:ends], macs[at:ends], strict=True)
+        devices = [Device(id=ssd_id, mac_address=mac) for ssd_id, mac in pairs]
+        at = ends
+        results.append(SyntheticUserResult(id=user_ids[index], devices=devices))
+    return SyntheticUsersResult(users=results)
