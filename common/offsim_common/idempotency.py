@@ -92,46 +92,87 @@ async def replay_or_lock(conn: asyncpg.Connection, key: Key) -> web.Response | N
     """Inside the request's transaction: the first answer to replay, or None when this request
     is the first (the key is then locked until the transaction ends). 409 while another request
     holds the key, 422 when the key was used for a different request."""
-    locked = await conn.fetchval(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"{key.scope}:{key.key}"
-    )
+    (locked,) = await lock_many(conn, [key])
     if not locked:
-        raise Conflict(
-            "a request with this Idempotency-Key is still being processed; retry later",
-            {HEADER: "in progress"},
-        )
-    row = await conn.fetchrow(
-        """SELECT fingerprint, status, body FROM idempotency_keys
-           WHERE scope = $1 AND key = $2 AND created_at > now() - $3::interval""",
-        key.scope,
-        key.key,
-        KEEP,
-    )
+        raise in_progress()
+    (row,) = await recorded_many(conn, [key])
     if row is None:
         return None
+    status, body = recorded_answer(key, row)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def in_progress() -> Conflict:
+    return Conflict(
+        "a request with this Idempotency-Key is still being processed; retry later",
+        {HEADER: "in progress"},
+    )
+
+
+async def lock_many(conn: asyncpg.Connection, keys: list[Key]) -> list[bool]:
+    """Inside a transaction: try to lock each key until it ends, in one statement; whether each
+    was locked (False: another request holds it). Never waits, so batches cannot deadlock. The
+    recorded answers must be read by a later statement, whose snapshot sees what the previous
+    holder of a key committed."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        """SELECT pg_try_advisory_xact_lock(hashtextextended(k, 0)) AS locked
+           FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n""",
+        [f"{key.scope}:{key.key}" for key in keys],
+    )
+    return [row["locked"] for row in rows]
+
+
+async def recorded_many(conn: asyncpg.Connection, keys: list[Key]) -> list[asyncpg.Record | None]:
+    """The answer recorded under each key (None: none, or expired), in one statement."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        """SELECT k.fingerprint, k.status, k.body
+           FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(scope, key, n)
+           LEFT JOIN idempotency_keys k ON k.scope = u.scope AND k.key = u.key
+                AND k.created_at > now() - $3::interval
+           ORDER BY u.n""",
+        [key.scope for key in keys],
+        [key.key for key in keys],
+        KEEP,
+    )
+    return [row if row["status"] is not None else None for row in rows]
+
+
+def recorded_answer(key: Key, row: asyncpg.Record) -> tuple[int, bytes]:
+    """The first answer (status, body) to replay, or a 422 when the key was used for a
+    different request."""
     if not hmac.compare_digest(row["fingerprint"], key.fingerprint):
         raise KeyReused(
             "this Idempotency-Key was used for a different request",
             {HEADER: "already used with another body or endpoint"},
         )
-    body = _unseal_fields(key, row["body"])
-    return web.Response(body=body, status=row["status"], content_type="application/json")
+    return row["status"], _unseal_fields(key, row["body"])
 
 
 async def record(conn: asyncpg.Connection, key: Key, response: web.Response) -> None:
     """Inside the request's transaction: keep its answer for replays (replacing an expired
     use of the key)."""
+    await record_many(conn, [(key, response.status, response.body)])
+
+
+async def record_many(conn: asyncpg.Connection, answers: list[tuple[Key, int, bytes]]) -> None:
+    """record for many keys (each once, each locked by this transaction) in one statement."""
+    if not answers:
+        return
     await conn.execute(
         """INSERT INTO idempotency_keys (scope, key, fingerprint, status, body)
-           VALUES ($1, $2, $3, $4, $5)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::bytea[])
            ON CONFLICT (scope, key) DO UPDATE
            SET fingerprint = excluded.fingerprint, status = excluded.status,
                body = excluded.body, created_at = now()""",
-        key.scope,
-        key.key,
-        key.fingerprint,
-        response.status,
-        _seal_fields(key, response.body),
+        [key.scope for key, _, _ in answers],
+        [key.key for key, _, _ in answers],
+        [key.fingerprint for key, _, _ in answers],
+        [status for _, status, _ in answers],
+        [_seal_fields(key, body) for key, _, body in answers],
     )
 
 

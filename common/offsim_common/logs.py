@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
-import uuid
 from collections.abc import Mapping
 
 from pythonjsonlogger.json import JsonFormatter
@@ -25,7 +25,9 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, like a uuid4's hex without building the UUID (every request
+    without an X-Request-Id gets one)."""
+    return os.urandom(16).hex()
 
 
 def request_id_from(headers: Mapping[str, str] | None) -> str | None:

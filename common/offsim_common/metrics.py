@@ -57,6 +57,11 @@ def _route(request: web.Request) -> str:
 
 
 def metrics_middleware(service: str):
+    # The labelled series of each (method, route, status), looked up once: `labels()` takes a
+    # lock and checks its arguments on every call, and this runs on every request. Bounded,
+    # since routes are templates and statuses few.
+    series: dict[tuple, tuple] = {}
+
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -69,11 +74,17 @@ def metrics_middleware(service: str):
             status = exc.status
             raise
         finally:
-            route = _route(request)
-            HTTP_REQUESTS.labels(service, request.method, route, str(status)).inc()
-            HTTP_LATENCY.labels(service, request.method, route).observe(
-                time.perf_counter() - started
-            )
+            # The resource (not the raw path) keys the cache: an id scan adds no entries.
+            key = (request.method, request.match_info.route.resource, status)
+            found = series.get(key)
+            if found is None:
+                route = _route(request)
+                found = series[key] = (
+                    HTTP_REQUESTS.labels(service, request.method, route, str(status)),
+                    HTTP_LATENCY.labels(service, request.method, route),
+                )
+            found[0].inc()
+            found[1].observe(time.perf_counter() - started)
 
     return middleware
 

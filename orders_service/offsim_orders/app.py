@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from offsim_common import subjects
-from offsim_common.app_keys import JS, POOL, SETTINGS
+from offsim_common.app_keys import JS, NC, POOL, SETTINGS
 from offsim_common.auth import TOKENS, TokenCache
 from offsim_common.endpoints import VERSION, micro_ctx
 from offsim_common.http import REQUEST_DEADLINE_S
@@ -26,8 +26,8 @@ from .settings import OrdersSettings
 async def placing_ctx(app: web.Application) -> AsyncIterator[None]:
     """Group commit of new orders, batched marks of published ones; both finish their work in
     flight at shutdown, before the pool closes."""
-    app[PLACER] = order_placer(app[POOL])
     app[MARKS] = PublishedMarks(app[POOL])
+    app[PLACER] = order_placer(app[POOL], app[NC], app[JS], app[MARKS])
     yield
     await app[PLACER].close()
     await app[MARKS].close()

@@ -4,6 +4,9 @@ No timer: while `concurrency` batches are in flight, new items wait and leave to
 next batch as soon as a slot frees. Under light load an item goes alone at once (nothing waits
 for company); under heavy load batches grow by themselves, so one statement and one commit serve
 many requests and the database's round trips stop being the limit.
+
+An optional second stage (`after`) runs once the batch is committed and its slot is free again:
+the next batch commits while this one is announced, and callers are answered after both.
 """
 
 from __future__ import annotations
@@ -17,11 +20,23 @@ R = TypeVar("R")
 
 # Runs one batch: one result per item, in order; an exception in the list fails only its item.
 RunBatch = Callable[[list[T]], Awaitable[list[R | Exception]]]
+# Follows a committed batch, outside the commit slots (publishing it); its results replace the
+# batch's (an exception in the list fails only its item).
+AfterBatch = Callable[[list[T], list[R | Exception]], Awaitable[list[R | Exception]]]
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, run: RunBatch, *, max_batch: int = 256, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        after: AfterBatch | None = None,
+        max_batch: int = 256,
+        concurrency: int = 2,
+    ) -> None:
         self._run = run
+        self._after = after
+        self._stages: set[asyncio.Task] = set()
         self._max_batch = max_batch
         self._concurrency = concurrency
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -42,11 +57,22 @@ class GroupCommit(Generic[T, R]):
             self._running.add(task)
 
     async def _flush(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        task = asyncio.current_task()
+        items = [item for item, _ in batch]
         try:
             try:
-                results: list[R | Exception] = await self._run([item for item, _ in batch])
+                results: list[R | Exception] = await self._run(items)
             except Exception as exc:  # the whole batch failed: every caller gets why
                 results = [exc] * len(batch)
+            if self._after is not None:
+                # The commit slot is free for the next batch while this one goes on.
+                self._running.discard(task)
+                self._stages.add(task)
+                self._start()
+                try:
+                    results = await self._after(items, results)
+                except Exception as exc:
+                    results = [exc] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # its caller gave up (a deadline); the result stands anyway
                     continue
@@ -55,10 +81,12 @@ class GroupCommit(Generic[T, R]):
                 else:
                     future.set_result(result)
         finally:
-            self._running.discard(asyncio.current_task())
-            self._start()
+            self._stages.discard(task)
+            if task in self._running:
+                self._running.discard(task)
+                self._start()
 
     async def close(self) -> None:
         """Wait for the batches in flight and those still waiting."""
-        while self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._running or self._stages:
+            await asyncio.gather(*self._running, *self._stages, return_exceptions=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
-import orjson
 from aiohttp import web
 from offsim_common import idempotency
 from offsim_common.app_keys import JS, NC, POOL, SETTINGS
@@ -22,7 +20,7 @@ from offsim_common.requests import OrderRequest
 
 from . import queries
 from .app_keys import MARKS, PLACER
-from .orders import Placement, announce_order, insert_order
+from .orders import Placement, announce_order
 from .schemas import Order, OrderDetail, OrderPage, ProductInfo, ProductPage
 
 MAX_PAGE = 500
@@ -41,27 +39,11 @@ async def place_order(request: web.Request) -> web.Response:
     caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     body = await read_body(request, OrderRequest)
     key = await idempotency.request_key(request)
-    placement = Placement(body, caller.user_id, request_id.get())
-    if key is None:
-        order = await app[PLACER].submit(placement)  # committed with others placed meanwhile
-        response = created(order)
-    else:
-
-        async def place(conn: asyncpg.Connection) -> tuple[web.Response, dict]:
-            order = await insert_order(conn, placement)
-            return created(order), order
-
-        response, order = await idempotency.run_once(app[POOL], key, place)
-    if order is not None:  # not a replay
-        await announce_order(app[NC], app[JS], app[MARKS], order)
-    return response
-
-
-def created(order: dict) -> web.Response:
-    """201 with the order, written as its model would write it (UTC times end in Z), without
-    building the model: this is the hot path."""
-    body = orjson.dumps(order, option=orjson.OPT_UTC_Z)
-    return web.Response(body=body, status=201, content_type="application/json")
+    # Committed with others placed meanwhile (keyed or not), and announced with them.
+    placed = await app[PLACER].submit(Placement(body, caller.user_id, request_id.get(), key))
+    if placed.order is not None and not placed.announced:  # tracing on: in this request's span
+        await announce_order(app[NC], app[JS], app[MARKS], placed.order)
+    return web.Response(body=placed.body, status=placed.status, content_type="application/json")
 
 
 @doc("An order, its status and the time of each transition", "orders",
