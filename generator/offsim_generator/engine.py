@@ -41,6 +41,9 @@ LOOKAHEAD_TICKS = 2
 MAX_TICK_WORK_S = 0.08
 # Real seconds over which the event rate is measured.
 RATE_WINDOW_S = 5.0
+# A launch this much before its due time is on time (the loop's timers fire a little early); more
+# means the clock was paused since it was scheduled.
+PAUSE_SLACK_S = 0.01
 
 
 class Engine:
@@ -79,6 +82,7 @@ class Engine:
         self._tick_started: datetime | None = None
         self._recent: deque[float] = deque()
         self._scheduler: AsyncIOScheduler | None = None
+        self._held: list[Event] = []
 
     # --- the simulated clock --------------------------------------------------------------
 
@@ -100,6 +104,9 @@ class Engine:
         if self.paused:
             self._anchor_real = self._loop.time()
             self.paused = False
+            held, self._held = self._held, []
+            for event in held:
+                self._schedule(event)
 
     @property
     def event_rate(self) -> float:
@@ -199,6 +206,9 @@ class Engine:
             return
         if event.kind == "phase":
             return
+        self._schedule(event)
+
+    def _schedule(self, event: Event) -> None:
         delay = self.due(event.t) - self._loop.time()
         if delay > 0:
             self._loop.call_later(delay, self._launch, event)
@@ -207,6 +217,14 @@ class Engine:
 
     def _launch(self, event: Event) -> None:
         if self.done.is_set():
+            return
+        if self.paused:
+            # Drawn ahead of the clock before the pause: it waits for the resume.
+            self._held.append(event)
+            return
+        if self.due(event.t) - self._loop.time() > PAUSE_SLACK_S:
+            # The clock was paused since this was scheduled: it is due later now.
+            self._schedule(event)
             return
         self._lag(self._loop.time() - self.due(event.t))
         if len(self.in_flight) >= self.max_in_flight:

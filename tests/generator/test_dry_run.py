@@ -130,3 +130,32 @@ async def test_open_model_bounds_in_flight_and_counts_overflow():
     await engine.stop()
     assert not engine.in_flight
     assert engine.summary()["overflow"]["consume"] == engine.overflow["consume"]
+
+
+async def test_pause_holds_the_events_already_drawn_ahead_of_the_clock():
+    """The engine draws events a few ticks ahead; a pause must hold those too, and the resume
+    send them, none lost."""
+    model = Model(load("steady", 0, 0), seed=5, watched=3, consume_per_day=86400.0)
+    model.populate(10)  # about 30 events a simulated second, 300 a real second at x10
+    sent_at: list[object] = []
+    target, reached = 50, asyncio.Event()
+
+    async def record(event) -> None:
+        sent_at.append(event)
+        if len(sent_at) >= target:
+            reached.set()
+
+    engine = Engine(model, speed=10.0, perform=record, max_in_flight=10_000)
+    engine.start()
+    await asyncio.wait_for(reached.wait(), 10)
+    engine.pause()
+    launched = engine.events
+    await asyncio.sleep(0.5)  # more than the engine draws ahead (LOOKAHEAD_TICKS * TICK_S)
+    assert engine.events == launched
+    held = len(engine._held)
+    assert held > 0
+    target = len(sent_at) + held + 10
+    reached.clear()
+    engine.resume()
+    await asyncio.wait_for(reached.wait(), 10)
+    await engine.stop()
