@@ -28,6 +28,8 @@ from offsim_notifications.settings import NotificationsSettings
 from offsim_orders.settings import OrdersSettings
 from offsim_users.settings import UsersSettings
 
+from tests.proxy import Proxy
+
 TEST_DB = "offsim_test"
 SERVICE_TOKEN = "test-service-token"
 # The in-process clients act with the service credential unless a test says otherwise.
@@ -110,6 +112,22 @@ def settings(nats_url: str, database_url: str) -> InProcessSettings:
         log_level="DEBUG",
         service_token=SERVICE_TOKEN,
     )
+
+
+@pytest.fixture
+async def pg_proxy(database_url: str) -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of Postgres, which a test can cut and restore."""
+    proxy = await Proxy(database_url).start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def nats_proxy(nats_url: str) -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of NATS, which a test can cut and restore."""
+    proxy = await Proxy(nats_url).start()
+    yield proxy
+    await proxy.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ real servers through a proxy the test cuts (tests/proxy.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from offsim_orders.app import create_app as orders_app
@@ -14,23 +13,8 @@ from offsim_users.app import create_app as users_app
 
 from tests.conftest import AS_SERVICE, changed, eventually
 from tests.helpers import registration
-from tests.proxy import Proxy
 
 FAST_S = 2.0
-
-
-@pytest.fixture
-async def pg_proxy(database_url) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(database_url).start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
-async def nats_proxy(nats_url) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(nats_url).start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture

@@ -48,16 +48,22 @@ async def restock(users, orders, ssd_id: int, token: str) -> tuple[str, int, dic
     return wanted["barcode"], (await resp.json())["id"], body
 
 
+async def rejected_restock(users, orders, settings, js) -> tuple[dict, int, str, int]:
+    """A registered user whose restock order the supplier will reject (every order is):
+    (user, SSD id, product, order id)."""
+    await faults.put(js, Faults(reject=1.0, seed=3))
+    user = await register(users)
+    ssd_id = user["devices"][0]["id"]
+    barcode, order_id, _ = await restock(users, orders, ssd_id, user["token"])
+    return user, ssd_id, barcode, order_id
+
+
 async def test_rejected_order_ends_cancelled_once_and_the_ssd_orders_again(
     users, orders, pool, products, settings, nc
 ):
     js = nc.jetstream()
-    await faults.put(js, Faults(reject=1.0, seed=3))
-    user = await register(users)
-    ssd_id = user["devices"][0]["id"]
-
+    user, ssd_id, barcode, order_id = await rejected_restock(users, orders, settings, js)
     async with replica(settings):
-        barcode, order_id, _ = await restock(users, orders, ssd_id, user["token"])
 
         async def status() -> str | None:
             resp = await orders.get(f"/api/orders/{order_id}")
@@ -209,11 +215,8 @@ async def test_a_completed_event_for_a_cancelled_order_adds_nothing_to_stock(
     users, orders, pool, products, settings, nc
 ):
     js = nc.jetstream()
-    await faults.put(js, Faults(reject=1.0, seed=3))
-    user = await register(users)
-    ssd_id = user["devices"][0]["id"]
+    _, ssd_id, barcode, order_id = await rejected_restock(users, orders, settings, js)
     async with replica(settings):
-        barcode, order_id, _ = await restock(users, orders, ssd_id, user["token"])
 
         async def cancelled() -> bool:
             resp = await orders.get(f"/api/orders/{order_id}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from offsim_common import idempotency, subjects
@@ -18,7 +17,6 @@ from offsim_orders.orders import Placed, Placement, insert_batch
 
 from tests.conftest import AS_SERVICE, changed, eventually
 from tests.helpers import register
-from tests.proxy import Proxy
 
 
 async def test_group_commit_batches_waiting_items_and_fails_only_the_bad_one():
@@ -208,13 +206,6 @@ async def pending_ids_in_stream(nc) -> list[int]:
         return ids
     finally:
         await sub.unsubscribe()
-
-
-@pytest.fixture
-async def nats_proxy(nats_url) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(nats_url).start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture
