@@ -7,8 +7,8 @@ base + dev and then base + prod:
    them with `--pull never`), start the stack and wait until every service (and every replica)
    is healthy and both one-shots exited 0;
 2. register a user and place an order through the published ports (prod publishes only the
-   dashboard, so there the requests go from inside the dashboard's container) and wait until
-   the order is `completed` and the delivery is in the SSD's stock;
+   dashboard, so there each request goes from inside the service's own container to its port)
+   and wait until the order is `completed` and the delivery is in the SSD's stock;
 3. check the dashboard's page and summary, and `/metrics` and `/api/health` of every service;
 4. `down`, `up` again, and find the same order and user (the volumes keep the data);
 5. `down -v`, always, and leave no container or engine process behind;
@@ -46,30 +46,22 @@ PORTS = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084
 ONE_SHOTS = {"migrate", "etl"}
 READY_TIMEOUT = 420.0
 ORDER_TIMEOUT = 120.0
-# Sent into the dashboard's container to make one HTTP request where no port is published:
-# argv is method, URL, body and headers; it prints the status and the body as one JSON line.
-# Right after an `up`, the network's DNS can take a moment to know a new container: a request
-# whose name does not resolve yet, or whose connection is refused, is tried again for up to
-# 15 s (it never reached the service).
+# Sent into a service's own container to make one HTTP request to its own port where that port
+# is not published: argv is method, URL, body and headers; it prints the status and the body as
+# one JSON line. It goes to 127.0.0.1, not through the network's DNS: Debian's aardvark-dns 1.4
+# can go on missing a container's name for a while after a `down` and `up` (a CI run waited
+# 15 s in vain), and the check is about the services, not the engine's resolver. The services'
+# own names are still exercised: every one of them reaches Postgres and NATS by name.
 IN_CONTAINER_CLIENT = """
-import json, socket, sys, time, urllib.error, urllib.request
+import json, sys, urllib.error, urllib.request
 method, url, body, headers = sys.argv[1:5]
 headers = {"Content-Type": "application/json", **json.loads(headers)}
 request = urllib.request.Request(url, method=method, data=body.encode() or None, headers=headers)
-deadline = time.monotonic() + 15
-while True:
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            status, text = answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read().decode()
-    except urllib.error.URLError as error:
-        unreached = isinstance(error.reason, (socket.gaierror, ConnectionRefusedError))
-        if not unreached or time.monotonic() > deadline:
-            raise
-        time.sleep(0.5)
-        continue
-    break
+try:
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        status, text = answer.status, answer.read().decode()
+except urllib.error.HTTPError as error:
+    status, text = error.code, error.read().decode()
 print(json.dumps({"status": status, "body": text}))
 """
 
@@ -169,7 +161,7 @@ class Stack:
 
 class Client:
     """HTTP to the services: from this machine on the published ports, or from inside the
-    dashboard's container when a port is not published."""
+    service's own (first) container when its port is not published."""
 
     def __init__(self, stack: Stack, published: set[str]):
         self.stack = stack
@@ -183,9 +175,9 @@ class Client:
             url = f"http://127.0.0.1:{PORTS[service]}{path}"
             status, text = _http(method, url, data, headers)
         else:
-            url = f"http://{service}:{PORTS[service]}{path}"
+            url = f"http://127.0.0.1:{PORTS[service]}{path}"
             # Podman's own exec: an exec through its Docker API leaves a conmon behind.
-            out = self.stack.engine.podman("exec", f"{PROJECT}-dashboard-1", "python", "-c",
+            out = self.stack.engine.podman("exec", f"{PROJECT}-{service}-1", "python", "-c",
                                            IN_CONTAINER_CLIENT, method, url, data,
                                            json.dumps(headers)).stdout  # fmt: skip
             answer = json.loads(out.strip().splitlines()[-1])
