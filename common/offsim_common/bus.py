@@ -16,6 +16,7 @@ because it is not due yet makes no span.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -265,6 +266,12 @@ class ConsumerSpec(Generic[M]):
     batch_handler: Callable[[list[tuple[M, Msg]]], Awaitable[None]] | None = None
     fetch_timeout_s: float = 5.0
     fetch_retry_s: float = 1.0
+    # After a fetch that found fewer than `batch` messages (the consumer has caught up), wait
+    # this long before the next, so that what arrives meanwhile is applied as one batch: a few
+    # tens of milliseconds more per stage, in exchange for one fetch, one transaction and one
+    # burst of acks for many messages instead of one each (the stages themselves last seconds).
+    # A full batch is followed at once, so a backlog is never slowed down.
+    linger_s: float = 0.0
 
 
 def _retry_delay(msg: Msg) -> float:
@@ -431,6 +438,9 @@ async def pull_forever(
             await _handle_batch(js, spec, msgs)
         else:
             await asyncio.gather(*(_handle(js, spec, m) for m in msgs))
+        if len(msgs) < spec.batch and spec.linger_s > 0:
+            # Caught up: let the next batch gather (see ConsumerSpec.linger_s).
+            await asyncio.sleep(spec.linger_s)
 
 
 async def _handle_batch(js: JetStreamContext, spec: ConsumerSpec[M], msgs: list[Msg]) -> None:
@@ -467,11 +477,17 @@ async def _handle_batch(js: JetStreamContext, spec: ConsumerSpec[M], msgs: list[
 
 
 async def start_consumers(
-    js: JetStreamContext, specs: list[ConsumerSpec], replicas: int = 1
+    js: JetStreamContext,
+    specs: list[ConsumerSpec],
+    replicas: int = 1,
+    linger_s: float | None = None,
 ) -> list[asyncio.Task]:
-    """Start each consumer in a task and return once all are bound to their durables."""
+    """Start each consumer in a task and return once all are bound to their durables;
+    `linger_s`, if given, replaces each spec's own."""
     tasks = []
     for spec in specs:
+        if linger_s is not None:
+            spec = dataclasses.replace(spec, linger_s=linger_s)
         ready = asyncio.Event()
         task = asyncio.create_task(consume(js, spec, ready, replicas), name=spec.durable)
         task.add_done_callback(_report_stopped)

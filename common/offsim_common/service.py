@@ -85,7 +85,10 @@ def consumers_ctx(specs: Callable[[web.Application], list[bus.ConsumerSpec]]):
     """A cleanup context running the member's durable consumers for the app's lifetime."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tasks = await bus.start_consumers(app[JS], specs(app), app[SETTINGS].stream_replicas)
+        settings = app[SETTINGS]
+        tasks = await bus.start_consumers(
+            app[JS], specs(app), settings.stream_replicas, settings.consumer_linger_ms / 1000
+        )
         app[CONSUMERS] = tasks
         yield
         await bus.stop_tasks(tasks)

@@ -146,6 +146,9 @@ class ServiceSettings(DatabaseSettings):
     # JetStream replicas of the ORDERS and USERS streams: 3 on a 3-node cluster.
     stream_replicas: int = env("OFFSIM_STREAM_REPLICAS", 1, ge=1)
     seed: int | None = env("OFFSIM_SEED", None)
+    # How long a caught-up durable consumer waits before its next fetch, so that messages are
+    # applied in batches (bus.ConsumerSpec.linger_s); 0 fetches again at once.
+    consumer_linger_ms: int = env("OFFSIM_CONSUMER_LINGER_MS", 50, ge=0, le=5000)
     # The service credential: a bearer token that acts for any user and SSD (the services
     # accept it, the generator sends it). Unset: only users' own tokens are accepted.
     service_token: str | None = Field(

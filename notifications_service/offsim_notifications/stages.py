@@ -25,11 +25,13 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
 from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.faults import Faults, FaultsView, hits
+from offsim_common.logs import REQUEST_ID_HEADER
 
 from .settings import NotificationsSettings
 
@@ -75,7 +77,11 @@ def rejected(event: OrderEvent, faults: Faults) -> bool:
 
 
 def stage_consumer(
-    js: JetStreamContext, stage: Stage, settings: NotificationsSettings, faults: FaultsView
+    nc: Client,
+    js: JetStreamContext,
+    stage: Stage,
+    settings: NotificationsSettings,
+    faults: FaultsView,
 ) -> bus.ConsumerSpec:
     seed = settings.seed or 0
 
@@ -87,6 +93,13 @@ def stage_consumer(
     def due_in(event: OrderEvent) -> float:
         return event.timestamp.timestamp() + delay(event) - datetime.now(UTC).timestamp()
 
+    def following(event: OrderEvent, now: datetime, current: Faults) -> tuple[str, OrderEvent]:
+        """The subject and the event that follow this one: the stage's, or a cancellation
+        when the supplier rejects the order."""
+        if stage.name == "supplier" and rejected(event, current):
+            return subjects.ORDERS_CANCELLED, event.advanced(OrderStatus.CANCELLED, now)
+        return stage.publishes, event.advanced(stage.next_status, now)
+
     async def handle(event: OrderEvent, msg: Msg) -> None:
         now = datetime.now(UTC)
         tracing.annotate({
@@ -95,13 +108,34 @@ def stage_consumer(
             "offsim.stage.delay_s": round(delay(event), 3),
             "offsim.stage.waited_s": round((now - event.timestamp).total_seconds(), 3),
         })  # fmt: skip
-        subject, status = stage.publishes, stage.next_status
-        if stage.name == "supplier" and rejected(event, faults.current):
-            subject, status = subjects.ORDERS_CANCELLED, OrderStatus.CANCELLED
+        subject, next_event = following(event, now, faults.current)
+        if next_event.status is OrderStatus.CANCELLED:
             tracing.annotate({"offsim.fault": "reject"})
-        following = event.advanced(status, now)
-        await bus.publish(js, subject, following, following.msg_id)
-        log.info("order %s %s", event.id, status)
+        await bus.publish(js, subject, next_event, next_event.msg_id)
+        log.info("order %s %s", event.id, next_event.status)
+
+    async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
+        """The due events of a fetched batch: their next events published back to back and
+        their acks awaited together (one round trip for the lot). If any is not acknowledged,
+        this raises and each message is handled alone (what was stored is de-duplicated)."""
+        now = datetime.now(UTC)
+        current = faults.current
+        outgoing: dict[str, list[tuple[bytes, dict[str, str]]]] = {}
+        for event, msg in batch:
+            subject, next_event = following(event, now, current)
+            headers = {"Nats-Msg-Id": next_event.msg_id}
+            if (placing := (msg.headers or {}).get(REQUEST_ID_HEADER)) is not None:
+                headers[REQUEST_ID_HEADER] = placing
+            outgoing.setdefault(subject, []).append(
+                (next_event.model_dump_json().encode(), headers)
+            )
+        for subject, messages in outgoing.items():
+            failed = [o for o in await bus.publish_many(nc, js, subject, messages) if o]
+            if failed:
+                raise ConnectionError(
+                    f"{len(failed)} of {len(messages)} on {subject}: {failed[0]!r}"
+                )
+        log.info("%d orders moved on by the %s", len(batch), stage.name)
 
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,
@@ -109,11 +143,12 @@ def stage_consumer(
         subject=stage.listens,
         model=OrderEvent,
         handler=handle,
+        batch_handler=handle_many,
         due_in=due_in,
     )
 
 
 def consumers(
-    js: JetStreamContext, settings: NotificationsSettings, faults: FaultsView
+    nc: Client, js: JetStreamContext, settings: NotificationsSettings, faults: FaultsView
 ) -> list[bus.ConsumerSpec]:
-    return [stage_consumer(js, stage, settings, faults) for stage in stages(settings)]
+    return [stage_consumer(nc, js, stage, settings, faults) for stage in stages(settings)]

@@ -41,8 +41,11 @@ def random_barcode_endpoint(pool: asyncpg.Pool):
 
 # Records a transition; returns when the previous one happened, or None if nothing changed.
 Recorder = Callable[[asyncpg.Connection, OrderEvent], Awaitable[datetime | None]]
-# The same for a batch: {order id: when the previous transition happened} for those it moved.
-BatchRecorder = Callable[[asyncpg.Connection, list[OrderEvent]], Awaitable[dict[int, datetime]]]
+# The same for a batch, in one statement: {order id: when the previous transition happened} for
+# those it moved, or None (and nothing moved) if an event of the batch describes no order.
+BatchRecorder = Callable[
+    [asyncpg.Connection, list[OrderEvent]], Awaitable[dict[int, datetime] | None]
+]
 
 
 def _recorded(event: OrderEvent, previous: datetime, transition: str) -> None:
@@ -74,13 +77,13 @@ def transition_consumer(
             log.debug("order %s: %s changed nothing (duplicate or late)", event.id, subject)
 
     async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
-        """The batch in one transaction; an event that describes no order undoes it all (then
-        each is handled alone, and only that one is dead-lettered)."""
+        """The batch in one statement; an event that describes no order leaves it all undone
+        (then each is handled alone, and only that one is dead-lettered)."""
         events = [event for event, _ in batch]
-        async with pool.acquire() as conn, conn.transaction():
-            if not all(await queries.describing(conn, events)):
-                raise bus.Contradiction("an event of the batch describes no order")
+        async with pool.acquire() as conn:
             moved = await record_many(conn, events)
+        if moved is None:
+            raise bus.Contradiction("an event of the batch describes no order")
         for event in events:
             if (previous := moved.pop(event.id, None)) is not None:  # once per order
                 _recorded(event, previous, transition)

@@ -158,19 +158,19 @@ async def record_shipped(conn: asyncpg.Connection, event: OrderEvent) -> datetim
 
     Only forward: a late or repeated shipped event never moves a completed order back. Only an
     event that describes the order (SSD, product, quantity) moves it."""
-    return (await record_shipped_many(conn, [event])).get(event.id)
+    return (await record_shipped_many(conn, [event]) or {}).get(event.id)
 
 
 async def record_completed(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark the order completed; return when it shipped, or None if this changed nothing (a
     cancelled order stays cancelled)."""
-    return (await record_completed_many(conn, [event])).get(event.id)
+    return (await record_completed_many(conn, [event]) or {}).get(event.id)
 
 
 async def record_cancelled(conn: asyncpg.Connection, event: OrderEvent) -> datetime | None:
     """Mark a pending order cancelled (the supplier rejected it); return when it was placed, or
     None if this changed nothing: a repeated event, or an order already past the supplier."""
-    return (await record_cancelled_many(conn, [event])).get(event.id)
+    return (await record_cancelled_many(conn, [event]) or {}).get(event.id)
 
 
 # The events of a batch as a table `e` (id, at, ssd_id, barcode, quantity, n: its place in the
@@ -192,23 +192,35 @@ def _event_columns(events: list[OrderEvent]) -> tuple[list, ...]:
 
 async def _move_many(
     conn: asyncpg.Connection, events: list[OrderEvent], moves: str, allowed: str, previous: str
-) -> dict[int, datetime]:
-    """Move a batch's orders in one statement: `moves` (a SET list) where the order is in an
-    `allowed` status and matches its event; {order id: `previous`} for the orders it moved."""
+) -> dict[int, datetime] | None:
+    """Move a batch's orders in one statement (its own transaction: one round trip): `moves`
+    (a SET list) where the order is in an `allowed` status and matches its event; {order id:
+    `previous`} for the orders it moved. None, and nothing moved, if an event of the batch
+    describes no order (no order with its id, SSD, product and quantity)."""
     rows = await conn.fetch(
-        f"""WITH {_EVENTS}
-            UPDATE product_orders o SET {moves} FROM e
-            WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
-              AND o.barcode = e.barcode AND o.quantity = e.quantity
-            RETURNING o.id, {previous} AS previous""",
+        f"""WITH {_EVENTS},
+            undescribed AS (
+                SELECT count(*) AS n FROM e WHERE NOT EXISTS (
+                    SELECT 1 FROM product_orders o WHERE o.id = e.id AND o.ssd_id = e.ssd_id
+                      AND o.barcode = e.barcode AND o.quantity = e.quantity)),
+            moved AS (
+                UPDATE product_orders o SET {moves} FROM e
+                WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
+                  AND o.barcode = e.barcode AND o.quantity = e.quantity
+                  AND (SELECT n FROM undescribed) = 0
+                RETURNING o.id, {previous} AS previous)
+            SELECT u.n AS undescribed, m.id, m.previous
+            FROM undescribed u LEFT JOIN moved m ON true""",
         *_event_columns(events),
     )
-    return {row["id"]: row["previous"] for row in rows}
+    if rows[0]["undescribed"]:
+        return None
+    return {row["id"]: row["previous"] for row in rows if row["id"] is not None}
 
 
 async def record_shipped_many(
     conn: asyncpg.Connection, events: list[OrderEvent]
-) -> dict[int, datetime]:
+) -> dict[int, datetime] | None:
     """record_shipped for a batch: {order id: when it was placed} for the orders this moved."""
     return await _move_many(
         conn, events, "status = 'shipped', shipped_at = e.at", "'pending'", "o.created_at"
@@ -217,7 +229,7 @@ async def record_shipped_many(
 
 async def record_completed_many(
     conn: asyncpg.Connection, events: list[OrderEvent]
-) -> dict[int, datetime]:
+) -> dict[int, datetime] | None:
     """record_completed for a batch: {order id: when it shipped}."""
     return await _move_many(
         conn, events,
@@ -228,24 +240,11 @@ async def record_completed_many(
 
 async def record_cancelled_many(
     conn: asyncpg.Connection, events: list[OrderEvent]
-) -> dict[int, datetime]:
+) -> dict[int, datetime] | None:
     """record_cancelled for a batch: {order id: when it was placed}."""
     return await _move_many(
         conn, events, "status = 'cancelled', cancelled_at = e.at", "'pending'", "o.created_at"
     )
-
-
-async def describing(conn: asyncpg.Connection, events: list[OrderEvent]) -> list[bool]:
-    """For each event, whether an order with its id, SSD, product and quantity exists."""
-    rows = await conn.fetch(
-        f"""WITH {_EVENTS}
-            SELECT EXISTS (SELECT 1 FROM product_orders o WHERE o.id = e.id
-                           AND o.ssd_id = e.ssd_id AND o.barcode = e.barcode
-                           AND o.quantity = e.quantity) AS described
-            FROM e ORDER BY e.n""",
-        *_event_columns(events),
-    )
-    return [row["described"] for row in rows]
 
 
 async def describes_order(conn: asyncpg.Connection, event: OrderEvent) -> bool:

@@ -50,7 +50,7 @@ async def test_fetch_loop_survives_every_fetch_failure():
         await loop
 
 
-async def start(nc, handler, **spec_args):
+async def start(nc, handler, linger_s: float | None = None, **spec_args):
     """A fresh stream and a consumer on it, through the same code the services use."""
     js = nc.jetstream()
     await bus.ensure_streams(js)
@@ -60,7 +60,7 @@ async def start(nc, handler, **spec_args):
         stream=stream, durable=f"d{uuid.uuid4().hex[:8]}", subject=subject, model=Ping,
         handler=handler, fetch_timeout_s=0.1, **spec_args,
     )  # fmt: skip
-    return js, spec, await bus.start_consumers(js, [spec])
+    return js, spec, await bus.start_consumers(js, [spec], linger_s=linger_s)
 
 
 async def dead_letters(js, durable: str, count: int) -> list:
@@ -190,3 +190,27 @@ async def test_publish_after_a_purge_stores_the_lost_message_again(nc):
     state = (await js.stream_info(stream)).state
     stored = await js.get_msg(stream, state.last_seq)
     assert (state.messages, stored.headers["Nats-Msg-Id"]) == (1, "ping-1~1~2")
+
+
+async def test_a_caught_up_consumer_lingers_so_the_next_messages_form_one_batch(nc):
+    """After a fetch that found less than a batch, the consumer waits its linger (here the one
+    a service passes to start_consumers) before the next: what arrives meanwhile is applied by
+    one batch_handler call, not one handler call each."""
+    calls: asyncio.Queue[list[int]] = asyncio.Queue()
+
+    async def handle(ping: Ping, msg) -> None:
+        await calls.put([ping.n])
+
+    async def handle_many(batch) -> None:
+        await calls.put([ping.n for ping, _ in batch])
+
+    js, spec, tasks = await start(nc, handle, linger_s=1.0, batch_handler=handle_many)
+    try:
+        await js.publish(spec.subject, Ping(n=0).model_dump_json().encode())
+        assert await asyncio.wait_for(calls.get(), 5) == [0]
+        # The consumer now lingers for a second: these five are there at its next fetch.
+        for n in range(1, 6):
+            await js.publish(spec.subject, Ping(n=n).model_dump_json().encode())
+        assert await asyncio.wait_for(calls.get(), 5) == [1, 2, 3, 4, 5]
+    finally:
+        await bus.stop_tasks(tasks)

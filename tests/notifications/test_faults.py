@@ -5,12 +5,15 @@ replica without a restart."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import aiohttp
-from offsim_common import faults, subjects
+from offsim_common import bus, faults, subjects
 from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.faults import Faults, hits
+from offsim_common.logs import REQUEST_ID_HEADER, request_id
 from offsim_common.service import serving
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
@@ -239,3 +242,74 @@ async def test_a_completed_event_for_a_cancelled_order_adds_nothing_to_stock(
             "SELECT quantity FROM product_ssds WHERE ssd_id = $1 AND barcode = $2", ssd_id, barcode
         )
     assert delivered == 0 and quantity == 0
+
+
+async def test_a_fetched_batch_moves_each_order_on_once(
+    users, orders, pool, products, settings, nc, caplog
+):
+    """Pending orders stored before the supplier starts are fetched and moved on together
+    (their next events published back to back, their acks awaited together): each order the
+    faults reject once on orders.cancelled, each other once on orders.shipped, carrying its
+    placing request's id; then the courier completes the shipped ones."""
+    js = nc.jetstream()
+    seed = 11
+    await faults.put(js, Faults(reject=0.5, seed=seed))
+    ssd_id = (await register(users))["devices"][0]["id"]
+    async with pool.acquire() as conn:
+        ids = [
+            await conn.fetchval(
+                """INSERT INTO product_orders (ssd_id, barcode, quantity, published_at)
+                   VALUES ($1, $2, 1, now()) RETURNING id""",
+                ssd_id,
+                barcode,
+            )
+            for barcode in [*products, *products]
+        ]
+    expected = {
+        order_id: subjects.ORDERS_CANCELLED
+        if hits(seed, "reject", order_id, 0.5)
+        else subjects.ORDERS_SHIPPED
+        for order_id in ids
+    }
+    assert set(expected.values()) == {subjects.ORDERS_CANCELLED, subjects.ORDERS_SHIPPED}
+    seen: list[tuple[str, int, str | None]] = []
+
+    async def record(msg) -> None:
+        event = OrderEvent.model_validate_json(msg.data)
+        if event.id in expected:
+            seen.append((msg.subject, event.id, (msg.headers or {}).get(REQUEST_ID_HEADER)))
+
+    subscriptions = [
+        await nc.subscribe(subject, cb=record)
+        for subject in (subjects.ORDERS_SHIPPED, subjects.ORDERS_CANCELLED)
+    ]
+    now = datetime.now(UTC)
+    for order_id, barcode in zip(ids, [*products, *products], strict=True):
+        event = OrderEvent(id=order_id, ssd_id=ssd_id, barcode=barcode, quantity=1,
+                           status=OrderStatus.PENDING, timestamp=now, created_at=now)  # fmt: skip
+        token = request_id.set(f"placing-{order_id}")  # as the orders service publishes it
+        try:
+            await bus.publish(js, subjects.ORDERS_PENDING, event, event.msg_id)
+        finally:
+            request_id.reset(token)
+    quick = changed(settings, supplier_delay=(0.0, 0.0), delivery_delay=(0.0, 0.0))
+    caplog.set_level(logging.INFO, logger="offsim_notifications.stages")
+    async with replica(quick):
+
+        async def settled() -> bool:
+            async with pool.acquire() as conn:
+                statuses = await conn.fetch(
+                    "SELECT id, status FROM product_orders WHERE id = ANY($1)", ids
+                )
+            final = {"cancelled": subjects.ORDERS_CANCELLED, "completed": subjects.ORDERS_SHIPPED}
+            return {row["id"]: final.get(row["status"]) for row in statuses} == expected
+
+        await eventually(settled)
+    for subscription in subscriptions:
+        await subscription.unsubscribe()
+    assert sorted((subject, order_id) for subject, order_id, _ in seen) == sorted(
+        (subject, order_id) for order_id, subject in expected.items()
+    )
+    assert {request for *_, request in seen} == {f"placing-{order_id}" for order_id in ids}
+    together = [r.args[0] for r in caplog.records if "moved on by the supplier" in r.getMessage()]
+    assert together and max(together) > 1, "the supplier moved no batch on at once"
