@@ -46,14 +46,21 @@ class Faults(BaseModel):
     seed: int = Field(0, description="picks which orders a share hits (the generator's seed)")
 
 
+def draw(seed: int, name: str, order_id: int) -> float:
+    """A number in [0, 1) for this order, the same on every call, in every replica: a hash,
+    so that a redelivery or another replica decides as the first did, at a few microseconds
+    (a seeded `random.Random` costs several times that, on every message)."""
+    digest = hashlib.blake2b(f"{seed}:{name}:{order_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
+
+
 def hits(seed: int, fault: str, order_id: int, share: float) -> bool:
     """Whether `fault`, at this `share`, hits this order: the same answer on every call."""
     if share <= 0:
         return False
     if share >= 1:
         return True
-    digest = hashlib.blake2b(f"{seed}:{fault}:{order_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest) / 2**64 < share
+    return draw(seed, fault, order_id) < share
 
 
 async def bucket(js: JetStreamContext) -> KeyValue:

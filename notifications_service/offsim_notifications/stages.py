@@ -21,7 +21,6 @@ next delivery on.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
 from offsim_common.events import OrderEvent, OrderStatus
-from offsim_common.faults import Faults, FaultsView, hits
+from offsim_common.faults import Faults, FaultsView, draw, hits
 from offsim_common.logs import REQUEST_ID_HEADER
 
 from .settings import NotificationsSettings
@@ -59,7 +58,8 @@ def stages(settings: NotificationsSettings) -> list[Stage]:
 
 def delay_for(order_id: int, stage: str, delay_range: tuple[float, float], seed: int) -> float:
     """Simulated seconds this stage takes for this order: random, but the same on every call."""
-    return random.Random(f"{seed}:{stage}:{order_id}").uniform(*delay_range)
+    low, high = delay_range
+    return low + (high - low) * draw(seed, stage, order_id)
 
 
 def fault_factor(stage: str, order_id: int, faults: Faults) -> float:
