@@ -105,15 +105,21 @@ async def claim_overdue(
                 CASE status WHEN 'pending' THEN $1 WHEN 'shipped' THEN $2 ELSE $3 END)
             WHERE id IN (
                 SELECT o.id FROM product_orders o
-                WHERE (o.reconcile_claimed_until IS NULL OR o.reconcile_claimed_until < now())
-                  AND ((o.status = 'pending' AND o.published_at IS NOT NULL
-                        AND o.created_at < now() - make_interval(secs => $1))
-                    OR (o.status = 'shipped' AND o.shipped_at < now() - make_interval(secs => $2))
-                    OR (o.status = 'completed'
-                        AND o.completed_at < now() - make_interval(secs => $3)
-                        AND o.completed_at > now() - make_interval(secs => $4)
-                        AND NOT EXISTS (SELECT 1 FROM delivered_orders d
-                                        WHERE d.order_id = o.id)))
+                WHERE o.id IN (
+                        SELECT id FROM product_orders
+                        WHERE status = 'pending' AND published_at IS NOT NULL
+                          AND created_at < now() - make_interval(secs => $1)
+                        UNION ALL
+                        SELECT id FROM product_orders
+                        WHERE status = 'shipped' AND shipped_at < now() - make_interval(secs => $2)
+                        UNION ALL
+                        SELECT id FROM product_orders p
+                        WHERE status = 'completed' AND NOT delivery_confirmed
+                          AND completed_at < now() - make_interval(secs => $3)
+                          AND completed_at > now() - make_interval(secs => $4)
+                          AND NOT EXISTS (SELECT 1 FROM delivered_orders d
+                                          WHERE d.order_id = p.id))
+                  AND (o.reconcile_claimed_until IS NULL OR o.reconcile_claimed_until < now())
                 ORDER BY o.created_at LIMIT $5
                 FOR UPDATE SKIP LOCKED)
             RETURNING {ORDER_COLUMNS}, shipped_at, completed_at, request_id""",
@@ -123,6 +129,18 @@ async def claim_overdue(
         horizon_s,
         limit,
     )
+
+
+async def confirm_deliveries(conn: asyncpg.Connection) -> int:
+    """Note the completed orders whose delivery the users service has added to stock: the
+    reconciler never looks at them again (they leave the index of those awaiting delivery).
+    Returns how many."""
+    status = await conn.execute(
+        """UPDATE product_orders o SET delivery_confirmed = true
+           WHERE o.status = 'completed' AND NOT o.delivery_confirmed
+             AND EXISTS (SELECT 1 FROM delivered_orders d WHERE d.order_id = o.id)"""
+    )
+    return int(status.split()[-1])
 
 
 async def fetch_order(conn: asyncpg.Connection, order_id: int) -> asyncpg.Record | None:

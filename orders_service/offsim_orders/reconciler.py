@@ -9,7 +9,9 @@ it under a derived id when the server still remembers the original's). Every con
 idempotent, so a copy that arrives after all changes nothing.
 
 Replicas share the work by claiming rows with FOR UPDATE SKIP LOCKED for one stage period; no
-pooled connection is held while publishing.
+pooled connection is held while publishing. A round reads only the orders in flight and the
+completed ones whose delivery it has not yet seen in stock (noted once seen), never the whole
+table: its cost follows the orders in flight, not the orders ever placed.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def stored_event(row: asyncpg.Record) -> tuple[str, OrderEvent]:
 async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: OrdersSettings) -> int:
     """Announce again one batch of overdue orders; return how many were announced."""
     async with pool.acquire() as conn:
+        await queries.confirm_deliveries(conn)
         rows = await queries.claim_overdue(
             conn,
             settings.overdue_after(settings.supplier_delay),

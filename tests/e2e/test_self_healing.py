@@ -121,7 +121,8 @@ async def test_replicas_reannounce_each_overdue_order_once(
 ):
     """Two replicas reconciling at once: each overdue order is announced by one of them, on the
     subject its next stage waits for, with the time and de-duplication id of the original;
-    then it is claimed for a stage period. Orders that are not overdue are left alone."""
+    then it is claimed for a stage period. Orders that are not overdue are left alone, and a
+    completed order seen in stock is noted as delivered."""
     js = nc.jetstream()
     await js.purge_stream(subjects.ORDERS_STREAM)
     ssd_id = (await register(users))["devices"][0]["id"]
@@ -165,6 +166,15 @@ async def test_replicas_reannounce_each_overdue_order_once(
         assert again == [0, 0]  # claimed for a stage period
     finally:
         await asyncio.gather(*(p.close() for p in replicas))
+    # The delivery seen in stock is noted, so that order is never looked at again; the
+    # overdue completed ones stay watched.
+    completed = [i for i, row in overdue.items() if row["status"] == "completed"]
+    async with pool.acquire() as conn:
+        confirmed = await conn.fetch(
+            "SELECT id, delivery_confirmed FROM product_orders WHERE id = ANY($1)",
+            [delivered, *completed],
+        )
+    assert dict(map(tuple, confirmed)) == {delivered: True, **dict.fromkeys(completed, False)}
 
     announced = [
         ("pending", subjects.ORDERS_PENDING, "created_at"),
