@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from offsim_launcher.embedded import POSTGRES_SETTINGS
 
 from tests.deploy.workspace import (
     DOCKERFILE,
@@ -386,3 +387,8 @@ def test_compose_images_are_named_after_distributions():
         assert services, folder
         for service in services:
             assert service["image"].endswith(f"/{member.distribution}:${{OFFSIM_VERSION:-local}}")
+
+
+def test_postgres_runs_with_the_settings_of_the_embedded_one():
+    flags = [arg for name, value in POSTGRES_SETTINGS.items() for arg in ("-c", f"{name}={value}")]
+    assert raw(BASE)["services"]["postgres"]["command"] == ["postgres", *flags]

@@ -19,6 +19,7 @@ from functools import cache
 import kubernetes_validate
 import pytest
 import yaml
+from offsim_launcher.embedded import POSTGRES_SETTINGS
 
 from tests.deploy.workspace import (
     BIN,
@@ -259,3 +260,6 @@ def test_postgres_keeps_its_data_on_a_volume(rendered):
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "offsim-db"
     assert "pg_isready" in container["readinessProbe"]["exec"]["command"]
     assert ("Service", "postgres") in rendered
+    # The settings offsim runs Postgres with everywhere.
+    flags = [arg for name, value in POSTGRES_SETTINGS.items() for arg in ("-c", f"{name}={value}")]
+    assert container["args"] == ["postgres", *flags]
