@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -343,10 +344,13 @@ async def register_ssds(users_url: str, n: int) -> list[tuple[int, str]]:
     return sorted(ssds)
 
 
-async def drained(dsn: str, within: float = 300.0) -> tuple[int, float]:
+async def drained(
+    dsn: str, since: datetime | None = None, within: float = 300.0
+) -> tuple[int, float]:
     """Wait until every placed order is completed and in stock (requests still in flight when
     the load stopped are answered within the services' 1.5 s deadline); return how many orders
-    there are and the seconds from the first placed to the last done, by the database's clock."""
+    were placed `since` (default: ever) and the seconds from the first of them placed to the
+    last done, by the database's clock."""
     conn = await asyncpg.connect(dsn)
     try:
         settled = time.monotonic() + 2.0
@@ -362,12 +366,23 @@ async def drained(dsn: str, within: float = 300.0) -> tuple[int, float]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the pipeline did not drain: {delivered} of {placed} in stock")
             await asyncio.sleep(0.02)
-        seconds = await conn.fetchval(
-            """SELECT extract(epoch FROM greatest((SELECT max(delivered_at) FROM stock_deliveries),
-                                                  (SELECT max(completed_at) FROM product_orders))
-                                       - (SELECT min(created_at) FROM product_orders))"""
+        row = await conn.fetchrow(
+            """SELECT count(*) AS placed,
+                      extract(epoch FROM greatest(max(o.completed_at), max(d.delivered_at))
+                                         - min(o.created_at)) AS seconds
+               FROM product_orders o JOIN stock_deliveries d ON d.order_id = o.id
+               WHERE o.created_at >= coalesce($1, '-infinity'::timestamptz)""",
+            since,
         )
-        return placed, float(seconds)
+        return row["placed"], float(row["seconds"])
+    finally:
+        await conn.close()
+
+
+async def database_now(dsn: str) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT now()")
     finally:
         await conn.close()
 
@@ -428,7 +443,7 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-async def main(seconds: int, profile_dir: Path | None, workers: int) -> None:
+async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int) -> None:
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="offsim-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -477,32 +492,39 @@ async def main(seconds: int, profile_dir: Path | None, workers: int) -> None:
             await conn.close()
             bodies = order_bodies(ssds, barcodes)
 
-            print("POST /api/orders at saturation ...", file=sys.stderr)
-            spy = None
-            if profile_dir is not None:
-                spy = profile(orders_proc.pid, seconds, profile_dir / "orders.txt")
-            saturated = wrk(orders_url, "/api/orders", bodies, seconds, tmp)
-            placed, took = await drained(dsn)
-            placed, completed, wrong = await check_exact(dsn, initial)
-            end_to_end = placed / took
-            if spy is not None:
-                spy.wait()
-                summary = summarize_profile(profile_dir / "orders.txt")
-                (profile_dir / "orders-summary.txt").write_text(summary + "\n")
-                print(summary, file=sys.stderr)
-
-            print("POST /api/orders with Idempotency-Keys at saturation ...", file=sys.stderr)
-            keyed = wrk(orders_url, "/api/orders", bodies, seconds, tmp, keyed=True)
-            await drained(dsn)
-
-            print("open loop at 300 req/s ...", file=sys.stderr)
-            steady = open_loop_process(f"{orders_url}/api/orders", bodies, 300.0, seconds, tmp)
-            await drained(dsn)
             scaled_rate = round(0.03 * bare["rps"])
-            print(f"open loop at {scaled_rate} req/s ...", file=sys.stderr)
-            scaled = open_loop_process(f"{orders_url}/api/orders", bodies, scaled_rate, seconds,
-                                       tmp)  # fmt: skip
-            await drained(dsn)
+            runs: dict[str, list[dict]] = {"saturated": [], "keyed": [], "steady": [],
+                                           "scaled": [], "end_to_end": []}  # fmt: skip
+            # Rounds: each load run `repeat` times, interleaved, and the median reported, so
+            # that a burst of the machine's neighbours moves one sample, not the result.
+            for round_ in range(1, repeat + 1):
+                print(f"round {round_} of {repeat}: POST /api/orders at saturation ...",
+                      file=sys.stderr)  # fmt: skip
+                spy = None
+                if profile_dir is not None and round_ == 1:
+                    spy = profile(orders_proc.pid, seconds, profile_dir / "orders.txt")
+                since = await database_now(dsn)
+                runs["saturated"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp))
+                placed, took = await drained(dsn, since)
+                runs["end_to_end"].append({"rate": placed / took, "placed": placed})
+                if spy is not None:
+                    spy.wait()
+                    summary = summarize_profile(profile_dir / "orders.txt")
+                    (profile_dir / "orders-summary.txt").write_text(summary + "\n")
+                    print(summary, file=sys.stderr)
+
+                print("  with Idempotency-Keys at saturation ...", file=sys.stderr)
+                runs["keyed"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp,
+                                         keyed=True))  # fmt: skip
+                await drained(dsn)
+                print("  open loop at 300 req/s ...", file=sys.stderr)
+                runs["steady"].append(open_loop_process(f"{orders_url}/api/orders", bodies,
+                                                        300.0, seconds, tmp))  # fmt: skip
+                await drained(dsn)
+                print(f"  open loop at {scaled_rate} req/s ...", file=sys.stderr)
+                runs["scaled"].append(open_loop_process(f"{orders_url}/api/orders", bodies,
+                                                        scaled_rate, seconds, tmp))  # fmt: skip
+                await drained(dsn)
             placed_all, completed_all, wrong_all = await check_exact(dsn, initial)
         finally:
             for child in reversed(children):
@@ -517,34 +539,50 @@ async def main(seconds: int, profile_dir: Path | None, workers: int) -> None:
 
     load = os.getloadavg()[0]
     print(f"\noffsim services benchmark: {os.cpu_count()} cores, load average {load_at_start:.1f} "
-          f"at the start and {load:.1f} at the end, {seconds} s per run, orders service "
-          f"workers: {workers}")  # fmt: skip
-    sat, ol = saturated, steady
+          f"at the start and {load:.1f} at the end, {seconds} s per run, medians of {repeat} "
+          f"rounds (range of the p99s), orders service workers: {workers}")  # fmt: skip
 
-    def open_loop_row(rate: str, run: dict, checks: str) -> tuple[str, str, str, str]:
-        return (f"POST /api/orders, open loop {rate}", f"{run['sent'] / run['seconds']:,.0f} req/s",
-                f"p50 {run['p50']:.1f} ms, p99 {run['p99']:.1f} ms, max {run['max']:.0f} ms, "
-                f"{run['errors']} errors", checks)  # fmt: skip
+    def median(runs_: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs_)
 
+    def spread(runs_: list[dict], key: str, unit: str = " ms") -> str:
+        values = sorted(run[key] for run in runs_)
+        return f" ({values[0]:,.1f}-{values[-1]:,.1f}{unit})" if len(values) > 1 else ""
+
+    def saturation_row(what: str, runs_: list[dict], ratio: str) -> tuple[str, str, str, str]:
+        return (what, f"{median(runs_, 'rps'):,.0f} req/s",
+                f"p50 {median(runs_, 'p50'):.1f} ms, p99 {median(runs_, 'p99'):.1f} ms"
+                f"{spread(runs_, 'p99')}, {sum(r['errors'] for r in runs_)} non-2xx",
+                ratio)  # fmt: skip
+
+    def open_loop_row(rate: str, runs_: list[dict], checks: str) -> tuple[str, str, str, str]:
+        for run in runs_:
+            run["rate"] = run["sent"] / run["seconds"]
+        return (f"POST /api/orders, open loop {rate}", f"{median(runs_, 'rate'):,.0f} req/s",
+                f"p50 {median(runs_, 'p50'):.1f} ms, p99 {median(runs_, 'p99'):.1f} ms"
+                f"{spread(runs_, 'p99')}, max {max(r['max'] for r in runs_):.0f} ms, "
+                f"{sum(r['errors'] for r in runs_)} errors", checks)  # fmt: skip
+
+    sat_rps = median(runs["saturated"], "rps")
+    end_to_end = median(runs["end_to_end"], "rate")
     rows = [
         ("bare aiohttp JSON handler, wrk -c32", f"{bare['rps']:,.0f} req/s",
          f"p50 {bare['p50']:.1f} ms, p99 {bare['p99']:.1f} ms", ""),
         ("raw JetStream publish + pull consume", f"{raw_js:,.0f} msg/s", "", ""),
         ("raw Postgres one-row insert transactions", f"{raw_pg:,.0f} tx/s", "", ""),
-        ("POST /api/orders, wrk -c32", f"{sat['rps']:,.0f} req/s",
-         f"p50 {sat['p50']:.1f} ms, p99 {sat['p99']:.1f} ms, {sat['errors']} non-2xx",
-         f"{sat['rps'] / bare['rps']:.2f} of bare aiohttp, {sat['rps'] / raw_pg:.2f} of raw "
-         "Postgres"),
+        saturation_row("POST /api/orders, wrk -c32", runs["saturated"],
+                       f"{sat_rps / bare['rps']:.2f} of bare aiohttp, {sat_rps / raw_pg:.2f} of "
+                       "raw Postgres"),
         ("placed -> shipped -> completed -> stock, 0 delays", f"{end_to_end:,.0f} orders/s",
-         f"{placed} placed, {completed} completed, {wrong} stock pairs wrong",
+         f"{spread(runs['end_to_end'], 'rate', ' orders/s').strip()} "
+         f"{sum(r['placed'] for r in runs['end_to_end'])} placed",
          f"{end_to_end / raw_js:.2f} of raw JetStream"),
-        ("POST /api/orders with Idempotency-Key, wrk -c32", f"{keyed['rps']:,.0f} req/s",
-         f"p50 {keyed['p50']:.1f} ms, p99 {keyed['p99']:.1f} ms, {keyed['errors']} non-2xx",
-         f"{keyed['rps'] / bare['rps']:.2f} of bare aiohttp"),
-        open_loop_row("300 req/s", ol, ""),
-        open_loop_row(f"{scaled_rate} req/s (3 % of bare)", scaled,
-                      f"{placed_all} placed in all, {completed_all} completed, {wrong_all} stock "
-                      "pairs wrong"),
+        saturation_row("POST /api/orders with Idempotency-Key, wrk -c32", runs["keyed"],
+                       f"{median(runs['keyed'], 'rps') / bare['rps']:.2f} of bare aiohttp"),
+        open_loop_row("300 req/s", runs["steady"], ""),
+        open_loop_row(f"{scaled_rate} req/s (3 % of bare)", runs["scaled"], ""),
+        ("every order of the run", "", f"{placed_all} placed, {completed_all} completed and in "
+         f"stock, {wrong_all} stock pairs wrong", ""),
     ]  # fmt: skip
     print(f"| {'what':<50} | {'rate':>14} | {'latency and checks':<60} | ratio |")
     print(f"|{'-' * 52}|{'-' * 15}:|{'-' * 62}|---|")
@@ -555,6 +593,7 @@ async def main(seconds: int, profile_dir: Path | None, workers: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of load runs (medians)")
     parser.add_argument("--profile", type=Path, help="record the orders service with py-spy here")
     parser.add_argument("--workers", type=int, default=1,
                         help="OFFSIM_HTTP_WORKERS of the users and orders services")  # fmt: skip
@@ -572,4 +611,4 @@ if __name__ == "__main__":
         sys.exit(0)
     if shutil.which("wrk") is None:
         sys.exit("bench/services.py needs wrk (Debian: apt-get install wrk)")
-    asyncio.run(main(args.seconds, args.profile, args.workers))
+    asyncio.run(main(args.seconds, args.repeat, args.profile, args.workers))
