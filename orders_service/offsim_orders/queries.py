@@ -214,7 +214,13 @@ async def _move_many(
     """Move a batch's orders in one statement (its own transaction: one round trip): `moves`
     (a SET list) where the order is in an `allowed` status and matches its event; {order id:
     `previous`} for the orders it moved. None, and nothing moved, if an event of the batch
-    describes no order (no order with its id, SSD, product and quantity)."""
+    describes no order (no order with its id, SSD, product and quantity).
+
+    The events go in id order, so the rows are locked in id order (the join walks the events,
+    each order found by its key): the shipped and the completed batches move the same orders at
+    nearly the same time, and rows taken in each batch's own order deadlocked them (found by
+    Postgres only after deadlock_timeout, a second in which the pipeline stalled)."""
+    events = sorted(events, key=lambda event: event.id)
     rows = await conn.fetch(
         f"""WITH {_EVENTS},
             undescribed AS (
