@@ -16,7 +16,7 @@ from offsim_common.openapi import setup_openapi
 from offsim_common.service import base_app, consumers_ctx
 
 from . import nats_handlers
-from .app_keys import MARKS, PLACER
+from .app_keys import MARKS, PLACER, ROW_TURNS
 from .orders import PublishedMarks, order_placer, republish_forever
 from .reconciler import reconcile_forever
 from .routes import setup_routes
@@ -26,7 +26,7 @@ from .settings import OrdersSettings
 async def placing_ctx(app: web.Application) -> AsyncIterator[None]:
     """Group commit of new orders, batched marks of published ones; both finish their work in
     flight at shutdown, before the pool closes."""
-    app[MARKS] = PublishedMarks(app[POOL])
+    app[MARKS] = PublishedMarks(app[POOL], app[ROW_TURNS])
     app[PLACER] = order_placer(app[POOL], app[NC], app[JS], app[MARKS])
     yield
     await app[PLACER].close()
@@ -38,7 +38,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(republish_forever(app[POOL], app[JS]), name="republisher"),
         asyncio.create_task(
-            reconcile_forever(app[POOL], app[JS], app[SETTINGS]), name="reconciler"
+            reconcile_forever(app[POOL], app[JS], app[SETTINGS], app[ROW_TURNS]), name="reconciler"
         ),
     ]
     yield
@@ -51,6 +51,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: OrdersSettings) -> web.Application:
     app = base_app(settings, "orders", deadline_s=REQUEST_DEADLINE_S)
+    app[ROW_TURNS] = asyncio.Lock()
     app.cleanup_ctx.append(
         micro_ctx(
             "orders",
@@ -66,7 +67,9 @@ def create_app(settings: OrdersSettings) -> web.Application:
     )
     app[TOKENS] = TokenCache()
     app.cleanup_ctx.append(placing_ctx)
-    app.cleanup_ctx.append(consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL])))
+    app.cleanup_ctx.append(
+        consumers_ctx(lambda app: nats_handlers.transition_consumers(app[POOL], app[ROW_TURNS]))
+    )
     app.cleanup_ctx.append(background_ctx)
     setup_routes(app)
     setup_openapi(

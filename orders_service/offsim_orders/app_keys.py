@@ -1,5 +1,7 @@
 """Typed application keys of the orders service (the shared ones live in offsim_common.app_keys)."""
 
+import asyncio
+
 from aiohttp import web
 
 from .group_commit import GroupCommit
@@ -7,3 +9,7 @@ from .orders import Placed, Placement, PublishedMarks
 
 PLACER = web.AppKey("placer", GroupCommit[Placement, Placed])
 MARKS = web.AppKey("marks", PublishedMarks)
+# Taken by each statement that updates many orders' rows at once (the transition batches, the
+# published marks, the reconciler's confirmations), so that they take turns in this process:
+# two at once deadlocked, and Postgres finds a deadlock only after deadlock_timeout (1 s).
+ROW_TURNS = web.AppKey("row_turns", asyncio.Lock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -63,7 +64,12 @@ def transition_consumer(
     record: Recorder,
     record_many: BatchRecorder,
     transition: str,
+    turns: asyncio.Lock,
 ) -> bus.ConsumerSpec[OrderEvent]:
+    """A batch takes `turns` (app_keys.ROW_TURNS) for its statement: the shipped and the
+    completed batches move the same orders at nearly the same time, and two such statements at
+    once deadlocked. Each is one short statement, so taking turns costs little."""
+
     async def handle(event: OrderEvent, msg: Msg) -> None:
         tracing.annotate({"offsim.order.id": event.id})
         async with pool.acquire() as conn:
@@ -80,7 +86,7 @@ def transition_consumer(
         """The batch in one statement; an event that describes no order leaves it all undone
         (then each is handled alone, and only that one is dead-lettered)."""
         events = [event for event, _ in batch]
-        async with pool.acquire() as conn:
+        async with turns, pool.acquire() as conn:
             moved = await record_many(conn, events)
         if moved is None:
             raise bus.Contradiction("an event of the batch describes no order")
@@ -98,15 +104,15 @@ def transition_consumer(
     )
 
 
-def transition_consumers(pool: asyncpg.Pool) -> list[bus.ConsumerSpec]:
+def transition_consumers(pool: asyncpg.Pool, turns: asyncio.Lock) -> list[bus.ConsumerSpec]:
     return [
         transition_consumer(pool, subjects.ORDERS_SHIPPED, subjects.ORDERS_RECORD_SHIPPED,
                             queries.record_shipped, queries.record_shipped_many,
-                            "pending_to_shipped"),
+                            "pending_to_shipped", turns),
         transition_consumer(pool, subjects.ORDERS_COMPLETED, subjects.ORDERS_RECORD_COMPLETED,
                             queries.record_completed, queries.record_completed_many,
-                            "shipped_to_completed"),
+                            "shipped_to_completed", turns),
         transition_consumer(pool, subjects.ORDERS_CANCELLED, subjects.ORDERS_RECORD_CANCELLED,
                             queries.record_cancelled, queries.record_cancelled_many,
-                            "pending_to_cancelled"),
+                            "pending_to_cancelled", turns),
     ]  # fmt: skip

@@ -215,8 +215,9 @@ class PublishedMarks:
     database away) only lets the re-publisher announce the order again, which the stream drops
     as a duplicate."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, turns: asyncio.Lock | None = None) -> None:
         self._pool = pool
+        self._turns = turns or asyncio.Lock()  # see app_keys.ROW_TURNS
         self._ids: list[int] = []
         self._task: asyncio.Task | None = None
 
@@ -231,7 +232,7 @@ class PublishedMarks:
             while self._ids:
                 ids, self._ids = self._ids, []
                 try:
-                    async with self._pool.acquire() as conn:
+                    async with self._turns, self._pool.acquire() as conn:
                         await queries.mark_published(conn, ids)
                 except Exception as exc:  # published all the same; a re-publish is de-duplicated
                     log.warning("%d orders published but not marked so: %r", len(ids), exc)

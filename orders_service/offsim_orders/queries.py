@@ -216,10 +216,10 @@ async def _move_many(
     `previous`} for the orders it moved. None, and nothing moved, if an event of the batch
     describes no order (no order with its id, SSD, product and quantity).
 
-    The events go in id order, so the rows are locked in id order (the join walks the events,
-    each order found by its key): the shipped and the completed batches move the same orders at
-    nearly the same time, and rows taken in each batch's own order deadlocked them (found by
-    Postgres only after deadlock_timeout, a second in which the pipeline stalled)."""
+    The events go in id order, so that every batch takes the rows it moves in the same order
+    (the join walks the events, each order found by its key). That alone did not stop two
+    batches at once from deadlocking: the transition consumers of a process take turns (see
+    nats_handlers.transition_consumer)."""
     events = sorted(events, key=lambda event: event.id)
     rows = await conn.fetch(
         f"""WITH {_EVENTS},

@@ -59,9 +59,15 @@ def stored_event(row: asyncpg.Record) -> tuple[str, OrderEvent]:
     return subject, event
 
 
-async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: OrdersSettings) -> int:
-    """Announce again one batch of overdue orders; return how many were announced."""
-    async with pool.acquire() as conn:
+async def reconcile_once(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    settings: OrdersSettings,
+    turns: asyncio.Lock | None = None,
+) -> int:
+    """Announce again one batch of overdue orders; return how many were announced. Deliveries
+    seen in stock are noted first, in `turns` (app_keys.ROW_TURNS)."""
+    async with turns or asyncio.Lock(), pool.acquire() as conn:
         await queries.confirm_deliveries(conn)
         rows = await queries.claim_overdue(
             conn,
@@ -84,13 +90,16 @@ async def reconcile_once(pool: asyncpg.Pool, js: JetStreamContext, settings: Ord
 
 
 async def reconcile_forever(
-    pool: asyncpg.Pool, js: JetStreamContext, settings: OrdersSettings
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    settings: OrdersSettings,
+    turns: asyncio.Lock | None = None,
 ) -> None:
     """Every `reconcile_interval` seconds, announce again the orders that are overdue (batch
     after batch while there are more)."""
     while True:
         try:
-            while await reconcile_once(pool, js, settings) == BATCH:
+            while await reconcile_once(pool, js, settings, turns) == BATCH:
                 pass
         except asyncio.CancelledError:
             raise
