@@ -25,3 +25,17 @@ async def register(users, email: str = "test@example.org", devices: int = 1) -> 
     resp = await users.post("/api/register", json=registration(email, devices))
     assert resp.status == 201, await resp.text()
     return await resp.json()
+
+
+async def stored_orders(pool, ssd_id: int, barcodes: list[str]) -> list[int]:
+    """Orders of one unit each, stored as placed and announced, without the API: their ids."""
+    async with pool.acquire() as conn:
+        return [
+            await conn.fetchval(
+                """INSERT INTO product_orders (ssd_id, barcode, quantity, published_at)
+                   VALUES ($1, $2, 1, now()) RETURNING id""",
+                ssd_id,
+                barcode,
+            )
+            for barcode in barcodes
+        ]

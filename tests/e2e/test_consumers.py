@@ -11,7 +11,7 @@ from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import REQUEST_ID_HEADER
 
 from tests.conftest import eventually
-from tests.helpers import register
+from tests.helpers import register, stored_orders
 
 
 async def stock_of(pool, ssd_id: int, barcode: str) -> int | None:
@@ -185,16 +185,7 @@ async def test_batch_with_one_contradicting_event_dead_letters_only_it(
     from offsim_orders.app import create_app
 
     ssd_id = (await register(users))["devices"][0]["id"]
-    async with pool.acquire() as conn:
-        ids = [
-            await conn.fetchval(
-                """INSERT INTO product_orders (ssd_id, barcode, quantity, published_at)
-                   VALUES ($1, $2, 1, now()) RETURNING id""",
-                ssd_id,
-                barcode,
-            )
-            for barcode in products[:5]
-        ]
+    ids = await stored_orders(pool, ssd_id, products[:5])
     js = nc.jetstream()
     dead_subject = f"{subjects.DEAD_LETTER_PREFIX}.{subjects.ORDERS_RECORD_SHIPPED}"
     before = await dead_letters(js, dead_subject)

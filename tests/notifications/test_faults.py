@@ -20,7 +20,7 @@ from offsim_launcher.embedded import free_port
 from offsim_notifications.app import create_app
 
 from tests.conftest import against, changed, eventually
-from tests.helpers import register
+from tests.helpers import register, stored_orders
 
 
 @asynccontextmanager
@@ -255,16 +255,7 @@ async def test_a_fetched_batch_moves_each_order_on_once(
     seed = 11
     await faults.put(js, Faults(reject=0.5, seed=seed))
     ssd_id = (await register(users))["devices"][0]["id"]
-    async with pool.acquire() as conn:
-        ids = [
-            await conn.fetchval(
-                """INSERT INTO product_orders (ssd_id, barcode, quantity, published_at)
-                   VALUES ($1, $2, 1, now()) RETURNING id""",
-                ssd_id,
-                barcode,
-            )
-            for barcode in [*products, *products]
-        ]
+    ids = await stored_orders(pool, ssd_id, [*products, *products])
     expected = {
         order_id: subjects.ORDERS_CANCELLED
         if hits(seed, "reject", order_id, 0.5)
