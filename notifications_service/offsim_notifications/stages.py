@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from offsim_common import bus, subjects, tracing
 from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.faults import Faults, FaultsView, draw, hits
-from offsim_common.logs import REQUEST_ID_HEADER
+from offsim_common.logs import REQUEST_ID_HEADER, request_id_from
 
 from .settings import NotificationsSettings
 
@@ -124,7 +124,7 @@ def stage_consumer(
         for event, msg in batch:
             subject, next_event = following(event, now, current)
             headers = {"Nats-Msg-Id": next_event.msg_id}
-            if (placing := (msg.headers or {}).get(REQUEST_ID_HEADER)) is not None:
+            if (placing := request_id_from(msg.headers)) is not None:
                 headers[REQUEST_ID_HEADER] = placing
             outgoing.setdefault(subject, []).append(
                 (next_event.model_dump_json().encode(), headers)
