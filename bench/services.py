@@ -382,6 +382,24 @@ async def drained(
         await conn.close()
 
 
+async def batch_totals(url: str) -> dict[str, tuple[float, float]]:
+    """{batch: (items, batches)} so far, from a service's offsim_batch_size histogram."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    totals: dict[str, list[float]] = {}
+    for name, label, value in re.findall(
+        r'^offsim_batch_size_(sum|count)\{batch="([^"]+)"\} (\S+)$', text, re.MULTILINE
+    ):
+        totals.setdefault(label, [0.0, 0.0])[name == "count"] = float(value)
+    return {label: (items, batches) for label, (items, batches) in totals.items()}
+
+
+def mean_batch(before: dict, after: dict, label: str) -> float:
+    items = after.get(label, (0, 0))[0] - before.get(label, (0, 0))[0]
+    batches = after.get(label, (0, 0))[1] - before.get(label, (0, 0))[1]
+    return items / batches if batches else 0.0
+
+
 async def database_now(dsn: str) -> datetime:
     conn = await asyncpg.connect(dsn)
     try:
@@ -395,8 +413,9 @@ async def stock_levels(conn: asyncpg.Connection) -> dict[tuple[int, str], int]:
     return {(row["ssd_id"], row["barcode"]): row["quantity"] for row in rows}
 
 
-async def check_exact(dsn: str, initial: dict[tuple[int, str], int]) -> tuple[int, int, int]:
-    """(orders, completed, SSD and product pairs whose stock is not initial + delivered)."""
+async def check_exact(dsn: str, initial: dict[tuple[int, str], int]) -> tuple[int, int, int, int]:
+    """(orders, completed, SSD and product pairs whose stock is not initial + delivered,
+    deadlocks Postgres detected: each one a statement undone after a 1 s wait)."""
     conn = await asyncpg.connect(dsn)
     try:
         orders = await conn.fetchval("SELECT count(*) FROM product_orders")
@@ -413,9 +432,29 @@ async def check_exact(dsn: str, initial: dict[tuple[int, str], int]) -> tuple[in
             if stock.get((r["ssd_id"], r["barcode"]))
             != initial.get((r["ssd_id"], r["barcode"]), 0) + r["q"]
         )
-        return orders, completed, wrong
+        deadlocks = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return orders, completed, wrong, deadlocks
     finally:
         await conn.close()
+
+
+def deadlock_report(log: Path, most: int = 3) -> str:
+    """The first `most` deadlocks in Postgres's log, with the statements that took part."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    reports = []
+    for i in [i for i, line in enumerate(lines) if "deadlock detected" in line][:most]:
+        block = [lines[i]]
+        for line in lines[i + 1 :]:
+            if not (line.startswith("\t") or " DETAIL: " in line or " HINT: " in line):
+                break
+            block.append(line)
+        # The lock waits, and of each statement its first line and what it updates.
+        reports.append(
+            "\n".join(line for line in block if re.search(r"Process |UPDATE|\bSET\b", line))
+        )
+    return "\n\n".join(reports)
 
 
 def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
@@ -434,6 +473,8 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # py-spy read a frame while it changed: a garbled line
+            continue
         frames = [re.sub(r" \(.*?/(site-packages/|offsim)", r" (\1", f) for f in stack.split(";")]
         n = int(count)
         total += n
@@ -507,7 +548,11 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                 if profile_dir is not None and round_ == 1:
                     spy = profile(orders_proc.pid, seconds, profile_dir / "orders.txt")
                 since = await database_now(dsn)
+                before = await batch_totals(orders_url)
                 runs["saturated"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp))
+                runs["saturated"][-1]["batch"] = mean_batch(
+                    before, await batch_totals(orders_url), "orders_placed"
+                )
                 placed, took = await drained(dsn, since)
                 runs["end_to_end"].append({"rate": placed / took, "placed": placed})
                 if spy is not None:
@@ -517,8 +562,12 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                     print(summary, file=sys.stderr)
 
                 print("  with Idempotency-Keys at saturation ...", file=sys.stderr)
+                before = await batch_totals(orders_url)
                 runs["keyed"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp,
                                          keyed=True))  # fmt: skip
+                runs["keyed"][-1]["batch"] = mean_batch(
+                    before, await batch_totals(orders_url), "orders_placed"
+                )
                 await drained(dsn)
                 print("  open loop at 300 req/s ...", file=sys.stderr)
                 runs["steady"].append(open_loop_process(f"{orders_url}/api/orders", bodies,
@@ -528,7 +577,9 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                 runs["scaled"].append(open_loop_process(f"{orders_url}/api/orders", bodies,
                                                         scaled_rate, seconds, tmp))  # fmt: skip
                 await drained(dsn)
-            placed_all, completed_all, wrong_all = await check_exact(dsn, initial)
+            placed_all, completed_all, wrong_all, deadlocks = await check_exact(dsn, initial)
+            if deadlocks:
+                print(deadlock_report(tmp / "pg" / "log"), file=sys.stderr)
         finally:
             for child in reversed(children):
                 child.send_signal(signal.SIGTERM)
@@ -555,8 +606,8 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
     def saturation_row(what: str, runs_: list[dict], ratio: str) -> tuple[str, str, str, str]:
         return (what, f"{median(runs_, 'rps'):,.0f} req/s",
                 f"p50 {median(runs_, 'p50'):.1f} ms, p99 {median(runs_, 'p99'):.1f} ms"
-                f"{spread(runs_, 'p99')}, {sum(r['errors'] for r in runs_)} non-2xx",
-                ratio)  # fmt: skip
+                f"{spread(runs_, 'p99')}, {sum(r['errors'] for r in runs_)} non-2xx, "
+                f"{median(runs_, 'batch'):.1f} orders a commit", ratio)  # fmt: skip
 
     def open_loop_row(rate: str, runs_: list[dict], checks: str) -> tuple[str, str, str, str]:
         for run in runs_:
@@ -585,7 +636,7 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
         open_loop_row("300 req/s", runs["steady"], ""),
         open_loop_row(f"{scaled_rate} req/s (3 % of bare)", runs["scaled"], ""),
         ("every order of the run", "", f"{placed_all} placed, {completed_all} completed and in "
-         f"stock, {wrong_all} stock pairs wrong", ""),
+         f"stock, {wrong_all} stock pairs wrong, {deadlocks} deadlocks", ""),
     ]  # fmt: skip
     print(f"| {'what':<50} | {'rate':>14} | {'latency and checks':<60} | ratio |")
     print(f"|{'-' * 52}|{'-' * 15}:|{'-' * 62}|---|")

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects, tracing
 from .logs import request_id, request_id_from, request_id_headers
-from .metrics import NATS_MESSAGES
+from .metrics import BATCH_SIZE, NATS_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +416,7 @@ async def pull_forever(
 ) -> None:
     """Fetch and handle batches until cancelled, or return when the durable is gone."""
     missing = 0
+    sizes = BATCH_SIZE.labels(spec.durable)
     while True:
         try:
             msgs = await sub.fetch(spec.batch, timeout=spec.fetch_timeout_s)
@@ -434,6 +435,7 @@ async def pull_forever(
             await asyncio.sleep(spec.fetch_retry_s)
             continue
         missing = 0
+        sizes.observe(len(msgs))
         if spec.batch_handler is not None and len(msgs) > 1 and not tracing.enabled():
             await _handle_batch(js, spec, msgs)
         else:

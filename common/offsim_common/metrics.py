@@ -40,6 +40,12 @@ ORDER_REANNOUNCEMENTS = Counter(
     "Overdue orders the reconciler announced again, by the status announced",
     ["status"],
 )
+BATCH_SIZE = Histogram(
+    "offsim_batch_size",
+    "Items per batch: orders committed together (group commit), messages fetched by a consumer",
+    ["batch"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 GENERATOR_EVENTS = Counter(
     "offsim_generator_events_total", "Simulated events sent by the generator", ["event", "outcome"]
 )

@@ -10,6 +10,7 @@ from .orders import Placed, Placement, PublishedMarks
 PLACER = web.AppKey("placer", GroupCommit[Placement, Placed])
 MARKS = web.AppKey("marks", PublishedMarks)
 # Taken by each statement that updates many orders' rows at once (the transition batches, the
-# published marks, the reconciler's confirmations), so that they take turns in this process:
-# two at once deadlocked, and Postgres finds a deadlock only after deadlock_timeout (1 s).
+# published marks, the reconciler's confirmations) before it takes its turn across replicas in
+# Postgres (queries.ROW_TURN_KEY): the statements of one process queue here, each without a
+# pooled connection, rather than in Postgres, each holding one.
 ROW_TURNS = web.AppKey("row_turns", asyncio.Lock)

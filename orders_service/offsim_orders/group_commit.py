@@ -33,8 +33,10 @@ class GroupCommit(Generic[T, R]):
         after: AfterBatch | None = None,
         max_batch: int = 256,
         concurrency: int = 2,
+        observe: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
+        self._observe = observe  # told each batch's size (a metric)
         self._after = after
         self._stages: set[asyncio.Task] = set()
         self._max_batch = max_batch
@@ -53,6 +55,8 @@ class GroupCommit(Generic[T, R]):
         while self._waiting and len(self._running) < self._concurrency:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
+            if self._observe is not None:
+                self._observe(len(batch))
             task = asyncio.create_task(self._flush(batch))
             self._running.add(task)
 

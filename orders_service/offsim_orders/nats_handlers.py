@@ -66,9 +66,10 @@ def transition_consumer(
     transition: str,
     turns: asyncio.Lock,
 ) -> bus.ConsumerSpec[OrderEvent]:
-    """A batch takes `turns` (app_keys.ROW_TURNS) for its statement: the shipped and the
-    completed batches move the same orders at nearly the same time, and two such statements at
-    once deadlocked. Each is one short statement, so taking turns costs little."""
+    """A batch takes `turns` (app_keys.ROW_TURNS) for its statement, which then takes its
+    turn across replicas (queries.ROW_TURN_KEY): the shipped and the completed batches move the
+    same orders at nearly the same time, and two such statements at once deadlocked. Each is
+    one short statement, so taking turns costs little."""
 
     async def handle(event: OrderEvent, msg: Msg) -> None:
         tracing.annotate({"offsim.order.id": event.id})

@@ -28,7 +28,7 @@ from offsim_common.db import is_unavailable
 from offsim_common.errors import Conflict, DomainError, Forbidden, NotFound
 from offsim_common.events import OrderEvent, OrderStatus
 from offsim_common.logs import REQUEST_ID_HEADER, request_id
-from offsim_common.metrics import ORDER_TRANSITIONS
+from offsim_common.metrics import BATCH_SIZE, ORDER_TRANSITIONS
 from offsim_common.requests import OrderRequest
 
 from . import queries
@@ -206,7 +206,11 @@ def order_placer(
         await announce_batch(nc, js, marks, placements, results)
         return results
 
-    return GroupCommit(lambda placements: insert_batch(pool, placements), after=announce)
+    return GroupCommit(
+        lambda placements: insert_batch(pool, placements),
+        after=announce,
+        observe=BATCH_SIZE.labels("orders_placed").observe,
+    )
 
 
 class PublishedMarks:

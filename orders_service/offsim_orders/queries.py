@@ -9,6 +9,18 @@ import asyncpg
 from offsim_common.events import OrderEvent
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
+
+# The statements that update many orders' rows at once (transition batches, published marks,
+# delivery confirmations) take turns across every replica: each first takes this transaction
+# advisory lock, held until it commits (each is its own transaction). Two of them at once could
+# lock their rows in different orders and deadlock, which Postgres finds only after
+# deadlock_timeout (a 1 s stall, and the batch undone): the order of the rows a statement locks
+# is its plan's (a nested loop follows the batch's id order, a hash join the table's physical
+# order), and the plan changes with the table's size. The key is "offsim" in ASCII.
+ROW_TURN_KEY = 0x6F666673696D
+# An uncorrelated subquery, so Postgres runs it once, before the statement's scan returns (and
+# so updates) any row: a condition on it is the plan's one-time filter.
+_TAKE_TURN = f"(SELECT true FROM pg_advisory_xact_lock({ROW_TURN_KEY}))"
 ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 
@@ -61,8 +73,8 @@ async def insert_orders(
 
 async def mark_published(conn: asyncpg.Connection, order_ids: list[int]) -> None:
     await conn.execute(
-        """UPDATE product_orders SET published_at = now(), publish_claimed_until = NULL
-           WHERE id = ANY($1::bigint[]) AND published_at IS NULL""",
+        f"""UPDATE product_orders SET published_at = now(), publish_claimed_until = NULL
+            WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND {_TAKE_TURN}""",
         order_ids,
     )
 
@@ -136,9 +148,10 @@ async def confirm_deliveries(conn: asyncpg.Connection) -> int:
     reconciler never looks at them again (they leave the index of those awaiting delivery).
     Returns how many."""
     status = await conn.execute(
-        """UPDATE product_orders o SET delivery_confirmed = true
-           WHERE o.status = 'completed' AND NOT o.delivery_confirmed
-             AND EXISTS (SELECT 1 FROM delivered_orders d WHERE d.order_id = o.id)"""
+        f"""UPDATE product_orders o SET delivery_confirmed = true
+            WHERE o.status = 'completed' AND NOT o.delivery_confirmed
+              AND EXISTS (SELECT 1 FROM delivered_orders d WHERE d.order_id = o.id)
+              AND {_TAKE_TURN}"""
     )
     return int(status.split()[-1])
 
@@ -214,13 +227,8 @@ async def _move_many(
     """Move a batch's orders in one statement (its own transaction: one round trip): `moves`
     (a SET list) where the order is in an `allowed` status and matches its event; {order id:
     `previous`} for the orders it moved. None, and nothing moved, if an event of the batch
-    describes no order (no order with its id, SSD, product and quantity).
-
-    The events go in id order, so that every batch takes the rows it moves in the same order
-    (the join walks the events, each order found by its key). That alone did not stop two
-    batches at once from deadlocking: the transition consumers of a process take turns (see
-    nats_handlers.transition_consumer)."""
-    events = sorted(events, key=lambda event: event.id)
+    describes no order (no order with its id, SSD, product and quantity). It takes its turn
+    first (ROW_TURN_KEY)."""
     rows = await conn.fetch(
         f"""WITH {_EVENTS},
             undescribed AS (
@@ -231,7 +239,7 @@ async def _move_many(
                 UPDATE product_orders o SET {moves} FROM e
                 WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
                   AND o.barcode = e.barcode AND o.quantity = e.quantity
-                  AND (SELECT n FROM undescribed) = 0
+                  AND (SELECT n FROM undescribed) = 0 AND {_TAKE_TURN}
                 RETURNING o.id, {previous} AS previous)
             SELECT u.n AS undescribed, m.id, m.previous
             FROM undescribed u LEFT JOIN moved m ON true""",

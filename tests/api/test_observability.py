@@ -9,6 +9,7 @@ import logging
 from offsim_common import subjects
 from offsim_common.logs import REQUEST_ID_HEADER, request_id, setup_logging
 
+from tests.conftest import eventually
 from tests.helpers import register
 
 
@@ -41,6 +42,8 @@ async def test_request_id_travels_from_http_to_completed(
 
     for subject in seen:
         await nc.subscribe(subject, cb=on_message)
+    metrics = await (await orders.get("/metrics")).text()
+    fetched_before = batch_totals(metrics, subjects.ORDERS_RECORD_SHIPPED)[0]
     resp = await orders.post(
         "/api/orders",
         json={"ssd_id": ssd_id, "barcode": products[0], "quantity": 1},
@@ -54,6 +57,36 @@ async def test_request_id_travels_from_http_to_completed(
 
     text = await (await orders.get("/metrics")).text()
     assert 'offsim_order_transitions_total{status="pending"}' in text
+
+    async def shipped_fetched() -> bool:  # by the orders service's consumer, in a batch
+        text = await (await orders.get("/metrics")).text()
+        return batch_totals(text, subjects.ORDERS_RECORD_SHIPPED)[0] > fetched_before
+
+    await eventually(shipped_fetched)
+
+
+def batch_totals(text: str, batch: str) -> tuple[float, float]:
+    """(items, batches) of one label of offsim_batch_size, from a /metrics page."""
+    values = {
+        line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("offsim_batch_size_sum{", "offsim_batch_size_count{"))
+        and f'batch="{batch}"' in line
+    }
+    return values.get("offsim_batch_size_sum", 0.0), values.get("offsim_batch_size_count", 0.0)
+
+
+async def test_metrics_show_how_many_orders_commit_together(users, orders, pool, products):
+    ssd_id = (await register(users))["devices"][0]["id"]
+    items, batches = batch_totals(await (await orders.get("/metrics")).text(), "orders_placed")
+    answers = await asyncio.gather(*(
+        orders.post("/api/orders", json={"ssd_id": ssd_id, "barcode": barcode, "quantity": 1})
+        for barcode in products
+    ))  # fmt: skip
+    assert [answer.status for answer in answers] == [201] * len(products)
+    after = batch_totals(await (await orders.get("/metrics")).text(), "orders_placed")
+    assert after[0] - items == len(products)  # every order counted once, in some batch
+    assert 1 <= after[1] - batches <= len(products)
 
 
 async def test_response_has_a_request_id_when_the_caller_sent_none(users, pool):
