@@ -556,7 +556,8 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                 placed, took = await drained(dsn, since)
                 runs["end_to_end"].append({"rate": placed / took, "placed": placed})
                 if spy is not None:
-                    spy.wait()
+                    if spy.wait() != 0 or not (profile_dir / "orders.txt").exists():
+                        sys.exit(f"py-spy failed (exit {spy.returncode}); is ptrace allowed?")
                     summary = summarize_profile(profile_dir / "orders.txt")
                     (profile_dir / "orders-summary.txt").write_text(summary + "\n")
                     print(summary, file=sys.stderr)

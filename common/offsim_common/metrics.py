@@ -6,10 +6,25 @@ paths, so an id scan cannot blow up the series count.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 HTTP_REQUESTS = Counter(
     "offsim_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
@@ -95,5 +110,48 @@ def metrics_middleware(service: str):
     return middleware
 
 
+# Set while the metrics of several worker processes are shared (see `shared_by_workers`).
+_shared_dir: Path | None = None
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+@contextlib.contextmanager
+def shared_by_workers() -> Iterator[Path]:
+    """Around forking workers (OFFSIM_HTTP_WORKERS): each worker writes its metrics to files of
+    its own in a fresh directory (prometheus_client's multiprocess mode), and `/metrics`, from
+    whichever worker answers, sums every worker's; without this it showed only its own. Every
+    offsim metric is a counter or a histogram, which add up across processes. The directory
+    is removed once the workers have exited."""
+    global _shared_dir
+    directory = Path(tempfile.mkdtemp(prefix="offsim-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    previous = values.ValueClass
+    # Each value's file is named after its process. The default asks the kernel for the pid at
+    # every increment (getpid is a system call); the pid is kept here and renewed at each fork.
+    values.ValueClass = values.MultiProcessValue(lambda: _pid)
+    _shared_dir = directory
+    try:
+        yield directory
+    finally:
+        _shared_dir = None
+        values.ValueClass = previous
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    registry = REGISTRY
+    if _shared_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(_shared_dir))
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

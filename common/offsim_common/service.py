@@ -25,7 +25,7 @@ from typing import TypeVar
 import uvloop
 from aiohttp import web
 
-from . import bus, health, tracing
+from . import bus, health, metrics, tracing
 from .app_keys import CONSUMERS, JS, NAME, NC, POOL, SETTINGS, STOP
 from .db import create_pool
 from .http import deadline_middleware, error_middleware, request_id_middleware
@@ -158,7 +158,10 @@ def main(name: str, settings_type: type[S], create_app: Callable[[S], web.Applic
     setup_logging(settings.log_level, name)
     workers = getattr(settings, "http_workers", 1)
     if workers > 1:
-        sys.exit(run_workers(workers, lambda: serve(name, settings, create_app, reuse_port=True)))
+        with metrics.shared_by_workers():
+            status = run_workers(workers, lambda: serve(name, settings, create_app,
+                                                        reuse_port=True))  # fmt: skip
+        sys.exit(status)
     serve(name, settings, create_app)
 
 
