@@ -13,14 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import random
-import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -33,6 +29,7 @@ from offsim_launcher import embedded
 
 from tests.conftest import SERVICE_TOKEN, eventually
 from tests.helpers import registration
+from tests.processes import Service
 
 pytestmark = pytest.mark.slow
 
@@ -43,53 +40,6 @@ WORKERS = 2
 PACE_S = 0.2  # between two orders of one worker
 ANSWER_TIMEOUT_S = 5.0
 ORDER_DEADLINE_S = 30.0  # a client retries one order (same Idempotency-Key) this long
-
-
-@dataclass
-class Service:
-    name: str
-    module: str
-    env: dict[str, str]
-    log: Path
-    port: int = field(default_factory=embedded.free_port)
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        """Start the process and return once its health probe answers 200."""
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module,
-                env={**os.environ, **self.env, "HTTP_PORT": str(self.port)},
-                stdout=out, stderr=out, start_new_session=True,
-            )  # fmt: skip
-
-        async def healthy() -> bool:
-            if self.proc.returncode is not None:
-                raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-            try:
-                async with http.get(f"{self.url}/api/health") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(healthy, within=30, interval=0.1)
-
-    async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            await self.kill()
 
 
 @dataclass
