@@ -16,8 +16,8 @@ ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
 # lock their rows in different orders and deadlock, which Postgres finds only after
 # deadlock_timeout (a 1 s stall, and the batch undone): the order of the rows a statement locks
 # is its plan's (a nested loop follows the batch's id order, a hash join the table's physical
-# order), and the plan changes with the table's size. The key is "offsim" in ASCII.
-ROW_TURN_KEY = 0x6F666673696D
+# order), and the plan changes with the table's size.
+ROW_TURN_KEY = 0x6F6666_726F7773  # "off" "rows"; no other advisory lock of offsim's
 # An uncorrelated subquery, so Postgres runs it once, before the statement's scan returns (and
 # so updates) any row: a condition on it is the plan's one-time filter.
 _TAKE_TURN = f"(SELECT true FROM pg_advisory_xact_lock({ROW_TURN_KEY}))"

@@ -12,7 +12,9 @@ import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
+from offsim_common import migrate
 from offsim_common.events import OrderEvent, OrderStatus
+from offsim_etl import load
 from offsim_orders import queries
 
 from tests.conftest import eventually
@@ -82,3 +84,9 @@ async def test_row_updates_wait_for_a_turn_held_by_another_replica(
 
 async def _equals(value, expected) -> bool:
     return await value == expected
+
+
+def test_the_turn_is_no_other_advisory_lock():
+    """Migrations and the ETL hold advisory locks for minutes; sharing one would stall every
+    transition behind them."""
+    assert len({queries.ROW_TURN_KEY, migrate._LOCK_KEY, load.RUN_LOCK}) == 3
