@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from tests.conftest import eventually
 from tests.processes import Service
 
 REQUESTS = 40
@@ -21,6 +22,16 @@ def unauthorized(text: str) -> float:
     )
 
 
+def listening(port: int) -> int:
+    """IPv4 sockets listening on `port`, from the kernel's table (state 0A is LISTEN)."""
+    with open("/proc/net/tcp") as lines:
+        next(lines)
+        return sum(
+            fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+            for fields in map(str.split, lines)
+        )
+
+
 async def test_workers_share_the_port_and_metrics_count_every_workers_requests(
     nats_url, database_url, pool, tmp_path
 ):
@@ -36,6 +47,11 @@ async def test_workers_share_the_port_and_metrics_count_every_workers_requests(
     async with fresh() as http:
         await users.start(http)
     try:
+
+        async def both_listening() -> bool:  # one socket each, sharing the port
+            return listening(users.port) == 2
+
+        await eventually(both_listening, within=30)
         for user in range(REQUESTS):
             async with fresh() as http, http.get(f"{users.url}/api/users/{user + 1}") as resp:
                 assert resp.status == 401
