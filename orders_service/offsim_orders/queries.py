@@ -9,6 +9,7 @@ import asyncpg
 from offsim_common.events import OrderEvent
 
 ORDER_COLUMNS = "id, ssd_id, barcode, quantity, kind, status, created_at"
+ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 # The statements that update many orders' rows at once (transition batches, published marks,
 # delivery confirmations) take turns across every replica: each first takes this transaction
@@ -21,7 +22,6 @@ ROW_TURN_KEY = 0x6F6666_726F7773  # "off" "rows"; no other advisory lock of offs
 # An uncorrelated subquery, so Postgres runs it once, before the statement's scan returns (and
 # so updates) any row: a condition on it is the plan's one-time filter.
 _TAKE_TURN = f"(SELECT true FROM pg_advisory_xact_lock({ROW_TURN_KEY}))"
-ORDER_DETAIL_COLUMNS = f"{ORDER_COLUMNS}, shipped_at, completed_at, cancelled_at"
 
 
 async def insert_orders(
