@@ -24,6 +24,14 @@ ROW_TURN_KEY = 0x6F6666_726F7773  # "off" "rows"; no other advisory lock of offs
 _TAKE_TURN = f"(SELECT true FROM pg_advisory_xact_lock({ROW_TURN_KEY}))"
 
 
+def _turn(rows: int) -> str:
+    """The turn's condition for a statement of `rows` known rows. A one-row statement needs no
+    turn (holding a single row, it cannot be half of a deadlock), and must not wait for one:
+    one by one is how a failed batch is retried, up to a fetch's worth at once, each holding a
+    pooled connection."""
+    return _TAKE_TURN if rows > 1 else "true"
+
+
 async def insert_orders(
     conn: asyncpg.Connection,
     ssd_ids: list[int],
@@ -74,7 +82,7 @@ async def insert_orders(
 async def mark_published(conn: asyncpg.Connection, order_ids: list[int]) -> None:
     await conn.execute(
         f"""UPDATE product_orders SET published_at = now(), publish_claimed_until = NULL
-            WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND {_TAKE_TURN}""",
+            WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND {_turn(len(order_ids))}""",
         order_ids,
     )
 
@@ -227,8 +235,8 @@ async def _move_many(
     """Move a batch's orders in one statement (its own transaction: one round trip): `moves`
     (a SET list) where the order is in an `allowed` status and matches its event; {order id:
     `previous`} for the orders it moved. None, and nothing moved, if an event of the batch
-    describes no order (no order with its id, SSD, product and quantity). It takes its turn
-    first (ROW_TURN_KEY)."""
+    describes no order (no order with its id, SSD, product and quantity). A batch takes its
+    turn first (ROW_TURN_KEY)."""
     rows = await conn.fetch(
         f"""WITH {_EVENTS},
             undescribed AS (
@@ -239,7 +247,7 @@ async def _move_many(
                 UPDATE product_orders o SET {moves} FROM e
                 WHERE o.id = e.id AND o.status IN ({allowed}) AND o.ssd_id = e.ssd_id
                   AND o.barcode = e.barcode AND o.quantity = e.quantity
-                  AND (SELECT n FROM undescribed) = 0 AND {_TAKE_TURN}
+                  AND (SELECT n FROM undescribed) = 0 AND {_turn(len(events))}
                 RETURNING o.id, {previous} AS previous)
             SELECT u.n AS undescribed, m.id, m.previous
             FROM undescribed u LEFT JOIN moved m ON true""",
