@@ -112,6 +112,7 @@ def metrics_middleware(service: str):
 
 # Set while the metrics of several worker processes are shared (see `shared_by_workers`).
 _shared_dir: Path | None = None
+_SHARED_PREFIX = "offsim-metrics-"
 _pid = os.getpid()
 
 
@@ -131,7 +132,8 @@ def shared_by_workers() -> Iterator[Path]:
     offsim metric is a counter or a histogram, which add up across processes. The directory
     is removed once the workers have exited."""
     global _shared_dir
-    directory = Path(tempfile.mkdtemp(prefix="offsim-metrics-"))
+    _sweep(Path(tempfile.gettempdir()))
+    directory = Path(tempfile.mkdtemp(prefix=f"{_SHARED_PREFIX}{os.getpid()}-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     previous = values.ValueClass
     # Each value's file is named after its process. The default asks the kernel for the pid at
@@ -145,6 +147,26 @@ def shared_by_workers() -> Iterator[Path]:
         values.ValueClass = previous
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _sweep(root: Path) -> None:
+    """Remove the directories of parents that could not remove their own (killed, or out of
+    memory): a parent's pid is in its directory's name. In a container the parent may be pid 1
+    again after a restart, with a /tmp that outlived it: its own pid's are stale too."""
+    for stale in root.glob(f"{_SHARED_PREFIX}*"):
+        pid = stale.name.removeprefix(_SHARED_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 async def metrics(request: web.Request) -> web.Response:

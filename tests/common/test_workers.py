@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
+
 import aiohttp
+from offsim_common import metrics
 
 from tests.conftest import eventually
 from tests.processes import Service
@@ -61,3 +66,22 @@ async def test_workers_share_the_port_and_metrics_count_every_workers_requests(
     finally:
         await users.stop()
     assert users.proc.returncode == 0, users.log.read_text()[-3000:]
+
+
+def test_metrics_left_by_a_killed_parent_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    """The directory is removed when the workers end; a parent killed outright (SIGKILL, out of
+    memory) cannot, and the next start removes it: its pid, in the name, is gone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    stale = tmp_path / f"offsim-metrics-{ended.pid}-x1"
+    living = tmp_path / f"offsim-metrics-{os.getppid()}-x2"  # another parent, still running
+    for directory in (stale, living):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"\0" * 8)
+    with metrics.shared_by_workers() as shared:
+        assert shared.exists() and shared.parent == tmp_path
+        assert not stale.exists()
+        assert (living / "counter_1.db").exists()
+    assert not shared.exists()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
