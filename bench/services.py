@@ -45,6 +45,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 try:
     import uvloop
@@ -382,22 +383,27 @@ async def drained(
         await conn.close()
 
 
-async def batch_totals(url: str) -> dict[str, tuple[float, float]]:
-    """{batch: (items, batches)} so far, from a service's offsim_batch_size histogram."""
+async def placed_in_commits(url: str) -> tuple[float, float]:
+    """(orders, commits) of the orders service's group commit so far, from its /metrics."""
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
         text = await response.text()
-    totals: dict[str, list[float]] = {}
-    for name, label, value in re.findall(
-        r'^offsim_batch_size_(sum|count)\{batch="([^"]+)"\} (\S+)$', text, re.MULTILINE
-    ):
-        totals.setdefault(label, [0.0, 0.0])[name == "count"] = float(value)
-    return {label: (items, batches) for label, (items, batches) in totals.items()}
+    totals = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("batch") == "orders_placed"
+    }
+    return totals.get("offsim_batch_size_sum", 0.0), totals.get("offsim_batch_size_count", 0.0)
 
 
-def mean_batch(before: dict, after: dict, label: str) -> float:
-    items = after.get(label, (0, 0))[0] - before.get(label, (0, 0))[0]
-    batches = after.get(label, (0, 0))[1] - before.get(label, (0, 0))[1]
-    return items / batches if batches else 0.0
+async def wrk_orders(url: str, bodies: list[tuple[str, str]], seconds: int, tmp: Path,
+                     keyed: bool = False) -> dict:  # fmt: skip
+    """`wrk` on POST /api/orders, with the mean number of orders a commit carried meanwhile."""
+    orders, commits = await placed_in_commits(url)
+    result = wrk(url, "/api/orders", bodies, seconds, tmp, keyed)
+    orders_after, commits_after = await placed_in_commits(url)
+    result["batch"] = (orders_after - orders) / max(commits_after - commits, 1)
+    return result
 
 
 async def database_now(dsn: str) -> datetime:
@@ -436,28 +442,22 @@ async def check_exact(dsn: str, initial: dict[tuple[int, str], int]) -> tuple[in
         await conn.close()
 
 
-def deadlocks(log: Path) -> list[int]:
-    """Where Postgres's log reports a deadlock (each a statement undone after a 1 s wait). The
-    log, not pg_stat_database: a backend's statistics reach that view up to seconds later."""
+def deadlocks(log: Path) -> list[str]:
+    """Each deadlock Postgres's log reports (a statement undone after a 1 s wait): its lock
+    waits, and of each statement its first line and what it updates. The log, not
+    pg_stat_database: a backend's statistics reach that view up to seconds later."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    return [i for i, line in enumerate(lines) if "deadlock detected" in line]
-
-
-def deadlock_report(log: Path, most: int = 3) -> str:
-    """The first `most` deadlocks in Postgres's log, with the statements that took part."""
-    lines = log.read_text(errors="replace").splitlines()
     reports = []
-    for i in deadlocks(log)[:most]:
-        block = [lines[i]]
+    for i in [i for i, line in enumerate(lines) if "deadlock detected" in line]:
+        block = []
         for line in lines[i + 1 :]:
             if not (line.startswith("\t") or " DETAIL: " in line or " HINT: " in line):
                 break
             block.append(line)
-        # The lock waits, and of each statement its first line and what it updates.
         reports.append(
             "\n".join(line for line in block if re.search(r"Process |UPDATE|\bSET\b", line))
         )
-    return "\n\n".join(reports)
+    return reports
 
 
 def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
@@ -551,11 +551,7 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                 if profile_dir is not None and round_ == 1:
                     spy = profile(orders_proc.pid, seconds, profile_dir / "orders.txt")
                 since = await database_now(dsn)
-                before = await batch_totals(orders_url)
-                runs["saturated"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp))
-                runs["saturated"][-1]["batch"] = mean_batch(
-                    before, await batch_totals(orders_url), "orders_placed"
-                )
+                runs["saturated"].append(await wrk_orders(orders_url, bodies, seconds, tmp))
                 placed, took = await drained(dsn, since)
                 runs["end_to_end"].append({"rate": placed / took, "placed": placed})
                 if spy is not None:
@@ -566,12 +562,8 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                     print(summary, file=sys.stderr)
 
                 print("  with Idempotency-Keys at saturation ...", file=sys.stderr)
-                before = await batch_totals(orders_url)
-                runs["keyed"].append(wrk(orders_url, "/api/orders", bodies, seconds, tmp,
-                                         keyed=True))  # fmt: skip
-                runs["keyed"][-1]["batch"] = mean_batch(
-                    before, await batch_totals(orders_url), "orders_placed"
-                )
+                runs["keyed"].append(await wrk_orders(orders_url, bodies, seconds, tmp,
+                                                      keyed=True))  # fmt: skip
                 await drained(dsn)
                 print("  open loop at 300 req/s ...", file=sys.stderr)
                 runs["steady"].append(open_loop_process(f"{orders_url}/api/orders", bodies,
@@ -582,9 +574,9 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
                                                         scaled_rate, seconds, tmp))  # fmt: skip
                 await drained(dsn)
             placed_all, completed_all, wrong_all = await check_exact(dsn, initial)
-            deadlocked = len(deadlocks(tmp / "pg" / "log"))
+            deadlocked = deadlocks(tmp / "pg" / "log")
             if deadlocked:
-                print(deadlock_report(tmp / "pg" / "log"), file=sys.stderr)
+                print("\n\n".join(deadlocked[:3]), file=sys.stderr)
         finally:
             for child in reversed(children):
                 child.send_signal(signal.SIGTERM)
@@ -641,7 +633,7 @@ async def main(seconds: int, repeat: int, profile_dir: Path | None, workers: int
         open_loop_row("300 req/s", runs["steady"], ""),
         open_loop_row(f"{scaled_rate} req/s (3 % of bare)", runs["scaled"], ""),
         ("every order of the run", "", f"{placed_all} placed, {completed_all} completed and in "
-         f"stock, {wrong_all} stock pairs wrong, {deadlocked} deadlocks", ""),
+         f"stock, {wrong_all} stock pairs wrong, {len(deadlocked)} deadlocks", ""),
     ]  # fmt: skip
     print(f"| {'what':<50} | {'rate':>14} | {'latency and checks':<60} | ratio |")
     print(f"|{'-' * 52}|{'-' * 15}:|{'-' * 62}|---|")

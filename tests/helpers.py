@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from prometheus_client.parser import text_string_to_metric_families
+
 _macs = itertools.count(1)
 
 
@@ -39,3 +41,14 @@ async def stored_orders(pool, ssd_id: int, barcodes: list[str]) -> list[int]:
             )
             for barcode in barcodes
         ]
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """A sample's value on a /metrics page, summed over the series whose labels include
+    `labels` (0 when there is none)."""
+    return sum(
+        found.value
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )

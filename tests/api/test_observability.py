@@ -10,20 +10,16 @@ from offsim_common import subjects
 from offsim_common.logs import REQUEST_ID_HEADER, request_id, setup_logging
 
 from tests.conftest import eventually
-from tests.helpers import register
+from tests.helpers import metric, register
 
 
 async def test_metrics_count_requests_by_route_template(users, pool, products):
     await users.get("/api/users/12345")
     await users.get("/api/users/67890")
     text = await (await users.get("/metrics")).text()
-    line = next(
-        line for line in text.splitlines()
-        if line.startswith("offsim_http_requests_total{")
-        and 'route="/api/users/{id}"' in line and 'status="404"' in line
-        and 'service="users"' in line
-    )  # fmt: skip
-    assert float(line.rsplit(" ", 1)[1]) >= 2
+    answered = metric(text, "offsim_http_requests_total", service="users",
+                      route="/api/users/{id}", status="404")  # fmt: skip
+    assert answered >= 2
     assert "12345" not in text  # raw paths never become labels
 
 
@@ -43,7 +39,7 @@ async def test_request_id_travels_from_http_to_completed(
     for subject in seen:
         await nc.subscribe(subject, cb=on_message)
     metrics = await (await orders.get("/metrics")).text()
-    fetched_before = batch_totals(metrics, subjects.ORDERS_RECORD_SHIPPED)[0]
+    fetched_before = fetched(metrics)
     resp = await orders.post(
         "/api/orders",
         json={"ssd_id": ssd_id, "barcode": products[0], "quantity": 1},
@@ -60,31 +56,31 @@ async def test_request_id_travels_from_http_to_completed(
 
     async def shipped_fetched() -> bool:  # by the orders service's consumer, in a batch
         text = await (await orders.get("/metrics")).text()
-        return batch_totals(text, subjects.ORDERS_RECORD_SHIPPED)[0] > fetched_before
+        return fetched(text) > fetched_before
 
     await eventually(shipped_fetched)
 
 
-def batch_totals(text: str, batch: str) -> tuple[float, float]:
-    """(items, batches) of one label of offsim_batch_size, from a /metrics page."""
-    values = {
-        line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(("offsim_batch_size_sum{", "offsim_batch_size_count{"))
-        and f'batch="{batch}"' in line
-    }
-    return values.get("offsim_batch_size_sum", 0.0), values.get("offsim_batch_size_count", 0.0)
+def fetched(text: str) -> float:
+    """Messages the orders service's shipped consumer fetched, in all its batches."""
+    return metric(text, "offsim_batch_size_sum", batch=subjects.ORDERS_RECORD_SHIPPED)
+
+
+def committed(text: str) -> tuple[float, float]:
+    """(orders, commits) of the orders service's group commit."""
+    return (metric(text, "offsim_batch_size_sum", batch="orders_placed"),
+            metric(text, "offsim_batch_size_count", batch="orders_placed"))  # fmt: skip
 
 
 async def test_metrics_show_how_many_orders_commit_together(users, orders, pool, products):
     ssd_id = (await register(users))["devices"][0]["id"]
-    items, batches = batch_totals(await (await orders.get("/metrics")).text(), "orders_placed")
+    items, batches = committed(await (await orders.get("/metrics")).text())
     answers = await asyncio.gather(*(
         orders.post("/api/orders", json={"ssd_id": ssd_id, "barcode": barcode, "quantity": 1})
         for barcode in products
     ))  # fmt: skip
     assert [answer.status for answer in answers] == [201] * len(products)
-    after = batch_totals(await (await orders.get("/metrics")).text(), "orders_placed")
+    after = committed(await (await orders.get("/metrics")).text())
     assert after[0] - items == len(products)  # every order counted once, in some batch
     assert 1 <= after[1] - batches <= len(products)
 

@@ -10,21 +10,11 @@ import aiohttp
 from offsim_common import metrics
 
 from tests.conftest import eventually
+from tests.helpers import metric
 from tests.processes import Service
 
 REQUESTS = 40
-
-
-def unauthorized(text: str) -> float:
-    """offsim_http_requests_total of GET /api/users/{id} answered 401 (no token), from a
-    /metrics page."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("offsim_http_requests_total{")
-        and 'route="/api/users/{id}"' in line
-        and 'status="401"' in line
-    )
+USER_ROUTE = "/api/users/{id}"
 
 
 def listening(port: int) -> int:
@@ -62,7 +52,9 @@ async def test_workers_share_the_port_and_metrics_count_every_workers_requests(
                 assert resp.status == 401
         for _ in range(6):  # whichever worker answers /metrics counts every worker's requests
             async with fresh() as http, http.get(f"{users.url}/metrics") as resp:
-                assert unauthorized(await resp.text()) == REQUESTS
+                text = await resp.text()
+            refused = metric(text, "offsim_http_requests_total", route=USER_ROUTE, status="401")
+            assert refused == REQUESTS
     finally:
         await users.stop()
     assert users.proc.returncode == 0, users.log.read_text()[-3000:]
