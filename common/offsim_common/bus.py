@@ -43,6 +43,12 @@ M = TypeVar("M", bound=BaseModel)
 DUPLICATE_WINDOW_S = 3600.0
 STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
+# Readings are applied within a second of arriving; a day covers a users service down for a
+# long while. Their de-duplication is the database's (by reading id, for ever): the server's
+# window only spares it the copies a publisher re-sends at once, and a short one keeps the
+# server's memory of ids small at thousands of readings a second.
+READINGS_MAX_AGE_S = 24 * 3600.0
+READINGS_DUPLICATE_WINDOW_S = 120.0
 REASON_HEADER = "Offsim-Dead-Letter-Reason"
 
 
@@ -85,18 +91,23 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
     `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
     when a node is lost. Every service must be given the same value."""
-    for name, stream_subjects, max_age in (
-        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S),
-        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S),
-        (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS, DEAD_LETTER_MAX_AGE_S),
-    ):
+    for name, stream_subjects, max_age, window in (
+        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
+         DUPLICATE_WINDOW_S),
+        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
+         DUPLICATE_WINDOW_S),
+        (subjects.READINGS_STREAM, subjects.READINGS_STREAM_SUBJECTS, READINGS_MAX_AGE_S,
+         READINGS_DUPLICATE_WINDOW_S),
+        (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS, DEAD_LETTER_MAX_AGE_S,
+         DUPLICATE_WINDOW_S),
+    ):  # fmt: skip
         config = api.StreamConfig(
             name=name,
             subjects=list(stream_subjects),
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             max_age=max_age,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=window,
             num_replicas=replicas,
         )
         try:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from .fields import MAX_ORDER_QUANTITY, Barcode, Id
+from .fields import MAX_ORDER_QUANTITY, MAX_READING_UNITS, Barcode, Id, ReadingId
 
 
 class OrderKind(StrEnum):
@@ -85,6 +85,24 @@ class RandomBarcodeReply(BaseModel):
 class Device(BaseModel):
     id: int
     mac_address: str
+    watched: list[str] = Field(
+        default_factory=list,
+        description="barcodes of the products the SSD watches (what its readings may name)",
+    )
+
+
+class SsdReading(BaseModel):
+    """What an SSD saw used, on ssds.<ssd_id>.readings (or MQTT topic ssds/<ssd_id>/readings):
+    `quantity` units of `barcode`. `reading_id` is the device's own id for the reading, unique
+    per SSD: a reading sent or delivered again under the same id is applied once."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    ssd_id: Id
+    barcode: Barcode
+    quantity: Annotated[int, Field(ge=1, le=MAX_READING_UNITS, description="units used")]
+    reading_id: ReadingId
+    timestamp: AwareDatetime | None = Field(None, description="when the device saw it used")
 
 
 class UserRegistered(BaseModel):

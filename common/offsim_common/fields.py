@@ -22,6 +22,8 @@ NOT_BLANK = rf"^[^\x00]*[^\x00{BLANK}][^\x00]*$"
 _EMAIL_CHAR = rf"[^@\x00-\x1f\x7f{BLANK}]"
 EMAIL_PATTERN = rf"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$"
 MAX_ORDER_QUANTITY = 100
+# Units one reading may report: a household uses a few at a time; more is a faulty device.
+MAX_READING_UNITS = 100
 
 Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NOT_BLANK)
@@ -30,6 +32,10 @@ Barcode = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NOT_BLANK)
 ]
 Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+# A device's own id for a reading (a counter, a UUID): printable ASCII, no blanks.
+ReadingId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+]
 
 
 class Strict(BaseModel):

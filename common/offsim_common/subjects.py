@@ -12,11 +12,36 @@ ORDERS_COMPLETED = "orders.completed"
 # A terminal status: the supplier rejected the order (a fault injected on purpose).
 ORDERS_CANCELLED = "orders.cancelled"
 USERS_REGISTERED = "users.registered"
+# What an SSD saw used: one reading per message on ssds.<ssd_id>.readings (events.SsdReading).
+# MQTT devices publish the same on topic ssds/<ssd_id>/readings (QoS 1): NATS's own MQTT
+# listener maps `/` to `.`, so both reach the READINGS stream.
+SSD_READINGS_WILDCARD = "ssds.*.readings"
+
+
+def ssd_readings(ssd_id: int) -> str:
+    """The subject an SSD publishes its readings on."""
+    return f"ssds.{ssd_id}.readings"
+
+
+def ssd_readings_topic(ssd_id: int) -> str:
+    """The same, as the MQTT topic a device publishes to."""
+    return f"ssds/{ssd_id}/readings"
+
+
+def ssd_of_readings_subject(subject: str) -> int | None:
+    """The SSD id a readings subject names, or None if it names none."""
+    parts = subject.split(".")
+    if len(parts) == 3 and parts[0] == "ssds" and parts[2] == "readings" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
 
 ORDERS_STREAM = "ORDERS"
 ORDERS_STREAM_SUBJECTS = (ORDERS_PENDING, ORDERS_SHIPPED, ORDERS_COMPLETED, ORDERS_CANCELLED)
 USERS_STREAM = "USERS"
 USERS_STREAM_SUBJECTS = (USERS_REGISTERED,)
+READINGS_STREAM = "READINGS"
+READINGS_STREAM_SUBJECTS = (SSD_READINGS_WILDCARD,)
 # Messages a consumer gave up on (invalid, or failing on every delivery), kept for a person to
 # read: deadletter.<durable>, with the reason and the original subject in headers.
 DEAD_LETTER_STREAM = "DEADLETTER"
@@ -31,6 +56,7 @@ ORDERS_RECORD_SHIPPED = "orders-record-shipped"
 ORDERS_RECORD_COMPLETED = "orders-record-completed"
 ORDERS_RECORD_CANCELLED = "orders-record-cancelled"
 USERS_RESTOCK = "users-restock"
+USERS_APPLY_READINGS = "users-apply-readings"
 
 # Both services answer orders.random (scatter-gather), so each needs its own queue group:
 # with nats.micro's default group "q" only one of the two would ever answer.

@@ -37,8 +37,8 @@ async def insert_devices(
 
 async def watch_random_products(
     conn: asyncpg.Connection, ssd_id: int, count: int, rng: random.Random
-) -> int:
-    """Give a new SSD `count` products to watch, full to capacity; return how many it got.
+) -> list[str]:
+    """Give a new SSD `count` products to watch, full to capacity; return their barcodes.
 
     ORDER BY random() scans the catalogue: fine for the tens of thousands of products a simulation
     loads, and it only runs once per device.
@@ -53,7 +53,7 @@ async def watch_random_products(
            VALUES ($1, $2, $3, $4, $5)""",
         rows,
     )
-    return len(rows)
+    return [row[1] for row in rows]
 
 
 async def insert_token(conn: asyncpg.Connection, user_id: int, token_hash: bytes) -> None:

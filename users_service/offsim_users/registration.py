@@ -58,9 +58,11 @@ async def store_user(
     macs = [device.mac_address for device in body.devices]
     try:
         user = await queries.insert_user(conn, body.user, prepared.password_hash)
-        devices = await queries.insert_devices(conn, user["id"], macs)
+        devices = [dict(d) for d in await queries.insert_devices(conn, user["id"], macs)]
         for device in devices:
-            await queries.watch_random_products(conn, device["id"], watched, rng)
+            device["watched"] = await queries.watch_random_products(
+                conn, device["id"], watched, rng
+            )
         await queries.insert_token(conn, user["id"], prepared.token_hash)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "users_email_key":
@@ -74,7 +76,7 @@ async def store_user(
         first_name=user["first_name"],
         last_name=user["last_name"],
         email=user["email"],
-        devices=[Device(**dict(d)) for d in devices],
+        devices=[Device(**d) for d in devices],
     )
     return RegisterResult(**registered.model_dump(), token=prepared.token), registered
 

@@ -101,16 +101,19 @@ async def store_synthetic(
         ) from None
     catalogue = await queries.all_barcodes(conn)
     stock = []
+    watches: list[list[str]] = []
     for ssd_id in ssd_ids:
-        for barcode in rng.sample(catalogue, min(watched, len(catalogue))):
+        watches.append(rng.sample(catalogue, min(watched, len(catalogue))))
+        for barcode in watches[-1]:
             capacity = rng.randint(6, 12)
             stock.append((ssd_id, barcode, capacity, capacity // 3, capacity))
     await queries.copy_stock(conn, stock)
     results, at = [], 0
     for index, user in enumerate(people):
         ends = at + len(user.devices)
-        pairs = zip(ssd_ids[at:ends], macs[at:ends], strict=True)
-        devices = [Device(id=ssd_id, mac_address=mac) for ssd_id, mac in pairs]
+        pairs = zip(ssd_ids[at:ends], macs[at:ends], watches[at:ends], strict=True)
+        devices = [Device(id=ssd_id, mac_address=mac, watched=barcodes)
+                   for ssd_id, mac, barcodes in pairs]  # fmt: skip
         at = ends
         results.append(SyntheticUserResult(id=user_ids[index], devices=devices))
     return SyntheticUsersResult(users=results)
