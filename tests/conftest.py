@@ -34,7 +34,10 @@ TEST_DB = "offsim_test"
 SERVICE_TOKEN = "test-service-token"
 # The in-process clients act with the service credential unless a test says otherwise.
 AS_SERVICE = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
-SIM_TABLES = "users, ssds, product_ssds, product_orders, stock_deliveries, idempotency_keys"
+SIM_TABLES = (
+    "users, ssds, product_ssds, product_orders, stock_deliveries, idempotency_keys, "
+    "ssd_readings, ssd_demand"
+)
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +148,9 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
     client = await nats.connect(nats_url)
     js = client.jetstream()
-    for stream in (subjects.ORDERS_STREAM, subjects.USERS_STREAM, subjects.DEAD_LETTER_STREAM):
+    streams = (subjects.ORDERS_STREAM, subjects.USERS_STREAM, subjects.READINGS_STREAM,
+               subjects.DEAD_LETTER_STREAM)  # fmt: skip
+    for stream in streams:
         try:
             await js.delete_stream(stream)
         except NotFoundError:
