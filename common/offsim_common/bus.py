@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects, tracing
 from .logs import request_id, request_id_from, request_id_headers
-from .metrics import BATCH_SIZE, NATS_MESSAGES
+from .metrics import BATCH_SIZE, CONSUMER_PENDING, NATS_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,8 @@ class ConsumerSpec(Generic[M]):
     # burst of acks for many messages instead of one each (the stages themselves last seconds).
     # A full batch is followed at once, so a backlog is never slowed down.
     linger_s: float = 0.0
+    # Told of each message that fails validation (it is dead-lettered), for a count of its own.
+    on_invalid: Callable[[Msg], None] | None = None
 
 
 def _retry_delay(msg: Msg) -> float:
@@ -309,6 +311,8 @@ async def _dispatch(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> st
     try:
         payload = spec.model.model_validate_json(msg.data)
     except ValidationError as exc:
+        if spec.on_invalid is not None:
+            spec.on_invalid(msg)
         reason = f"invalid: {exc.errors(include_url=False, include_input=False)}"
         log.error("%s: invalid message on %s: %s; data=%r",
                   spec.durable, msg.subject, reason, msg.data[:500])  # fmt: skip
@@ -428,6 +432,7 @@ async def pull_forever(
     """Fetch and handle batches until cancelled, or return when the durable is gone."""
     missing = 0
     sizes = BATCH_SIZE.labels(spec.durable)
+    pending = CONSUMER_PENDING.labels(spec.durable)
     while True:
         try:
             msgs = await sub.fetch(spec.batch, timeout=spec.fetch_timeout_s)
@@ -435,6 +440,7 @@ async def pull_forever(
             # Nothing to fetch: nats' own TimeoutError, or asyncio's, which a batch fetch raises
             # when its deadline passes between its two pull requests.
             missing = 0
+            pending.set(0)
             continue
         except Exception as exc:
             # A reconnect, a server restart, an API error: log, back off, go on.
@@ -447,6 +453,9 @@ async def pull_forever(
             continue
         missing = 0
         sizes.observe(len(msgs))
+        if msgs:
+            # The server's count of what is left behind the last message: free with each fetch.
+            pending.set(msgs[-1].metadata.num_pending or 0)
         if spec.batch_handler is not None and len(msgs) > 1 and not tracing.enabled():
             await _handle_batch(js, spec, msgs)
         else:

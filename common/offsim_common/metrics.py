@@ -20,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -59,7 +60,30 @@ BATCH_SIZE = Histogram(
     "offsim_batch_size",
     "Items per batch: orders committed together (group commit), messages fetched by a consumer",
     ["batch"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+# Device readings (ssds.<id>.readings), by what became of each: `applied` to stock once,
+# `duplicate` (its reading id was applied before), `rejected` (an SSD or product the database does
+# not know, or a subject naming another SSD), `malformed` (not a reading: dead-lettered).
+SSD_READINGS = Counter(
+    "offsim_ssd_readings_total", "SSD readings received, by outcome", ["outcome"]
+)
+SSD_DEMAND_UNITS = Counter(
+    "offsim_ssd_demand_units_total",
+    "Units the applied readings asked for: `met` from stock, `short` found no stock",
+    ["outcome"],
+)
+RESTOCK_ORDERS = Counter(
+    "offsim_restock_orders_total",
+    "Restock orders the backend placed because a reading took a product below its reorder point",
+)
+# Messages of a durable consumer not yet delivered (the server's count at the last fetch): its
+# backlog. The same for every replica bound to the durable, hence the max across workers.
+CONSUMER_PENDING = Gauge(
+    "offsim_consumer_pending",
+    "Messages a durable consumer has not been delivered yet, at its last fetch",
+    ["consumer"],
+    multiprocess_mode="livemax",
 )
 GENERATOR_EVENTS = Counter(
     "offsim_generator_events_total", "Simulated events sent by the generator", ["event", "outcome"]
@@ -129,7 +153,8 @@ def shared_by_workers() -> Iterator[Path]:
     """Around forking workers (OFFSIM_HTTP_WORKERS): each worker writes its metrics to files of
     its own in a fresh directory (prometheus_client's multiprocess mode), and `/metrics`, from
     whichever worker answers, sums every worker's; without this it showed only its own. Every
-    offsim metric is a counter or a histogram, which add up across processes. The directory
+    offsim metric is a counter or a histogram, which add up across processes, but for the
+    consumers' backlog, a gauge whose largest live value is shown. The directory
     is removed once the workers have exited."""
     global _shared_dir
     _sweep(Path(tempfile.gettempdir()))

@@ -31,7 +31,14 @@ def create_app(settings: UsersSettings) -> web.Application:
             },
         )
     )
-    app.cleanup_ctx.append(consumers_ctx(lambda app: [nats_handlers.restock_consumer(app[POOL])]))
+    app.cleanup_ctx.append(
+        consumers_ctx(
+            lambda app: [
+                nats_handlers.restock_consumer(app[POOL]),
+                nats_handlers.readings_consumer(app[POOL]),
+            ]
+        )
+    )
     setup_routes(app)
     setup_openapi(
         app, "offsim users service", VERSION,

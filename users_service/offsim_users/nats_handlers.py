@@ -1,4 +1,5 @@
-"""The users service on NATS: its orders.random answer and its orders.completed consumer."""
+"""The users service on NATS: its orders.random answer, its orders.completed consumer and its
+consumer of the SSDs' readings."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from nats.aio.msg import Msg
 from nats.micro import Request
 from offsim_common import bus, subjects, tracing
 from offsim_common.errors import NotFound
-from offsim_common.events import OrderEvent, RandomSsdReply
+from offsim_common.events import OrderEvent, RandomSsdReply, SsdReading
+from offsim_common.metrics import SSD_READINGS
 
-from . import queries
+from . import queries, readings
 
 log = logging.getLogger(__name__)
 
@@ -81,4 +83,44 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
         model=OrderEvent,
         handler=handle,
         batch_handler=handle_many,
+    )
+
+
+# Readings a fetch takes at most: a busy city sends thousands a second, each batch one statement.
+READINGS_BATCH = 500
+
+
+def readings_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[SsdReading]:
+    """ssds.*.readings: the SSDs' readings applied to their stock, a batch in one statement,
+    each reading once (see readings.py). A reading on a subject that names another SSD is
+    rejected (a device publishes only for itself); a malformed one is dead-lettered."""
+
+    async def handle_many(batch: list[tuple[SsdReading, Msg]]) -> None:
+        own, strays = [], []
+        for reading, msg in batch:
+            if subjects.ssd_of_readings_subject(msg.subject) == reading.ssd_id:
+                own.append(reading)
+            else:
+                strays.append((reading, msg.subject))
+        async with pool.acquire() as conn, conn.transaction():
+            result = await readings.apply(conn, own)
+        readings.count(result)
+        readings.report(own, result)
+        for reading, subject in strays:
+            SSD_READINGS.labels(readings.REJECTED).inc()
+            readings.BAD_READINGS.warn("subject", "reading %s on %s names SSD %s; rejected",
+                                       reading.reading_id, subject, reading.ssd_id)  # fmt: skip
+
+    async def handle(reading: SsdReading, msg: Msg) -> None:
+        await handle_many([(reading, msg)])
+
+    return bus.ConsumerSpec(
+        stream=subjects.READINGS_STREAM,
+        durable=subjects.USERS_APPLY_READINGS,
+        subject=subjects.SSD_READINGS_WILDCARD,
+        model=SsdReading,
+        handler=handle,
+        batch_handler=handle_many,
+        batch=READINGS_BATCH,
+        on_invalid=lambda msg: SSD_READINGS.labels(readings.MALFORMED).inc(),
     )

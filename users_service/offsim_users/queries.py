@@ -256,3 +256,119 @@ async def copy_stock(conn: asyncpg.Connection, rows: list[tuple[int, str, int, i
         records=rows,
         columns=["ssd_id", "barcode", "quantity", "reorder_point", "capacity"],
     )
+
+
+# --- device readings (readings.py) --------------------------------------------------------------
+
+
+async def apply_readings(
+    conn: asyncpg.Connection,
+    ssd_ids: list[int],
+    reading_ids: list[str],
+    barcodes: list[str],
+    units: list[int],
+) -> asyncpg.Record:
+    """Apply a batch of readings in one statement; each reading id of an SSD is applied once.
+
+    Readings of a product the SSD does not have are left out. Each new reading is recorded in
+    `ssd_readings`, and the units of the new ones are taken from their stock rows (never below
+    zero; what found no stock is counted as short), per product and in the rows' key order, so
+    two batches touching the same rows wait for each other instead of deadlocking. A product
+    left below its reorder point gets a restock order from `place_restock_orders` (the orders
+    service's function: none while any order for it is on its way), in the same transaction.
+
+    One row: `known`, the ordinals (1-based) of the readings of a product the SSD has (the
+    first copy of each id); `applied`, those applied now; `stock`, the rows changed (JSON:
+    barcode, quantity left, reorder point, capacity, units wanted and short); `restocks`, the
+    orders placed (JSON)."""
+    return await conn.fetchrow(
+        """WITH r AS (
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
+                   WITH ORDINALITY AS r(ssd_id, reading_id, barcode, units, n)),
+           known AS MATERIALIZED (
+               SELECT DISTINCT ON (r.ssd_id, r.reading_id) r.*
+               FROM r JOIN product_ssds ps ON ps.ssd_id = r.ssd_id AND ps.barcode = r.barcode
+               ORDER BY r.ssd_id, r.reading_id, r.n),
+           fresh AS (
+               INSERT INTO ssd_readings (ssd_id, reading_id)
+               SELECT ssd_id, reading_id FROM known ORDER BY ssd_id, reading_id
+               ON CONFLICT DO NOTHING
+               RETURNING ssd_id, reading_id),
+           applied AS MATERIALIZED (
+               SELECT k.* FROM known k
+               JOIN fresh f ON f.ssd_id = k.ssd_id AND f.reading_id = k.reading_id),
+           wanted AS MATERIALIZED (
+               SELECT ssd_id, barcode, sum(units)::int AS units, count(*) AS readings,
+                      max(reading_id) AS last_reading
+               FROM applied GROUP BY ssd_id, barcode),
+           locked AS MATERIALIZED (
+               SELECT ps.ssd_id, ps.barcode, ps.quantity AS before
+               FROM product_ssds ps
+               JOIN wanted w ON w.ssd_id = ps.ssd_id AND w.barcode = ps.barcode
+               ORDER BY ps.ssd_id, ps.barcode
+               FOR UPDATE OF ps),
+           used AS (
+               UPDATE product_ssds ps
+               SET quantity = greatest(l.before - w.units, 0),
+                   units_wanted = ps.units_wanted + w.units,
+                   units_short = ps.units_short + greatest(w.units - l.before, 0)
+               FROM wanted w JOIN locked l ON l.ssd_id = w.ssd_id AND l.barcode = w.barcode
+               WHERE ps.ssd_id = w.ssd_id AND ps.barcode = w.barcode
+               RETURNING ps.ssd_id, ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
+                         w.units AS wanted, greatest(w.units - l.before, 0) AS short,
+                         w.readings, w.last_reading),
+           low AS MATERIALIZED (
+               SELECT * FROM used WHERE quantity < reorder_point ORDER BY ssd_id, barcode),
+           restocked AS (
+               SELECT * FROM place_restock_orders(
+                   ARRAY(SELECT ssd_id FROM low), ARRAY(SELECT barcode FROM low),
+                   ARRAY(SELECT capacity - quantity FROM low),
+                   ARRAY(SELECT 'ssd-' || ssd_id || '-reading-' || last_reading FROM low))),
+           demand AS (
+               INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short)
+               SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10),
+                      sum(readings), sum(wanted), sum(short)
+               FROM used HAVING count(*) > 0
+               ON CONFLICT (bucket) DO UPDATE
+               SET readings = d.readings + excluded.readings,
+                   units_wanted = d.units_wanted + excluded.units_wanted,
+                   units_short = d.units_short + excluded.units_short)
+           SELECT ARRAY(SELECT n FROM known) AS known,
+                  ARRAY(SELECT n FROM applied) AS applied,
+                  (SELECT coalesce(json_agg(json_build_object(
+                       'ssd_id', ssd_id, 'barcode', barcode, 'quantity', quantity,
+                       'reorder_point', reorder_point, 'capacity', capacity,
+                       'wanted', wanted, 'short', short)), '[]') FROM used) AS stock,
+                  (SELECT coalesce(json_agg(json_build_object(
+                       'order_id', order_id, 'ssd_id', ssd_id, 'barcode', barcode,
+                       'quantity', quantity)), '[]') FROM restocked) AS restocks""",
+        ssd_ids,
+        reading_ids,
+        barcodes,
+        units,
+    )
+
+
+async def watched_barcodes(conn: asyncpg.Connection, ssd_id: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT barcode FROM product_ssds WHERE ssd_id = $1 ORDER BY barcode", ssd_id
+    )
+    return [row["barcode"] for row in rows]
+
+
+async def ssd_stock(
+    conn: asyncpg.Connection, ssd_id: int, barcodes: list[str]
+) -> list[asyncpg.Record]:
+    """The stock rows of these products of an SSD, with their names and whether an order for
+    each is on its way."""
+    return await conn.fetch(
+        """SELECT ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
+                  (SELECT name FROM products WHERE barcode = ps.barcode) AS product_name,
+                  EXISTS (SELECT 1 FROM open_orders o
+                          WHERE o.ssd_id = ps.ssd_id AND o.barcode = ps.barcode) AS on_order
+           FROM product_ssds ps
+           WHERE ps.ssd_id = $1 AND ps.barcode = ANY($2::text[])
+           ORDER BY ps.barcode""",
+        ssd_id,
+        barcodes,
+    )
