@@ -16,9 +16,11 @@ from tests.helpers import metric, register
 
 
 def reading(ssd_id: int, barcode: str, quantity: int, reading_id: str) -> bytes:
-    return SsdReading(
-        ssd_id=ssd_id, barcode=barcode, quantity=quantity, reading_id=reading_id
-    ).model_dump_json().encode()
+    return (
+        SsdReading(ssd_id=ssd_id, barcode=barcode, quantity=quantity, reading_id=reading_id)
+        .model_dump_json()
+        .encode()
+    )
 
 
 async def stock_of(pool, ssd_id: int, barcode: str) -> dict:
@@ -121,9 +123,7 @@ async def test_one_restock_order_per_crossing(users, pool, nc, products):
     subject = subjects.ssd_readings(ssd_id)
     for n in range(above):
         await js.publish(subject, reading(ssd_id, barcode, 1, f"up-{n}"))
-    await eventually(
-        lambda: _quantity_is(pool, ssd_id, barcode, row["reorder_point"])
-    )
+    await eventually(lambda: _quantity_is(pool, ssd_id, barcode, row["reorder_point"]))
     assert await restock_orders(pool, ssd_id, barcode) == []  # at the reorder point, not below
     # The crossing: ordered back up to capacity from where it left the stock.
     await js.publish(subject, reading(ssd_id, barcode, 1, "cross"))
@@ -186,9 +186,8 @@ async def test_a_malformed_reading_is_dead_lettered_and_the_consumer_goes_on(
     assert (await stock_of(pool, ssd_id, barcode))["quantity"] == max(before["quantity"] - 1, 0)
     page = await metrics_text(users)
     assert metric(page, "offsim_ssd_readings_total", outcome="malformed") - malformed0 == 1
-    dead = await js.get_last_msg(
-        subjects.DEAD_LETTER_STREAM, f"{subjects.DEAD_LETTER_PREFIX}.{subjects.USERS_APPLY_READINGS}"
-    )
+    dead_letters = f"{subjects.DEAD_LETTER_PREFIX}.{subjects.USERS_APPLY_READINGS}"
+    dead = await js.get_last_msg(subjects.DEAD_LETTER_STREAM, dead_letters)
     assert dead.data == payload
     assert dead.headers[bus.SUBJECT_HEADER] == subjects.ssd_readings(ssd_id)
 
