@@ -23,7 +23,7 @@ from offsim_common import bus
 from offsim_common.db import create_pool
 from offsim_common.migrate import migrate
 from offsim_common.service import stop_on_signals
-from offsim_common.settings import ServiceSettings
+from offsim_common.settings import ConfigError, ServiceSettings
 from offsim_etl import run_etl
 from offsim_etl.settings import EtlSettings
 
@@ -39,6 +39,7 @@ USERS_PORT = 8081
 ORDERS_PORT = 8082
 GENERATOR_PORT = 8084
 DASHBOARD_PORT = 8085
+MQTT_PORT = 1883
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class UpOptions:
 
 def pick_port(preferred: int) -> int:
     return preferred if not embedded.port_open(preferred) else embedded.free_port()
+
+
+def mqtt_port() -> int:
+    """MQTT_PORT: where the embedded NATS takes the SSDs' MQTT connections (if that port is
+    taken, `offsim up` picks a free one, as for the others). Empty means the default."""
+    value = os.environ.get("MQTT_PORT", "").strip() or str(MQTT_PORT)
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"MQTT_PORT: must be a port number (1 to 65535), got {value!r}")
+    return int(value)
 
 
 async def wait_healthy(url: str, child: Child, within: float = 60.0) -> None:
@@ -96,12 +106,15 @@ async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event)
     async with AsyncExitStack() as stack:
         if "NATS_URL" in os.environ:
             nats_url = settings.nats_url
+            # That server's MQTT listener, if the caller says where it is.
+            mqtt_url = os.environ.get("MQTT_URL") or None
         else:
             server = await asyncio.to_thread(
-                embedded.start_nats, data / "nats", pick_port(NATS_PORT), logs / "nats.log"
-            )
+                embedded.start_nats, data / "nats", pick_port(NATS_PORT), logs / "nats.log",
+                mqtt_port=pick_port(mqtt_port()),
+            )  # fmt: skip
             stack.callback(server.stop)
-            nats_url = server.url
+            nats_url, mqtt_url = server.url, server.mqtt_url
             say(f"NATS (JetStream) at {nats_url}, data in {data / 'nats'}")
         if "DATABASE_URL" in os.environ:
             database_url = settings.database_url
@@ -137,7 +150,8 @@ async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event)
                   "SIM_SPEED": str(settings.sim_speed),
                   "USERS_URL": users_url, "ORDERS_URL": orders_url,
                   "GENERATOR_URL": generator_url,
-                  "OFFSIM_SERVICE_TOKEN": token}  # fmt: skip
+                  "OFFSIM_SERVICE_TOKEN": token,
+                  **({"MQTT_URL": mqtt_url} if mqtt_url else {})}  # fmt: skip
         children = [
             Child("users", "offsim_users", {**common, "HTTP_PORT": str(users_port)},
                   logs / "users.log"),
@@ -173,8 +187,10 @@ async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event)
         if not settings.service_token:
             say(f"service token   in {data / 'service-token'} (Authorization: Bearer ...)")
         say(f"dashboard       {dashboard_url}   (open it in a browser to watch)")
-        say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
         say(f"generator       {generator_url}/api/control   (phase, rates, faults)")
+        if mqtt_url:
+            say(f"MQTT (devices)  {mqtt_url}   (topic ssds/<id>/readings, QoS 1)")
+        say(f"service logs in {logs}; sim speed x{settings.sim_speed:g}; Ctrl-C stops")
         supervisors = [asyncio.create_task(c.supervise(feed.say)) for c in children]
         supervisors.append(asyncio.create_task(feed.follow_generator(generator_url)))
         await stop.wait()
