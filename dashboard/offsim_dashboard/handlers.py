@@ -39,13 +39,45 @@ async def load_summary(pool: asyncpg.Pool) -> dict[str, Any]:
         counts = await queries.count_entities(conn)
         by_status = await queries.count_orders_by_status(conn)
         stage_seconds = await queries.stage_seconds(conn)
+        demand = await queries.demand(conn)
     orders = {status.value: by_status.get(status.value, 0) for status in OrderStatus}
     return {
         **counts,
         "orders": {"total": sum(orders.values()), **orders},
         # Over the newest orders: seconds pending, shipped, and from placed to completed.
         "stage_seconds": stage_seconds,
+        "demand": demand_figures(demand),
         "at": datetime.now(UTC),
+    }
+
+
+def short_share(units_short: int, units_wanted: int) -> float | None:
+    """The share of the units wanted that found no stock; None (not 0) before any was wanted,
+    so that "nothing asked yet" never reads as "every demand met"."""
+    return units_short / units_wanted if units_wanted else None
+
+
+def demand_figures(row: dict[str, Any]) -> dict[str, Any]:
+    """The SSDs' demand as the page shows it: the headline figures (readings a second over the
+    last minute, the lifetime share that found no stock), then what they are made of."""
+    window = (row["until"] - row["since"]).total_seconds()
+    return {
+        "readings_per_second": row["minute_readings"] / window,
+        "short_share": short_share(row["units_short"], row["units_wanted"]),
+        "last_minute": {
+            "since": row["since"],
+            "until": row["until"],
+            "readings": row["minute_readings"],
+            "units_wanted": row["minute_units_wanted"],
+            "units_short": row["minute_units_short"],
+            "short_share": short_share(row["minute_units_short"], row["minute_units_wanted"]),
+        },
+        "lifetime": {
+            "readings": row["readings"],
+            "units_wanted": row["units_wanted"],
+            "units_short": row["units_short"],
+            "short_share": short_share(row["units_short"], row["units_wanted"]),
+        },
     }
 
 

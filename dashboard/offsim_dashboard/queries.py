@@ -10,6 +10,10 @@ import asyncpg
 # The dashboard looks for recent activity among the newest orders only, so its queries stay cheap
 # however long the simulation has run.
 RECENT_WINDOW = 500
+# The users service counts the demand of the SSDs' readings in buckets of this many seconds
+# (ssd_demand, migration 013); the dashboard's rates are over the last minute of complete buckets.
+DEMAND_BUCKET_S = 10
+DEMAND_WINDOW_S = 60
 
 
 async def count_entities(conn: asyncpg.Connection) -> dict[str, int]:
@@ -93,10 +97,12 @@ async def active_ssds(conn: asyncpg.Connection, limit: int) -> list[dict[str, An
 
 
 async def stock_of(conn: asyncpg.Connection, ssd_ids: Iterable[int]) -> list[dict[str, Any]]:
-    """The stock each SSD watches, with the product and the status of its open order, if any."""
+    """The stock each SSD watches, with the product, the units its readings asked for and those
+    that found no stock (lifetime), and the status of its open order, if any."""
     rows = await conn.fetch(
         """SELECT ps.ssd_id, ps.barcode, p.name, p.quantity AS package, p.image_url,
-                  ps.quantity, ps.reorder_point, ps.capacity, o.status AS on_order
+                  ps.quantity, ps.reorder_point, ps.capacity, ps.units_wanted, ps.units_short,
+                  o.status AS on_order
            FROM product_ssds ps
            JOIN products p ON p.barcode = ps.barcode
            LEFT JOIN product_orders o
@@ -132,3 +138,35 @@ async def throughput(conn: asyncpg.Connection, minutes: int) -> list[dict[str, A
         minutes,
     )
     return [dict(row) for row in rows]
+
+
+async def demand(conn: asyncpg.Connection) -> dict[str, Any]:
+    """The SSDs' readings and the units they asked for, over the last minute and over all time.
+
+    The last minute is the six complete buckets before the current one: the current bucket is
+    still filling, and counting it would make the rate dip at every bucket's start. Only
+    `ssd_demand` is read (one row per 10 s), never the stock rows, so the cost does not grow
+    with the number of SSDs: the minute is an index range of six rows, the lifetime a sum over
+    every row (about 0.5 ms for each day of readings kept).
+    """
+    row = await conn.fetchrow(
+        """WITH minute AS (
+               SELECT until - make_interval(secs => $2) AS since, until
+               FROM (SELECT to_timestamp(floor(extract(epoch FROM now()) / $1) * $1) AS until) b
+           )
+           SELECT minute.since, minute.until, recent.*, lifetime.*
+           FROM minute
+           CROSS JOIN LATERAL (
+               SELECT coalesce(sum(readings), 0)::bigint AS minute_readings,
+                      coalesce(sum(units_wanted), 0)::bigint AS minute_units_wanted,
+                      coalesce(sum(units_short), 0)::bigint AS minute_units_short
+               FROM ssd_demand WHERE bucket >= minute.since AND bucket < minute.until) recent
+           CROSS JOIN (
+               SELECT coalesce(sum(readings), 0)::bigint AS readings,
+                      coalesce(sum(units_wanted), 0)::bigint AS units_wanted,
+                      coalesce(sum(units_short), 0)::bigint AS units_short
+               FROM ssd_demand) lifetime""",
+        DEMAND_BUCKET_S,
+        DEMAND_WINDOW_S,
+    )
+    return dict(row)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from offsim_common.app_keys import POOL
 
@@ -49,6 +51,17 @@ async def test_summary_empty_database_returns_zero_counts(dashboard):
         "cancelled": 0,
     }
     assert body["stage_seconds"] == {"pending": None, "shipped": None, "completed": None}
+    demand = body["demand"]
+    # Nothing wanted yet: no share, rather than a share of 0 that would read as "all met".
+    assert (demand["readings_per_second"], demand["short_share"]) == (0, None)
+    assert demand["lifetime"] == {
+        "readings": 0,
+        "units_wanted": 0,
+        "units_short": 0,
+        "short_share": None,
+    }
+    assert demand["last_minute"]["readings"] == 0
+    assert demand["last_minute"]["short_share"] is None
     assert body["at"]
 
 
@@ -80,6 +93,77 @@ async def test_summary_after_registration_and_orders_counts_each(
     stages = body["stage_seconds"]
     assert stages["pending"] is None and stages["shipped"] is None
     assert stages["completed"] >= 0
+
+
+async def add_demand(pool, rows: dict[int, tuple[int, int, int]]) -> datetime:
+    """Rows of ssd_demand as the users service writes them, keyed by their bucket's offset in
+    seconds from the current 10-second bucket: (readings, units wanted, units short). Returns
+    the current bucket."""
+    async with pool.acquire() as conn:
+        current = await conn.fetchval(
+            "SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10)"
+        )
+        await conn.executemany(
+            "INSERT INTO ssd_demand (bucket, readings, units_wanted, units_short) "
+            "VALUES ($1, $2, $3, $4)",
+            [(current + timedelta(seconds=offset), *row) for offset, row in rows.items()],
+        )
+    return current
+
+
+async def test_summary_demand_counts_the_last_minute_of_complete_buckets(dashboard, pool):
+    current = await add_demand(
+        pool,
+        {
+            0: (1000, 900, 900),  # still filling: not in the last minute
+            -10: (60, 100, 10),
+            -60: (120, 300, 50),  # the oldest complete bucket of the last minute
+            -70: (5000, 600, 0),  # a minute and ten seconds ago: too old
+            -86_400: (7, 1000, 40),  # yesterday: lifetime only
+        },
+    )
+
+    resp = await dashboard.get("/api/summary")
+    assert resp.status == 200
+    demand = (await resp.json())["demand"]
+    minute = demand["last_minute"]
+    until = datetime.fromisoformat(minute["until"])
+    assert until - datetime.fromisoformat(minute["since"]) == timedelta(seconds=60)
+    # The read's bucket is the one the rows were written against, unless a bucket started in
+    # between: then the window moved on by one bucket, taking the current one and dropping -60.
+    expected = {
+        current: (60 + 120, 100 + 300, 10 + 50),
+        current + timedelta(seconds=10): (1000 + 60, 900 + 100, 900 + 10),
+    }
+    assert until in expected
+    readings, wanted, short = expected[until]
+    assert (minute["readings"], minute["units_wanted"], minute["units_short"]) == (
+        readings,
+        wanted,
+        short,
+    )
+    assert demand["readings_per_second"] == pytest.approx(readings / 60)
+    assert minute["short_share"] == pytest.approx(short / wanted)
+    # Lifetime: every bucket, the one still filling included.
+    assert demand["lifetime"] == {
+        "readings": 1000 + 60 + 120 + 5000 + 7,
+        "units_wanted": 2900,
+        "units_short": 1000,
+        "short_share": pytest.approx(1000 / 2900),
+    }
+    assert demand["short_share"] == pytest.approx(1000 / 2900)
+
+
+async def test_summary_demand_steady_readings_give_their_rate(dashboard, pool):
+    # 30 readings every 10 s for three minutes, a quarter of the units short: 3 readings a
+    # second and a share of 0.25 over any minute, whenever the read happens.
+    await add_demand(pool, {offset: (30, 40, 10) for offset in range(-180, 10, 10)})
+
+    demand = (await (await dashboard.get("/api/summary")).json())["demand"]
+    assert demand["readings_per_second"] == pytest.approx(3.0)
+    assert demand["last_minute"]["short_share"] == pytest.approx(0.25)
+    assert demand["short_share"] == pytest.approx(0.25)
+    assert demand["lifetime"]["readings"] == 30 * 19
 
 
 async def test_recent_lists_newest_orders_and_transitions(dashboard, users, orders, products, pool):
@@ -124,7 +208,8 @@ async def test_ssds_shows_stock_against_reorder_point_with_images(
             "UPDATE products SET image_url = $1 WHERE barcode = $2", NUTELLA_IMAGE, products[0]
         )
         await conn.execute(
-            """UPDATE product_ssds SET quantity = 1, reorder_point = 3, capacity = 9
+            """UPDATE product_ssds SET quantity = 1, reorder_point = 3, capacity = 9,
+                                       units_wanted = 40, units_short = 7
                WHERE ssd_id = $1 AND barcode = $2""",
             ssd_id,
             barcodes[0],
@@ -146,6 +231,8 @@ async def test_ssds_shows_stock_against_reorder_point_with_images(
     assert (low["quantity"], low["reorder_point"], low["capacity"]) == (1, 3, 9)
     assert low["below_reorder_point"] is True and low["on_order"] == "pending"
     assert low["name"]
+    assert (low["units_wanted"], low["units_short"]) == (40, 7)
+    assert (stock[barcodes[1]]["units_wanted"], stock[barcodes[1]]["units_short"]) == (0, 0)
     assert stock[barcodes[2]]["on_order"] is None
     for item in stock.values():
         assert item["image_url"] == (NUTELLA_IMAGE if item["barcode"] == products[0] else None)
