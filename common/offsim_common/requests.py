@@ -13,10 +13,12 @@ from .fields import (
     EMAIL_PATTERN,
     MAC_PATTERN,
     MAX_ORDER_QUANTITY,
+    MAX_READING_UNITS,
     NO_NUL,
     Barcode,
     Id,
     Name,
+    ReadingId,
     Strict,
 )
 
@@ -71,7 +73,13 @@ class OrderRequest(Strict):
 
 class ConsumeRequest(Strict):
     """What an SSD reports it saw used: `quantity` units of `barcode`, or of each watched product
-    (a random share of up to `quantity`) when no barcode is given."""
+    (a random share of up to `quantity`) when no barcode is given: the HTTP form of a reading."""
 
     barcode: Barcode | None = None
-    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)] = 1
+    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_READING_UNITS)] = 1
+    reading_id: ReadingId | None = Field(
+        None,
+        description="the device's own id for this report: sent again, it changes nothing (without "
+        "a barcode, each product's reading is `<reading_id>/<barcode>`); without one, every "
+        "report is a new reading",
+    )

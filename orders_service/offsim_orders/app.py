@@ -15,7 +15,7 @@ from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
 from offsim_common.service import base_app, consumers_ctx
 
-from . import nats_handlers
+from . import device_orders, nats_handlers
 from .app_keys import MARKS, PLACER, ROW_TURNS
 from .orders import PublishedMarks, order_placer, republish_forever
 from .reconciler import reconcile_forever
@@ -34,9 +34,16 @@ async def placing_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The re-publisher of unpublished orders and the reconciler of overdue ones."""
+    """The re-publisher of unpublished orders, the reconciler of overdue ones and the announcer
+    of the restock orders the backend placed on readings."""
     tasks = [
         asyncio.create_task(republish_forever(app[POOL], app[JS]), name="republisher"),
+        asyncio.create_task(
+            device_orders.announce_forever(
+                app[POOL], app[SETTINGS].database_url, app[NC], app[JS], app[MARKS]
+            ),
+            name="restock-announcer",
+        ),
         asyncio.create_task(
             reconcile_forever(app[POOL], app[JS], app[SETTINGS], app[ROW_TURNS]), name="reconciler"
         ),

@@ -106,6 +106,26 @@ async def claim_unpublished(
     )
 
 
+async def claim_device_orders(
+    conn: asyncpg.Connection, claim_s: float, limit: int
+) -> list[asyncpg.Record]:
+    """Restock orders the backend placed on a reading and nobody announced yet, claimed for
+    `claim_s` seconds so that one replica announces each. Locked rows are skipped, not waited
+    for: no deadlock, and two replicas take different rows."""
+    return await conn.fetch(
+        f"""UPDATE product_orders SET publish_claimed_until = now() + make_interval(secs => $1)
+            WHERE id IN (
+                SELECT id FROM product_orders
+                WHERE published_at IS NULL AND placed_by = 'device'
+                  AND (publish_claimed_until IS NULL OR publish_claimed_until < now())
+                ORDER BY id LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}, request_id""",
+        claim_s,
+        limit,
+    )
+
+
 async def claim_overdue(
     conn: asyncpg.Connection,
     pending_after_s: float,

@@ -23,9 +23,17 @@ async def test_consume_one_product_lowers_stock_and_asks_restock(users, pool, pr
     body = await resp.json()
     assert body["stock"][0]["quantity"] == item["quantity"] - used
     assert body["stock"][0]["consumed"] == used
-    assert body["restock"] == [
-        {"barcode": item["barcode"], "quantity": item["capacity"] - (item["quantity"] - used)}
-    ]
+    # The backend placed the restock order itself, back up to capacity.
+    [restock] = body["restock"]
+    assert restock["barcode"] == item["barcode"]
+    assert restock["quantity"] == item["capacity"] - (item["quantity"] - used)
+    async with pool.acquire() as conn:
+        order = await conn.fetchrow(
+            "SELECT ssd_id, barcode, quantity, kind FROM product_orders WHERE id = $1",
+            restock["order_id"],
+        )
+    assert dict(order) == {"ssd_id": ssd_id, "barcode": item["barcode"],
+                           "quantity": restock["quantity"], "kind": "restock"}  # fmt: skip
 
 
 async def test_consume_never_goes_below_zero(users, pool, products):
@@ -74,3 +82,18 @@ async def test_consume_does_not_ask_to_restock_what_is_already_on_order(
     ).json()
     assert body["stock"][0]["quantity"] == 0 and body["stock"][0]["on_order"] is True
     assert body["restock"] == []
+
+
+async def test_a_report_sent_again_with_its_reading_id_changes_nothing(users, pool, products):
+    ssd_id, stock = await registered_ssd(users)
+    barcode = stock[0]["barcode"]
+    report = {"barcode": barcode, "quantity": 2, "reading_id": "kitchen-42"}
+    first = await (await users.post(f"/api/ssds/{ssd_id}/consume", json=report)).json()
+    again = await (await users.post(f"/api/ssds/{ssd_id}/consume", json=report)).json()
+    assert first["duplicate"] is False and first["stock"][0]["consumed"] == 2
+    assert again["duplicate"] is True and again["stock"][0]["consumed"] == 0
+    assert again["stock"][0]["quantity"] == first["stock"][0]["quantity"]
+    resp = await users.post(
+        f"/api/ssds/{ssd_id}/consume", json={**report, "reading_id": "has a blank"}
+    )
+    assert resp.status == 400 and "reading_id" in (await resp.json())["details"]

@@ -212,3 +212,26 @@ async def test_unknown_ssd_product_or_a_foreign_subject_is_rejected(users, pool,
 
     await eventually(counted)
     assert await stock_of(pool, other_id, other_barcode) == before
+
+
+async def test_the_orders_service_announces_a_restock_order_at_once(
+    users, orders, pool, nc, products
+):
+    ssd_id, barcode = await a_device(users)
+    js = nc.jetstream()
+    await js.publish(subjects.ssd_readings(ssd_id), reading(ssd_id, barcode, 100, "empty"))
+    placed = await eventually(lambda: restock_orders(pool, ssd_id, barcode))
+    order_id = placed[0]["id"]
+
+    async def announced() -> bool:
+        async with pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT published_at IS NOT NULL FROM product_orders WHERE id = $1", order_id
+            )
+
+    # Within the re-publisher's delay (REPUBLISH_AFTER_S, 5 s): told at commit, not polled.
+    await eventually(announced, within=4.0)
+    stored = await js.get_last_msg(subjects.ORDERS_STREAM, subjects.ORDERS_PENDING)
+    event = json.loads(stored.data)
+    assert (event["id"], event["ssd_id"], event["barcode"]) == (order_id, ssd_id, barcode)
+    assert stored.headers["X-Request-Id"] == f"ssd-{ssd_id}-reading-empty"

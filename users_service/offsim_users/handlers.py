@@ -14,7 +14,7 @@ from offsim_common.http import int_param, json_response, read_body
 from offsim_common.openapi import ID_SCHEMA, IDEMPOTENCY_KEY, doc
 from offsim_common.requests import ConsumeRequest, RegisterRequest
 
-from . import queries, registration, synthetic
+from . import queries, readings, registration, synthetic
 from .app_keys import RNG
 from .schemas import ConsumeResult, RegisterResult, UserDetail
 from .synthetic import SyntheticUsersRequest, SyntheticUsersResult
@@ -85,25 +85,18 @@ async def get_user(request: web.Request) -> web.Response:
     return json_response(UserDetail.model_validate(user).model_dump(mode="json"))
 
 
-@doc("An SSD reports stock used; the answer lists what fell below its reorder point", "ssds",
-     body=ConsumeRequest, responses={200: ConsumeResult}, errors=(400, 401, 403, 404, 503),
-     path=ID, auth=True)  # fmt: skip
+@doc("An SSD reports stock used, as a reading (its HTTP form); the answer lists the restock "
+     "orders it made the backend place", "ssds", body=ConsumeRequest,
+     responses={200: ConsumeResult}, errors=(400, 401, 403, 404, 503), path=ID,
+     auth=True)  # fmt: skip
 async def consume(request: web.Request) -> web.Response:
     app = request.app
     caller = await authenticate(request, app[POOL], app[SETTINGS].service_token)
     ssd_id = int_param(request.match_info["id"], "id", minimum=1)
     body = await read_body(request, ConsumeRequest)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with app[POOL].acquire() as conn, conn.transaction():
         await require_ssd_owner(conn, caller, ssd_id, field="id")
-        rows = await queries.consume_stock(conn, ssd_id, body.barcode, body.quantity)
-    if body.barcode is not None and not rows:
-        raise NotFound(f"SSD {ssd_id} does not watch {body.barcode}", {"barcode": "not watched"})
-    stock = [dict(row) for row in rows]
-    # Below its reorder point and not already on its way: one open order per product.
-    restock = [
-        {"barcode": s["barcode"], "quantity": s["capacity"] - s["quantity"]}
-        for s in stock
-        if s["quantity"] < s["reorder_point"] and not s["on_order"]
-    ]
-    result = ConsumeResult.model_validate({"ssd_id": ssd_id, "stock": stock, "restock": restock})
-    return json_response(result.model_dump(mode="json"))
+        answer, batch, applied = await readings.consume(conn, ssd_id, body, app[RNG])
+    readings.count(applied)
+    readings.report(batch, applied)
+    return json_response(answer.model_dump(mode="json"))

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from offsim_common.errors import NotFound
 from offsim_common.events import SsdReading
 from offsim_common.metrics import RESTOCK_ORDERS, SSD_DEMAND_UNITS, SSD_READINGS
+from offsim_common.requests import ConsumeRequest
 
 from . import queries
+from .schemas import ConsumeResult
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,44 @@ async def apply(conn: asyncpg.Connection, readings: list[SsdReading]) -> Applied
         else:
             outcomes.append(REJECTED)  # no such SSD, or it has no such product
     return Applied(outcomes, json.loads(row["stock"]), json.loads(row["restocks"]))
+
+
+async def consume(
+    conn: asyncpg.Connection, ssd_id: int, body: ConsumeRequest, rng: random.Random
+) -> tuple[ConsumeResult, list[SsdReading], Applied]:
+    """POST /api/ssds/{id}/consume: the report as readings, applied as any reading is (the
+    caller owns the transaction and has checked the SSD's owner). Without a barcode, each
+    watched product loses a random 0 to `quantity` units; a product that loses none is no
+    reading."""
+    watched = await queries.watched_barcodes(conn, ssd_id)
+    base = body.reading_id or f"http-{uuid.UUID(int=rng.getrandbits(128)).hex}"
+    if body.barcode is not None:
+        if body.barcode not in watched:
+            raise NotFound(
+                f"SSD {ssd_id} does not watch {body.barcode}", {"barcode": "not watched"}
+            )
+        touched = [body.barcode]
+        wanted = {body.barcode: body.quantity}
+        ids = {body.barcode: base}
+    else:
+        touched = watched
+        wanted = {b: units for b in watched if (units := rng.randint(0, body.quantity))}
+        ids = {b: f"{base}/{b}" for b in wanted}
+    batch = [SsdReading(ssd_id=ssd_id, barcode=b, quantity=u, reading_id=ids[b])
+             for b, u in wanted.items()]  # fmt: skip
+    result = await apply(conn, batch)
+    used = {row["barcode"]: row["wanted"] - row["short"] for row in result.stock}
+    stock = [
+        {**dict(row), "consumed": used.get(row["barcode"], 0)}
+        for row in await queries.ssd_stock(conn, ssd_id, touched)
+    ]
+    answer = ConsumeResult.model_validate({
+        "ssd_id": ssd_id,
+        "stock": stock,
+        "restock": result.restocks,
+        "duplicate": bool(batch) and all(o == DUPLICATE for o in result.outcomes),
+    })  # fmt: skip
+    return answer, batch, result
 
 
 def count(result: Applied) -> None:

@@ -56,12 +56,17 @@ class ConsumedItem(BaseModel):
 
 class RestockItem(BaseModel):
     barcode: str
-    quantity: int = Field(description="units to order to be back at capacity")
+    quantity: int = Field(description="units ordered, to be back at capacity")
+    order_id: int = Field(description="the restock order placed")
 
 
 class ConsumeResult(BaseModel):
     ssd_id: int
     stock: list[ConsumedItem]
     restock: list[RestockItem] = Field(
-        description="products below their reorder point with no order on its way"
+        description="the restock orders this report made the backend place: products it left "
+        "below their reorder point with no order on its way (the client orders nothing itself)"
+    )
+    duplicate: bool = Field(
+        False, description="the report's `reading_id` was applied before: nothing changed"
     )
