@@ -122,5 +122,7 @@ def readings_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[SsdReading]:
         handler=handle,
         batch_handler=handle_many,
         batch=READINGS_BATCH,
+        # A crashed replica's batch is delivered again after this, to another or to itself.
+        ack_wait_s=10.0,
         on_invalid=lambda msg: SSD_READINGS.labels(readings.MALFORMED).inc(),
     )
