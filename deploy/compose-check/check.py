@@ -9,7 +9,8 @@ base + dev and then base + prod:
 2. register a user and place an order through the published ports (prod publishes only the
    dashboard, so there each request goes from inside the service's own container to its port)
    and wait until the order is `completed` and the delivery is in the SSD's stock;
-3. check the dashboard's page and summary, and `/metrics` and `/api/health` of every service;
+3. check the dashboard's page and summary, `/metrics` and `/api/health` of every service, and
+   that NATS's MQTT listener answers an MQTT CONNECT at the generator's MQTT_URL;
 4. `down`, `up` again, and find the same order and user (the volumes keep the data);
 5. `down -v`, always, and leave no container or engine process behind;
 
@@ -63,6 +64,20 @@ try:
 except urllib.error.HTTPError as error:
     status, text = error.code, error.read().decode()
 print(json.dumps({"status": status, "body": text}))
+"""
+# Sent into the generator's container: an MQTT 3.1.1 CONNECT (clean session) to its MQTT_URL,
+# where the SSDs publish their readings; prints the broker's CONNACK in hex (20020000: accepted).
+# Plain sockets, so it proves the listener without any MQTT library.
+MQTT_CONNECT_CLIENT = """
+import os, socket, urllib.parse
+address = urllib.parse.urlsplit(os.environ["MQTT_URL"])
+client_id = b"offsim-compose-check"
+body = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(client_id).to_bytes(2, "big") + client_id
+with socket.create_connection((address.hostname, address.port or 1883), timeout=10) as sock:
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    answer = sock.recv(4)
+    sock.sendall(b"\\xe0\\x00")
+print(answer.hex())
 """
 
 
@@ -287,6 +302,17 @@ def check_pages(stack: Stack, client: Client) -> None:
     stack.step(f"/metrics (offsim_* series) and /api/health of {', '.join(PORTS)}")
 
 
+def check_mqtt(stack: Stack) -> None:
+    """The devices' way in: NATS's MQTT listener accepts a connection at the generator's
+    MQTT_URL (by the NATS service's name, as the generator reaches it)."""
+    out = stack.engine.podman("exec", f"{PROJECT}-generator-1", "python", "-c",
+                              MQTT_CONNECT_CLIENT).stdout.strip()  # fmt: skip
+    if out != "20020000":
+        raise CheckFailed(f"MQTT CONNECT at the generator's MQTT_URL: CONNACK {out!r}, "
+                          "not 20020000")  # fmt: skip
+    stack.step("NATS's MQTT listener accepts a connection at the generator's MQTT_URL (CONNACK 0)")
+
+
 def still_there(stack: Stack, client: Client, kept: dict) -> None:
     order = client.expect(200, "orders", "GET", f"/api/orders/{kept['order']}",
                           headers=kept["auth"])  # fmt: skip
@@ -304,6 +330,7 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
         stack.up(*build)
         kept = place_and_complete(stack, client)
         check_pages(stack, client)
+        check_mqtt(stack)
         stack.down()
         stack.step("down (volumes kept)")
         stack.up()
