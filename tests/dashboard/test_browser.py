@@ -91,6 +91,22 @@ async def place(orders, ssd_id: int, barcode: str, quantity: int) -> int:
     return (await resp.json())["id"]
 
 
+async def add_demand(pool) -> None:
+    """The SSDs' demand as the users service counts it: 30 readings and 40 units (10 short) in
+    each 10-second bucket from three minutes ago to half a minute ahead (so that the last minute
+    holds the same whenever the page reads it), and a day-old bucket that found stock for all.
+    Three readings a second, a quarter short in the last minute, 22 % over all time."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO ssd_demand (bucket, readings, units_wanted, units_short)
+               SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10)
+                          + make_interval(secs => s), 30, 40, 10
+               FROM generate_series(-180, 30, 10) s
+               UNION ALL
+               SELECT date_trunc('minute', now()) - interval '1 day', 40, 120, 0"""
+        )
+
+
 async def test_dashboard_follows_a_running_simulation(
     browser, dashboard_url, users, orders, notifications, products, pool, tmp_path
 ):
@@ -98,6 +114,7 @@ async def test_dashboard_follows_a_running_simulation(
         await conn.executemany(
             "UPDATE products SET image_url = $2 WHERE barcode = $1", list(IMAGES.items())
         )
+    await add_demand(pool)
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -110,6 +127,13 @@ async def test_dashboard_follows_a_running_simulation(
     await expect(page.locator("#count-products")).not_to_have_text("–")
     await expect(page.locator("#count-orders")).to_have_text("0")
     await expect(page.locator("#services li[data-status=ok]")).to_have_count(2)
+    # The SSDs' demand, from the snapshot.
+    await expect(page.locator("#readings-rate")).to_have_text("3.0")
+    await expect(page.locator("#short-share-minute")).to_have_text("25.0 %")
+    await expect(page.locator("#short-share")).to_have_text("22.0 %")
+    await expect(page.locator("#readings-total")).to_have_text("700")
+    await expect(page.locator("#units-wanted")).to_have_text("1,000")
+    await expect(page.locator("#units-short")).to_have_text("220")
 
     # Counts rise as people register.
     ada = await register(users, "ada@example.org")
@@ -122,6 +146,13 @@ async def test_dashboard_follows_a_running_simulation(
     ssd_id = ada["devices"][0]["id"]
     body = await (await users.get(f"/api/users/{ada['id']}")).json()
     barcodes = [item["barcode"] for item in body["ssds"][0]["stock"]]
+    async with pool.acquire() as conn:  # as readings that found no stock would leave it
+        await conn.execute(
+            """UPDATE product_ssds SET units_wanted = 12, units_short = 7
+               WHERE ssd_id = $1 AND barcode = $2""",
+            ssd_id,
+            barcodes[1],
+        )
     order_id = await place(orders, ssd_id, barcodes[0], 4)
     status = page.locator(f"#order-{order_id} .status")
     await expect(status).to_have_text("pending")
@@ -149,6 +180,9 @@ async def test_dashboard_follows_a_running_simulation(
     await expect(page.locator("#tp-completed")).to_have_text("3", timeout=SLOW)
     card = page.locator(f"#ssd-{ssd_id}")
     await expect(card.locator(".stock")).to_have_count(3)
+    # The units that found no stock, on the product they were wanted of only.
+    await expect(card.locator(".short")).to_have_text(["7 short"])
+    await expect(card.locator(f".stock[data-barcode='{barcodes[1]}'] .short")).to_have_count(1)
     await expect(card.locator(".badge")).to_have_count(0, timeout=SLOW)  # nothing on order
     # No image could load: each product shows its placeholder, none a broken image.
     await expect(card.locator(".thumb.placeholder")).to_have_count(3)

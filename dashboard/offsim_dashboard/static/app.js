@@ -62,6 +62,9 @@ function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 const productLabel = (o) => o.product_name || o.barcode;
+// A share of 0..1 as a percentage; none (nothing wanted yet) is not 0 %.
+const percent = (share) => (share === null || share === undefined ? "–" : `${(100 * share).toFixed(1)} %`);
+const setText = (id, value) => (document.getElementById(id).textContent = value);
 
 function setCount(id, value) {
   const node = document.getElementById(id);
@@ -101,6 +104,19 @@ function renderStageTimes() {
     const node = document.getElementById(`avg-${status}`);
     if (node) node.textContent = duration(times[status]);
   }
+}
+
+// The SSDs' readings and the demand that found no stock: from the snapshot only (no event
+// carries them), so they move every few seconds.
+function renderDemand() {
+  const d = state.summary && state.summary.demand;
+  if (!d) return;
+  setText("readings-rate", d.readings_per_second.toLocaleString("en", { minimumFractionDigits: 1, maximumFractionDigits: 1 }));
+  setText("short-share", percent(d.short_share));
+  setText("short-share-minute", percent(d.last_minute.short_share));
+  setText("readings-total", fmt(d.lifetime.readings));
+  setText("units-wanted", fmt(d.lifetime.units_wanted));
+  setText("units-short", fmt(d.lifetime.units_short));
 }
 
 // --- orders and transitions ---------------------------------------------------------------------
@@ -319,8 +335,15 @@ function stockRow(item) {
     el(
       "div",
       { class: "name", title: [item.name, item.package, item.barcode].filter(Boolean).join(" · ") },
-      item.name,
+      el("span", { class: "text" }, item.name),
       item.on_order ? el("span", { class: "badge", dataset: { status: item.on_order } }, item.on_order) : null,
+      item.units_short > 0
+        ? el(
+            "span",
+            { class: "short", title: `${fmt(item.units_short)} of the ${fmt(item.units_wanted)} units wanted found no stock` },
+            `${fmt(item.units_short)} short`,
+          )
+        : null,
     ),
     el(
       "div",
@@ -389,6 +412,7 @@ async function refresh() {
     state.summary = summary.value;
     renderCounts();
     renderStageTimes();
+    renderDemand();
     document.getElementById("updated").textContent = `updated ${clock(summary.value.at)}`;
   }
   if (recent.status === "fulfilled") {
