@@ -286,8 +286,12 @@ async def apply_readings(
                SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
                    WITH ORDINALITY AS r(ssd_id, reading_id, barcode, units, n)),
            known AS MATERIALIZED (
+               -- One index probe a reading (a subquery with LIMIT is never turned into a join:
+               -- a hash join would read every stock row of the city for each batch).
                SELECT DISTINCT ON (r.ssd_id, r.reading_id) r.*
-               FROM r JOIN product_ssds ps ON ps.ssd_id = r.ssd_id AND ps.barcode = r.barcode
+               FROM r
+               WHERE (SELECT true FROM product_ssds ps
+                      WHERE ps.ssd_id = r.ssd_id AND ps.barcode = r.barcode LIMIT 1)
                ORDER BY r.ssd_id, r.reading_id, r.n),
            fresh AS (
                INSERT INTO ssd_readings (ssd_id, reading_id)
@@ -302,21 +306,22 @@ async def apply_readings(
                       max(reading_id) AS last_reading
                FROM applied GROUP BY ssd_id, barcode),
            locked AS MATERIALIZED (
-               SELECT ps.ssd_id, ps.barcode, ps.quantity AS before
+               SELECT ps.ssd_id, ps.barcode, ps.quantity AS before, w.units, w.readings,
+                      w.last_reading
                FROM product_ssds ps
                JOIN wanted w ON w.ssd_id = ps.ssd_id AND w.barcode = ps.barcode
                ORDER BY ps.ssd_id, ps.barcode
                FOR UPDATE OF ps),
            used AS (
                UPDATE product_ssds ps
-               SET quantity = greatest(l.before - w.units, 0),
-                   units_wanted = ps.units_wanted + w.units,
-                   units_short = ps.units_short + greatest(w.units - l.before, 0)
-               FROM wanted w JOIN locked l ON l.ssd_id = w.ssd_id AND l.barcode = w.barcode
-               WHERE ps.ssd_id = w.ssd_id AND ps.barcode = w.barcode
+               SET quantity = greatest(l.before - l.units, 0),
+                   units_wanted = ps.units_wanted + l.units,
+                   units_short = ps.units_short + greatest(l.units - l.before, 0)
+               FROM locked l
+               WHERE ps.ssd_id = l.ssd_id AND ps.barcode = l.barcode
                RETURNING ps.ssd_id, ps.barcode, ps.quantity, ps.reorder_point, ps.capacity,
-                         w.units AS wanted, greatest(w.units - l.before, 0) AS short,
-                         w.readings, w.last_reading),
+                         l.units AS wanted, greatest(l.units - l.before, 0) AS short,
+                         l.readings, l.last_reading),
            low AS MATERIALIZED (
                SELECT * FROM used WHERE quantity < reorder_point ORDER BY ssd_id, barcode),
            restocked AS (
