@@ -136,7 +136,7 @@ def forged_payloads(real: dict, status: str) -> list[bytes]:
 
 async def send_hostile(nc: nats.NATS, barcode: str, real: dict) -> int:
     """Every hostile payload on every order subject, forged events for a real order (`real`),
-    and garbage to orders.random."""
+    hostile readings, and garbage to orders.random."""
     js = nc.jetstream()
     sent = 0
     for subject, status in ((subjects.ORDERS_PENDING, "pending"),
@@ -151,6 +151,21 @@ async def send_hostile(nc: nats.NATS, barcode: str, real: dict) -> int:
             headers = {"X-Request-Id": f"{HOSTILE}{subject}-{n}", "Nats-Msg-Id": uuid.uuid4().hex}
             await js.publish(subject, payload, headers=headers)
             sent += 1
+    # Readings: malformed ones (dead-lettered) and well-formed ones that must change no stock:
+    # an unknown SSD, an unknown product, and one naming another SSD than its subject.
+    reading = {"ssd_id": real["ssd_id"], "barcode": real["barcode"], "quantity": 1,
+               "reading_id": "hostile"}  # fmt: skip
+    readings = [(subjects.ssd_readings(real["ssd_id"]), p) for p in hostile_payloads(reading)[:8]]
+    readings += [
+        (subjects.ssd_readings(real["ssd_id"]), json.dumps({**reading, "quantity": -1}).encode()),
+        (subjects.ssd_readings(2**62), json.dumps({**reading, "ssd_id": 2**62}).encode()),
+        (subjects.ssd_readings(real["ssd_id"]),
+         json.dumps({**reading, "barcode": "0000000000000"}).encode()),
+        (subjects.ssd_readings(real["ssd_id"] + 1), json.dumps(reading).encode()),
+    ]  # fmt: skip
+    for n, (subject, payload) in enumerate(readings):
+        await js.publish(subject, payload, headers={"X-Request-Id": f"{HOSTILE}reading-{n}"})
+        sent += 1
     for payload in (b"not json", b"[]", b'{"ssd_id": "x"}', b'{"ssd_id": -5}', b"\xff" * 1000):
         await nc.publish(subjects.ORDERS_RANDOM, payload)  # no reply inbox
         try:
@@ -371,7 +386,8 @@ async def check_outcome(database_url, js, load, stock_before, hostile, everyone,
             info = await js.consumer_info(subjects.ORDERS_STREAM, durable)
             if info.num_pending or info.num_ack_pending:
                 return False
-        return True
+        info = await js.consumer_info(subjects.READINGS_STREAM, subjects.USERS_APPLY_READINGS)
+        return not (info.num_pending or info.num_ack_pending)
 
     await eventually(drained, within=20, interval=0.2)
     for s in everyone:
