@@ -3,7 +3,17 @@ plays, and the population's own."""
 
 from __future__ import annotations
 
+from typing import Literal
+from urllib.parse import urlsplit
+
 from offsim_common.settings import ApiUrls, DeliverySettings, env
+from pydantic import field_validator
+
+# How the SSDs report what they used: JetStream (ssds.<id>.readings), MQTT QoS 1 on NATS's
+# MQTT listener (ssds/<id>/readings), or the users service's POST /api/ssds/{id}/consume.
+DeviceTransport = Literal["nats", "mqtt", "http"]
+DEVICE_TRANSPORTS: tuple[str, ...] = ("nats", "mqtt", "http")
+MQTT_DEFAULT_PORT = 1883
 
 
 class GeneratorSettings(DeliverySettings, ApiUrls):
@@ -22,6 +32,25 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
     max_in_flight: int = env("OFFSIM_MAX_IN_FLIGHT", 100, ge=1)
     # As the users service's: how many products a synthetic SSD of a dry run watches.
     watched_products: int = env("OFFSIM_WATCHED_PRODUCTS", 3, ge=1)
+    # How the SSDs send their readings (docs/generator.md, "Device transports"), and where
+    # the MQTT broker (NATS's MQTT listener) answers for `mqtt`.
+    device_transport: DeviceTransport = env("OFFSIM_DEVICE_TRANSPORT", "nats")
+    mqtt_url: str = env("MQTT_URL", f"mqtt://127.0.0.1:{MQTT_DEFAULT_PORT}")
+
+    @field_validator("device_transport", mode="before")
+    @classmethod
+    def _transport(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in DEVICE_TRANSPORTS:
+                raise ValueError(f"must be one of {', '.join(DEVICE_TRANSPORTS)}")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        mqtt_address(value)
+        return value
 
     @property
     def weights(self) -> dict[str, float]:
@@ -30,3 +59,19 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
             "random_order": self.weight_random_order,
             "consume": self.weight_consume,
         }
+
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        return mqtt_address(self.mqtt_url)
+
+
+def mqtt_address(url: str) -> tuple[str, int]:
+    """The host and port of an mqtt://host[:port] URL (ValueError if it is not one)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("must be an mqtt://host:port URL") from None
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ValueError("must be an mqtt://host:port URL")
+    return parts.hostname, port or MQTT_DEFAULT_PORT
