@@ -9,6 +9,8 @@ fired; only when it is sent does.
 Open model: an event is sent when it is due, whether or not earlier ones were answered. At most
 `max_in_flight` are in flight; one due while that many are is counted as overflow (by kind,
 in the summary and in `offsim_generator_overflow_total`), not sent, and not silently lost.
+What is in flight is whatever `perform` handed back: a coroutine (a request), run as a task,
+or a future (a reading published without a task of its own, done when it is acknowledged).
 
 Lag is how late things ran, in real seconds: the tick after its scheduled time (APScheduler's
 run time), a window after its start, an event after its due time. The largest is the run's
@@ -55,7 +57,7 @@ class Engine:
         duration: float | None = None,
         max_events: int | None = None,
         dry_run: DryRun | None = None,
-        perform: Callable[[Event], Awaitable[object]] | None = None,
+        perform: Callable[[Event], Awaitable[object] | None] | None = None,
         max_in_flight: int = 100,
     ) -> None:
         if (dry_run is None) == (perform is None):
@@ -70,7 +72,7 @@ class Engine:
         self.next_window = 0
         self.sent: Counter[str] = Counter()
         self.overflow: Counter[str] = Counter()
-        self.in_flight: set[asyncio.Task] = set()
+        self.in_flight: set[asyncio.Future] = set()
         self.max_lag_s = 0.0
         self.paused = False
         self.done = asyncio.Event()
@@ -152,8 +154,8 @@ class Engine:
             self._scheduler.shutdown(wait=False)
         if self.in_flight:
             _, pending = await asyncio.wait(set(self.in_flight), timeout=wait_s)
-            for task in pending:
-                task.cancel()
+            for future in pending:
+                future.cancel()
         if self._ended_real is None:
             self._ended_real = time.perf_counter()
 
@@ -232,16 +234,19 @@ class Engine:
             metrics.OVERFLOW.labels(event.kind).inc()
             return
         assert self.perform is not None
-        task = self._loop.create_task(self.perform(event))
-        self.in_flight.add(task)
-        metrics.IN_FLIGHT.set(len(self.in_flight))
-        task.add_done_callback(self._landed)
+        started = self.perform(event)
+        if started is not None:
+            # A coroutine becomes a task; a future stays what it is.
+            future = asyncio.ensure_future(started, loop=self._loop)
+            self.in_flight.add(future)
+            metrics.IN_FLIGHT.set(len(self.in_flight))
+            future.add_done_callback(self._landed)
         self.sent[event.kind] += 1
         self._recent.append(self._loop.time())
         self._check_budget()
 
-    def _landed(self, task: asyncio.Task) -> None:
-        self.in_flight.discard(task)
+    def _landed(self, future: asyncio.Future) -> None:
+        self.in_flight.discard(future)
         metrics.IN_FLIGHT.set(len(self.in_flight))
 
     def _check_budget(self) -> None:
