@@ -13,11 +13,23 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Registered(BaseModel):
-    """POST /api/register, 201."""
+    """POST /api/register, 201. Each device lists the barcodes it watches (`watched`): what
+    its readings may name."""
 
     id: int
     devices: list[Device]
     token: str
+
+
+class SyntheticUser(BaseModel):
+    id: int
+    devices: list[Device]
+
+
+class SyntheticUsers(BaseModel):
+    """POST /api/synthetic-users, 201: the users in the request's order."""
+
+    users: list[SyntheticUser]
 
 
 class StockUsed(BaseModel):
@@ -31,7 +43,8 @@ class Restock(BaseModel):
 
 
 class Consumed(BaseModel):
-    """POST /api/ssds/{id}/consume, 200."""
+    """POST /api/ssds/{id}/consume, 200. `restock`: the restock orders the backend placed
+    because of this reading (the SSD places none itself)."""
 
     stock: list[StockUsed]
     restock: list[Restock]

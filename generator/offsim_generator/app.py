@@ -1,5 +1,7 @@
 """The generator's application factory: the population and its engine run in a cleanup
-context, `/api/control` steers them; the app stops itself (STOP) when the run is over."""
+context, `/api/control` steers them; the app stops itself (STOP) when the run is over. The
+device transport (OFFSIM_DEVICE_TRANSPORT) has a context of its own, opened before the run and
+closed after it, once the readings in flight have landed."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from offsim_common.app_keys import JS, NC, STOP
 from offsim_common.service import base_app
 
 from . import control, metrics, scenario
+from .devices import MqttReadings, NatsReadings, Readings
 from .engine import Engine
 from .faults import FaultSync
 from .model import Model
@@ -52,6 +55,8 @@ class Run:
 
 RUN = web.AppKey("run", Run)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+# The readings' transport; None for `http` (the simulation posts them itself).
+READINGS = web.AppKey("readings", Readings | None)
 
 
 def base_rates(settings: GeneratorSettings) -> tuple[float, float]:
@@ -80,6 +85,7 @@ def make_model(settings: GeneratorSettings) -> Model:
 def create_app(settings: GeneratorSettings, limits: Limits | None = None) -> web.Application:
     app = base_app(settings, "generator", database=False)
     app.cleanup_ctx.append(http_ctx(settings))
+    app.cleanup_ctx.append(devices_ctx(settings))
     app.cleanup_ctx.append(simulation_ctx(settings, limits or Limits()))
     control.add_routes(app)
     return app
@@ -97,6 +103,29 @@ def http_ctx(settings: GeneratorSettings):
     return ctx
 
 
+def devices_ctx(settings: GeneratorSettings):
+    """The SSDs' transport for the whole run: JetStream on the app's NATS connection, or one
+    MQTT connection (made again if lost); nothing for `http`."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        readings: Readings | None = None
+        if settings.device_transport == "nats":
+            readings = NatsReadings(app[NC], max_pending=max(4000, settings.max_in_flight))
+        elif settings.device_transport == "mqtt":
+            readings = MqttReadings(settings.mqtt_url, max_in_flight=settings.max_in_flight)
+        if readings is not None:
+            await readings.start()
+        log.info("device readings: %s", settings.device_transport)
+        app[READINGS] = readings
+        try:
+            yield
+        finally:
+            if readings is not None:
+                await readings.close()
+
+    return ctx
+
+
 def simulation_ctx(settings: GeneratorSettings, limits: Limits):
     """The run: the population registered, then the engine until the scenario, the duration or
     the event budget ends it (which stops the app) or the app stops."""
@@ -105,7 +134,7 @@ def simulation_ctx(settings: GeneratorSettings, limits: Limits):
         model = make_model(settings)
         users = model.populate(settings.population)
         metrics.POPULATION.set(model.population.ssds)
-        sim = Simulation(settings, app[HTTP], app[NC], model.population)
+        sim = Simulation(settings, app[HTTP], app[NC], model.population, app[READINGS])
         engine = Engine(
             model, speed=settings.sim_speed, duration=limits.duration,
             max_events=limits.max_events, perform=sim.perform,
