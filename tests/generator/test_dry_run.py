@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 from offsim_generator.__main__ import run
 from offsim_generator.app import make_model
@@ -29,8 +30,16 @@ async def dry_run(settings: GeneratorSettings, duration: float) -> tuple[list[di
     return [json.loads(line) for line in out.getvalue().splitlines()], result.summary()
 
 
-def cli(*args: str, speed: str = "200000") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SIM_SPEED": speed}
+# A committed dry run: its bytes change only when the model's decisions do (and then on purpose).
+EXPECTED = Path(__file__).parent / "expected" / "dry-run-spike-seed7.jsonl"
+EXPECTED_ARGS = ("--seed", "7", "--scenario", "spike", "--population", "3", "--duration", "3600")
+EXPECTED_ENV = {"OFFSIM_CONSUME_PER_DAY": "120"}
+
+
+def cli(
+    *args: str, speed: str = "200000", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SIM_SPEED": speed, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "offsim_generator", "--dry-run", *args],
         capture_output=True, text=True, timeout=120, env=env,
@@ -54,6 +63,36 @@ def test_dry_run_same_inputs_give_byte_identical_stdout():
     assert {"phase": "spike", "event": "phase", "t": 3000.0} in events
     other = cli("--seed", "43", *args[2:])
     assert other.stdout != first.stdout
+
+
+def test_dry_run_matches_the_committed_run_whatever_the_device_transport():
+    """The same seed gives the same bytes as the committed run, and a dry run never reaches
+    for a transport: with MQTT and NATS pointing at nothing, it is the same run."""
+    expected = EXPECTED.read_text()
+    plain = cli(*EXPECTED_ARGS, env=EXPECTED_ENV)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == expected
+    unreachable = {**EXPECTED_ENV, "OFFSIM_DEVICE_TRANSPORT": "mqtt",
+                   "MQTT_URL": "mqtt://127.0.0.1:9", "NATS_URL": "nats://127.0.0.1:9"}  # fmt: skip
+    elsewhere = cli(*EXPECTED_ARGS, speed="50000", env=unreachable)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert elsewhere.stdout == expected
+    assert {"restock", "delivered", "register", "random_order"} <= {
+        json.loads(line)["event"] for line in expected.splitlines()
+    }
+
+
+async def test_dry_run_opens_no_transport(monkeypatch):
+    from offsim_generator import app, devices
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run opened a device transport")
+
+    for name in ("NatsReadings", "MqttReadings"):
+        monkeypatch.setattr(devices, name, refuse)
+        monkeypatch.setattr(app, name, refuse)
+    _, summary = await dry_run(dry_settings(population=5, device_transport="mqtt"), 600)
+    assert summary["by_kind"]["consume"] > 0
 
 
 async def test_dry_run_events_carry_synthetic_ids_and_fields():
