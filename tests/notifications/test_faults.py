@@ -31,7 +31,7 @@ async def replica(settings, port: int = 0):
 
 
 async def restock(users, orders, ssd_id: int, token: str) -> tuple[str, int, dict]:
-    """Use up a watched product; place the restock order its answer asks for."""
+    """Use up a watched product: the backend places its restock order."""
     resp = await users.get(f"/api/users/{ssd_id}")
     stock = (await resp.json())["ssds"][0]["stock"][0]
     resp = await users.post(
@@ -40,15 +40,8 @@ async def restock(users, orders, ssd_id: int, token: str) -> tuple[str, int, dic
         headers={"Authorization": f"Bearer {token}"},
     )
     body = await resp.json()
-    [wanted] = body["restock"]
-    resp = await orders.post(
-        "/api/orders",
-        json={"ssd_id": ssd_id, "barcode": wanted["barcode"], "quantity": wanted["quantity"],
-              "kind": "restock"},
-        headers={"Authorization": f"Bearer {token}"},
-    )  # fmt: skip
-    assert resp.status == 201, await resp.text()
-    return wanted["barcode"], (await resp.json())["id"], body
+    [placed] = body["restock"]
+    return placed["barcode"], placed["order_id"], body
 
 
 async def rejected_restock(users, orders, settings, js) -> tuple[dict, int, str, int]:
@@ -101,20 +94,17 @@ async def test_rejected_order_ends_cancelled_once_and_the_ssd_orders_again(
     # The stock is as the consumption left it: nothing was delivered.
     assert quantity == 0 and delivered == 0
 
-    # No longer open: the SSD's next report asks for it again, and a new restock order stands.
+    # No longer open: the SSD's next report makes the backend order it again.
     resp = await users.post(
         f"/api/ssds/{ssd_id}/consume", json={"barcode": barcode, "quantity": 1},
         headers={"Authorization": f"Bearer {user['token']}"},
     )  # fmt: skip
     body = await resp.json()
-    assert [r["barcode"] for r in body["restock"]] == [barcode]
-    assert body["stock"][0]["on_order"] is False
-    resp = await orders.post(
-        "/api/orders",
-        json={"ssd_id": ssd_id, "barcode": barcode, "quantity": 3, "kind": "restock"},
-        headers={"Authorization": f"Bearer {user['token']}"},
-    )
-    assert resp.status == 201, await resp.text()
+    [again] = body["restock"]
+    assert again["barcode"] == barcode and again["order_id"] != order_id
+    assert body["stock"][0]["on_order"] is True
+    resp = await orders.get(f"/api/orders/{again['order_id']}")
+    assert (await resp.json())["kind"] == "restock"
 
 
 async def test_fault_set_through_control_reaches_two_replicas_without_restart(
