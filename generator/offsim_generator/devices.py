@@ -229,6 +229,10 @@ class MqttReadings:
                 self._connected.clear()
             await asyncio.sleep(MQTT_RECONNECT_S)
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
     def send(self, ssd_id: int, payload: bytes) -> asyncio.Future:
         return self._loop.create_task(self._publish(subjects.ssd_readings_topic(ssd_id), payload))
 

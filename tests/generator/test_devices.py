@@ -27,6 +27,7 @@ from offsim_launcher.embedded import free_port
 from prometheus_client import REGISTRY
 
 from tests.conftest import against
+from tests.proxy import Proxy
 
 
 def consume_outcome(outcome: str) -> float:
@@ -235,6 +236,38 @@ async def test_mqtt_unreachable_readings_are_failed():
     finally:
         await readings.close()
     assert sim.stats["consume.failed"] == 4 and sim.stats["consume.sent"] == 0
+
+
+async def test_the_mqtt_connection_is_made_again(mqtt_url, nc, monkeypatch):
+    monkeypatch.setattr(devices, "MQTT_RECONNECT_S", 0.1)
+    await bus.ensure_streams(nc.jetstream())
+    proxy = await Proxy(mqtt_url).start()
+    readings = MqttReadings(proxy.url, ack_timeout_s=1.0)
+    await readings.start()
+    try:
+        sim = simulation(readings)
+
+        async def send(n: int) -> None:
+            await asyncio.wait([sim.perform(consume(i % 4)) for i in range(n)], timeout=10)
+
+        await send(4)
+        assert sim.stats["consume.sent"] == 4 and readings.connections == 1
+        await proxy.refuse()  # the broker goes away: readings fail, nothing is sent
+        await asyncio.sleep(0.3)
+        await send(4)
+        assert sim.stats["consume.failed"] == 4 and sim.stats["consume.sent"] == 4
+        await proxy.restore()
+        for _ in range(100):
+            if readings.connections == 2 and readings.connected:
+                break
+            await asyncio.sleep(0.05)
+        await send(4)
+        assert sim.stats["consume.sent"] == 8 and readings.connections == 2
+    finally:
+        await readings.close()
+        await proxy.close()
+    stored = await stored_readings(nc)
+    assert len(stored) == 8
 
 
 async def test_the_engine_bounds_readings_in_flight():
