@@ -48,6 +48,7 @@ bench: install
 		|| (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
 	$(BIN)/python bench/services.py
 	$(BIN)/python bench/etl.py
+	$(BIN)/python bench/readings.py
 	$(BIN)/python bench/generator.py
 
 clean:
