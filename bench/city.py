@@ -192,8 +192,10 @@ async def main(ssds: int, speed: float, seconds: float, transport: str, warmup: 
                       f"max scheduler lag {control['max_lag_s']} s")  # fmt: skip
                 print(f"  readings applied {(last.applied - first.applied) / elapsed:,.0f}/s, "
                       f"backlog at the end {last.pending:,.0f}")  # fmt: skip
-                print(f"  restock orders placed {(last.restocks - first.restocks) / elapsed:,.1f}/s, "
-                      f"orders completed {(last.completed - first.completed) / elapsed:,.1f}/s")  # fmt: skip
+                restocks = (last.restocks - first.restocks) / elapsed
+                completed = (last.completed - first.completed) / elapsed
+                print(f"  restock orders placed {restocks:,.1f}/s, "
+                      f"orders completed {completed:,.1f}/s")  # fmt: skip
                 for name in sorted(procs):
                     share = (cpu_after[name] - cpu_before[name]) / elapsed
                     print(f"  {name:<22} CPU {share:5.0%} of a core, RSS "
