@@ -259,6 +259,28 @@ def test_nats_jetstream_on_a_volume_with_health_check(merged):
     assert f"127.0.0.1:{monitor}/healthz?js-enabled-only=true" in probe
 
 
+def test_nats_takes_devices_over_mqtt(merged, tmp_path):
+    """The MQTT listener: its config file mounted into NATS and valid for nats-server, and the
+    generator pointed at it; the dev stack publishes it on localhost."""
+    nats = merged["base"]["services"]["nats"]
+    command = nats["command"]
+    config = command[command.index("--config") + 1]
+    mounts = {v["target"]: v for v in nats["volumes"]}
+    source = Path(mounts[config]["source"])
+    assert mounts[config]["type"] == "bind" and mounts[config].get("read_only")
+    text = source.read_text()
+    assert re.search(r"mqtt\s*{[^}]*port:\s*1883", text), text
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'server_name: "check"\njetstream {{ store_dir: "{tmp_path}" }}\n{text}')
+    checked = subprocess.run([str(venv_tool("nats-server")), "-t", "-c", str(conf)],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    generator = merged["base"]["services"]["generator"]["environment"]
+    assert generator["MQTT_URL"] == "mqtt://nats:1883"
+    published = {str(p["target"]): p for p in merged["dev"]["services"]["nats"]["ports"]}
+    assert published["1883"]["host_ip"] == "127.0.0.1"
+
+
 # --- dev --------------------------------------------------------------------------------------
 
 

@@ -249,6 +249,17 @@ def test_nats_is_a_three_node_jetstream_cluster(rendered, tmp_path):
     assert client == "nats://nats:4222" and ("Service", "nats") in rendered
 
 
+def test_nats_takes_devices_over_mqtt_on_every_node(rendered):
+    config = rendered[("ConfigMap", "nats-config")]["data"]["nats.conf"]
+    mqtt = re.search(r"mqtt\s*{([^}]*)}", config)
+    assert mqtt and re.search(r"port:\s*1883", mqtt.group(1))
+    # MQTT's own session streams as replicated as offsim's, whatever DNS said at start.
+    assert re.search(r"stream_replicas:\s*3", mqtt.group(1))
+    ports = {p["name"]: p["port"] for p in rendered[("Service", "nats")]["spec"]["ports"]}
+    assert ports["mqtt"] == 1883
+    assert rendered[("ConfigMap", "offsim-config")]["data"]["MQTT_URL"] == "mqtt://nats:1883"
+
+
 def test_postgres_keeps_its_data_on_a_volume(rendered):
     postgres = workloads(rendered, "StatefulSet")["postgres"]["spec"]
     (container,) = postgres["template"]["spec"]["containers"]
