@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import psutil
 
 # /metrics is read as the tests read it (prometheus_client's parser): from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import metric
 
+DATABASE = re.compile(r"offsim: Postgres at (\S+)")
 ADDRESS = re.compile(r"offsim: (users service|orders service|generator|dashboard)\s+(http://\S+)")
 
 
@@ -116,6 +118,20 @@ def rss_mb(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+async def database_size(dsn: str) -> str:
+    """The database's size on disk, and the readings table's share of it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            """SELECT pg_size_pretty(pg_database_size(current_database())) AS db,
+                      pg_size_pretty(pg_total_relation_size('ssd_readings')) AS readings,
+                      (SELECT count(*) FROM ssd_readings) AS rows"""
+        )
+    finally:
+        await conn.close()
+    return f"{row['db']}, of which ssd_readings {row['readings']} ({row['rows']:,} readings)"
+
+
 def registration_seconds(log: Path) -> float | None:
     """From the generator's log: registering the population, start to end (real seconds)."""
     started = ended = None
@@ -149,6 +165,7 @@ async def main(ssds: int, speed: float, seconds: float, transport: str, warmup: 
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         urls: dict[str, str] = {}
+        dsn = ""
         try:
             while len(urls) < 4:
                 line = (await up.stdout.readline()).decode()
@@ -156,6 +173,8 @@ async def main(ssds: int, speed: float, seconds: float, transport: str, warmup: 
                     raise RuntimeError("offsim up exited before it was up")
                 if match := ADDRESS.search(line):
                     urls[match.group(1)] = match.group(2).removesuffix("/api/control")
+                elif match := DATABASE.search(line):
+                    dsn = match.group(1)
             feed = asyncio.create_task(_drain_output(up))
             print(f"offsim up: services up in {time.perf_counter() - started:.1f} s")
             async with aiohttp.ClientSession() as http:
@@ -217,6 +236,7 @@ async def main(ssds: int, speed: float, seconds: float, transport: str, warmup: 
                 print(f"after the pause ({time.perf_counter() - paused:.1f} s to drain): "
                       f"consume sent {now.consume_sent:,.0f}, readings applied "
                       f"{now.applied:,.0f}: {verdict}")  # fmt: skip
+                print(f"  database {await database_size(dsn)}")
                 feed.cancel()
         finally:
             if up.returncode is None:
