@@ -111,9 +111,11 @@ def devices_ctx(settings: GeneratorSettings):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         readings: Readings | None = None
         if settings.device_transport == "nats":
-            readings = NatsReadings(app[NC], max_pending=max(4000, settings.max_in_flight))
+            readings = NatsReadings(app[NC], max_pending=max(4000, settings.max_readings_in_flight))
         elif settings.device_transport == "mqtt":
-            readings = MqttReadings(settings.mqtt_url, max_in_flight=settings.max_in_flight)
+            readings = MqttReadings(
+                settings.mqtt_url, max_in_flight=settings.max_readings_in_flight
+            )
         if readings is not None:
             await readings.start()
         log.info("device readings: %s", settings.device_transport)
@@ -125,6 +127,14 @@ def devices_ctx(settings: GeneratorSettings):
                 await readings.close()
 
     return ctx
+
+
+def reading_budget(settings: GeneratorSettings) -> dict[str, int]:
+    """Readings sent to a broker are bounded apart from the HTTP requests; over `http` a
+    reading is a request like any other."""
+    if settings.device_transport == "http":
+        return {}
+    return {"consume": settings.max_readings_in_flight}
 
 
 def simulation_ctx(settings: GeneratorSettings, limits: Limits):
@@ -139,7 +149,7 @@ def simulation_ctx(settings: GeneratorSettings, limits: Limits):
         engine = Engine(
             model, speed=settings.sim_speed, duration=limits.duration,
             max_events=limits.max_events, perform=sim.perform,
-            max_in_flight=settings.max_in_flight,
+            max_in_flight=settings.max_in_flight, budgets=reading_budget(settings),
         )  # fmt: skip
         app[control.ENGINE] = engine
         app[RUN] = Run(engine, sim)

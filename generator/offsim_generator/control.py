@@ -71,7 +71,7 @@ def state(engine: Engine) -> dict:
         "ssds": model.population.ssds,
         "events": engine.events,
         "event_rate": round(engine.event_rate, 3),
-        "in_flight": len(engine.in_flight),
+        "in_flight": engine.flying,
         "max_in_flight": engine.max_in_flight,
         "overflow": dict(sorted(engine.overflow.items())),
         "max_lag_s": round(engine.max_lag_s, 4),

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
@@ -59,6 +59,7 @@ class Engine:
         dry_run: DryRun | None = None,
         perform: Callable[[Event], Awaitable[object] | None] | None = None,
         max_in_flight: int = 100,
+        budgets: Mapping[str, int] | None = None,
     ) -> None:
         if (dry_run is None) == (perform is None):
             raise ValueError("an engine either writes a dry run or performs events")
@@ -69,10 +70,13 @@ class Engine:
         self.dry_run = dry_run
         self.perform = perform
         self.max_in_flight = max_in_flight
+        # Kinds with a bound of their own (the readings a broker has yet to acknowledge: cheap,
+        # and thousands a second), apart from the requests' `max_in_flight`.
+        self.budgets = dict(budgets or {})
+        self._flying: dict[str, set[asyncio.Future]] = {}
         self.next_window = 0
         self.sent: Counter[str] = Counter()
         self.overflow: Counter[str] = Counter()
-        self.in_flight: set[asyncio.Future] = set()
         self.max_lag_s = 0.0
         self.paused = False
         self.done = asyncio.Event()
@@ -229,7 +233,9 @@ class Engine:
             self._schedule(event)
             return
         self._lag(self._loop.time() - self.due(event.t))
-        if len(self.in_flight) >= self.max_in_flight:
+        budget = event.kind if event.kind in self.budgets else ""
+        flying = self._flying.setdefault(budget, set())
+        if len(flying) >= self.budgets.get(budget, self.max_in_flight):
             self.overflow[event.kind] += 1
             metrics.OVERFLOW.labels(event.kind).inc()
             return
@@ -238,16 +244,26 @@ class Engine:
         if started is not None:
             # A coroutine becomes a task; a future stays what it is.
             future = asyncio.ensure_future(started, loop=self._loop)
-            self.in_flight.add(future)
-            metrics.IN_FLIGHT.set(len(self.in_flight))
-            future.add_done_callback(self._landed)
+            flying.add(future)
+            metrics.IN_FLIGHT.set(self.flying)
+            future.add_done_callback(lambda done: self._landed(flying, done))
         self.sent[event.kind] += 1
         self._recent.append(self._loop.time())
         self._check_budget()
 
-    def _landed(self, future: asyncio.Future) -> None:
-        self.in_flight.discard(future)
-        metrics.IN_FLIGHT.set(len(self.in_flight))
+    def _landed(self, flying: set[asyncio.Future], future: asyncio.Future) -> None:
+        flying.discard(future)
+        metrics.IN_FLIGHT.set(self.flying)
+
+    @property
+    def in_flight(self) -> set[asyncio.Future]:
+        """Everything in flight, whatever its bound."""
+        return set().union(*self._flying.values())
+
+    @property
+    def flying(self) -> int:
+        """How many are in flight (`len(in_flight)`, without building the set)."""
+        return sum(map(len, self._flying.values()))
 
     def _check_budget(self) -> None:
         if self.max_events is not None and self.events >= self.max_events:

@@ -30,6 +30,10 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
     population: int = env("OFFSIM_POPULATION", 0, ge=0)
     consume_per_day: float = env("OFFSIM_CONSUME_PER_DAY", 12.0, ge=0)
     max_in_flight: int = env("OFFSIM_MAX_IN_FLIGHT", 100, ge=1)
+    # Readings sent over NATS or MQTT and not yet acknowledged, at most: a bound of their own,
+    # as thousands a second each wait a few milliseconds for the broker (10 ms of gathering
+    # first, over NATS); 2,000 is most of a second of a city of 100,000 SSDs at x60.
+    max_readings_in_flight: int = env("OFFSIM_MAX_READINGS_IN_FLIGHT", 2000, ge=1)
     # As the users service's: how many products a synthetic SSD of a dry run watches.
     watched_products: int = env("OFFSIM_WATCHED_PRODUCTS", 3, ge=1)
     # How the SSDs send their readings (docs/generator.md, "Device transports"), and where

@@ -294,6 +294,28 @@ async def test_the_engine_bounds_readings_in_flight():
     await engine.stop()
 
 
+async def test_readings_have_a_bound_of_their_own():
+    """Readings awaiting their ack do not take the requests' places, nor the other way round."""
+    model = Model(load("steady", 0, 0), seed=5, watched=3, consume_per_day=86400.0)
+    model.populate(10)
+    loop = asyncio.get_running_loop()
+    unacked: list[asyncio.Future] = []
+
+    def publish(event) -> asyncio.Future:
+        unacked.append(loop.create_future())
+        return unacked[-1]
+
+    engine = Engine(model, speed=10.0, duration=10, perform=publish, max_in_flight=1,
+                    budgets={"consume": 7})  # fmt: skip
+    engine.start()
+    await asyncio.wait_for(engine.done.wait(), 30)
+    assert len(unacked) == 7 == len(engine.in_flight) == engine.flying
+    assert engine.overflow["consume"] > 50
+    for future in unacked:
+        future.set_result(None)
+    await engine.stop()
+
+
 def test_reading_payload_is_a_reading():
     for barcode in ("3017620422003", 'a "quoted" code', "ünïcode\\"):
         payload = reading_payload(7, barcode, 3, "42")
