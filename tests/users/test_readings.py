@@ -235,3 +235,18 @@ async def test_the_orders_service_announces_a_restock_order_at_once(
     event = json.loads(stored.data)
     assert (event["id"], event["ssd_id"], event["barcode"]) == (order_id, ssd_id, barcode)
     assert stored.headers["X-Request-Id"] == f"ssd-{ssd_id}-reading-empty"
+
+
+async def test_the_users_answer_shows_the_demand_that_found_no_stock(users, pool, products):
+    user = await register(users, "short@example.org")
+    ssd_id, barcode = user["devices"][0]["id"], user["devices"][0]["watched"][0]
+    start = (await stock_of(pool, ssd_id, barcode))["quantity"]
+    # The original's name for the product is understood too.
+    reading = SsdReading.model_validate(
+        {"ssd_id": ssd_id, "product_id": barcode, "quantity": start + 4, "reading_id": "big"}
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await readings.apply(conn, [reading])
+    detail = await (await users.get(f"/api/users/{user['id']}")).json()
+    [item] = [s for s in detail["ssds"][0]["stock"] if s["barcode"] == barcode]
+    assert (item["quantity"], item["units_wanted"], item["units_short"]) == (0, start + 4, 4)

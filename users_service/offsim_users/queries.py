@@ -73,7 +73,7 @@ async def fetch_user(conn: asyncpg.Connection, user_id: int) -> dict[str, Any] |
     )
     stock = await conn.fetch(
         """SELECT ps.ssd_id, ps.barcode, p.name AS product_name, p.image_url, ps.quantity,
-                  ps.reorder_point, ps.capacity
+                  ps.reorder_point, ps.capacity, ps.units_wanted, ps.units_short
            FROM product_ssds ps JOIN ssds s ON s.id = ps.ssd_id
            JOIN products p ON p.barcode = ps.barcode
            WHERE s.user_id = $1 ORDER BY ps.ssd_id, ps.barcode""",

@@ -24,6 +24,8 @@ class StockItem(BaseModel):
     quantity: int
     reorder_point: int
     capacity: int
+    units_wanted: int = Field(0, description="units the SSD's readings asked for, ever")
+    units_short: int = Field(0, description="of those, the units that found no stock")
 
 
 class SsdDetail(BaseModel):
