@@ -104,14 +104,6 @@ class SsdReading(BaseModel):
     reading_id: ReadingId
     timestamp: AwareDatetime | None = Field(None, description="when the device saw it used")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _barcode_from_product_id(cls, data: object) -> object:
-        """`product_id` is the original's name for a barcode, as in its order events."""
-        if isinstance(data, dict) and "barcode" not in data and "product_id" in data:
-            data = {**data, "barcode": data["product_id"]}
-        return data
-
 
 class UserRegistered(BaseModel):
     id: int

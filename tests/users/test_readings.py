@@ -241,10 +241,7 @@ async def test_the_users_answer_shows_the_demand_that_found_no_stock(users, pool
     user = await register(users, "short@example.org")
     ssd_id, barcode = user["devices"][0]["id"], user["devices"][0]["watched"][0]
     start = (await stock_of(pool, ssd_id, barcode))["quantity"]
-    # The original's name for the product is understood too.
-    reading = SsdReading.model_validate(
-        {"ssd_id": ssd_id, "product_id": barcode, "quantity": start + 4, "reading_id": "big"}
-    )
+    reading = SsdReading(ssd_id=ssd_id, barcode=barcode, quantity=start + 4, reading_id="big")
     async with pool.acquire() as conn, conn.transaction():
         await readings.apply(conn, [reading])
     detail = await (await users.get(f"/api/users/{user['id']}")).json()
