@@ -66,18 +66,29 @@ except urllib.error.HTTPError as error:
 print(json.dumps({"status": status, "body": text}))
 """
 # Sent into the generator's container: an MQTT 3.1.1 CONNECT (clean session) to its MQTT_URL,
-# where the SSDs publish their readings; prints the broker's CONNACK in hex (20020000: accepted).
-# Plain sockets, so it proves the listener without any MQTT library.
+# where the SSDs publish their readings, then a QoS 1 PUBLISH of a reading (topic and payload
+# in argv); prints the broker's CONNACK and PUBACK in hex (20020000 accepted, 40020001 for
+# packet 1). Plain sockets, so it proves the listener without any MQTT library.
 MQTT_CONNECT_CLIENT = """
-import os, socket, urllib.parse
+import os, socket, sys, urllib.parse
 address = urllib.parse.urlsplit(os.environ["MQTT_URL"])
 client_id = b"offsim-compose-check"
 body = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(client_id).to_bytes(2, "big") + client_id
+topic, payload = sys.argv[1].encode(), sys.argv[2].encode()
+publish = len(topic).to_bytes(2, "big") + topic + b"\\x00\\x01" + payload
+length, size = b"", len(publish)
+while True:
+    size, digit = divmod(size, 128)
+    length += bytes([digit | (128 if size else 0)])
+    if not size:
+        break
 with socket.create_connection((address.hostname, address.port or 1883), timeout=10) as sock:
     sock.sendall(bytes([0x10, len(body)]) + body)
-    answer = sock.recv(4)
+    connack = sock.recv(4)
+    sock.sendall(b"\\x32" + length + publish)
+    puback = sock.recv(4)
     sock.sendall(b"\\xe0\\x00")
-print(answer.hex())
+print(connack.hex(), puback.hex())
 """
 
 
@@ -285,7 +296,8 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
 
     row = wait_for("the delivery in the SSD's stock", delivered, 30)
     stack.step(f"the delivery is in SSD {ssd}'s stock ({barcode}: {row['quantity']})")
-    return {"order": order["id"], "user": user["id"], "auth": auth}
+    return {"order": order["id"], "user": user["id"], "auth": auth, "ssd": ssd,
+            "watched": user["devices"][0]["watched"][0]}  # fmt: skip
 
 
 def check_pages(stack: Stack, client: Client) -> None:
@@ -302,15 +314,33 @@ def check_pages(stack: Stack, client: Client) -> None:
     stack.step(f"/metrics (offsim_* series) and /api/health of {', '.join(PORTS)}")
 
 
-def check_mqtt(stack: Stack) -> None:
+def check_mqtt(stack: Stack, client: Client, kept: dict) -> None:
     """The devices' way in: NATS's MQTT listener accepts a connection at the generator's
-    MQTT_URL (by the NATS service's name, as the generator reaches it)."""
+    MQTT_URL (by the NATS service's name, as the generator reaches it), and a reading published
+    there with QoS 1 reaches the users service, which applies it to the SSD's stock."""
+    ssd, barcode = kept["ssd"], kept["watched"]
+    reading = json.dumps({"ssd_id": ssd, "barcode": barcode, "quantity": 1,
+                          "reading_id": f"compose-check-{secrets.token_hex(4)}"})  # fmt: skip
     out = stack.engine.podman("exec", f"{PROJECT}-generator-1", "python", "-c",
-                              MQTT_CONNECT_CLIENT).stdout.strip()  # fmt: skip
-    if out != "20020000":
-        raise CheckFailed(f"MQTT CONNECT at the generator's MQTT_URL: CONNACK {out!r}, "
-                          "not 20020000")  # fmt: skip
-    stack.step("NATS's MQTT listener accepts a connection at the generator's MQTT_URL (CONNACK 0)")
+                              MQTT_CONNECT_CLIENT, f"ssds/{ssd}/readings",
+                              reading).stdout.strip()  # fmt: skip
+    if out != "20020000 40020001":
+        raise CheckFailed(f"MQTT at the generator's MQTT_URL: CONNACK, PUBACK {out!r}, "
+                          "not 20020000 40020001")  # fmt: skip
+    stack.step("NATS's MQTT listener accepts a connection at the generator's MQTT_URL (CONNACK 0) "
+               "and a QoS 1 reading (PUBACK)")  # fmt: skip
+
+    def applied():
+        answer = client.expect(200, "users", "GET", f"/api/users/{kept['user']}",
+                               headers=kept["auth"])  # fmt: skip
+        stock = {row["barcode"]: row for device in answer["ssds"] for row in device["stock"]}
+        return stock[barcode]["units_wanted"] >= 1 and stock[barcode]
+
+    row = wait_for("the MQTT reading applied to the SSD's stock", applied, 30)
+    stack.step(
+        f"the reading reached SSD {ssd}'s stock through the READINGS stream "
+        f"({barcode}: {row['units_wanted']} unit wanted, {row['quantity']} left)"
+    )
 
 
 def still_there(stack: Stack, client: Client, kept: dict) -> None:
@@ -330,7 +360,7 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
         stack.up(*build)
         kept = place_and_complete(stack, client)
         check_pages(stack, client)
-        check_mqtt(stack)
+        check_mqtt(stack, client, kept)
         stack.down()
         stack.step("down (volumes kept)")
         stack.up()
