@@ -311,14 +311,14 @@ async def _dispatch(js: JetStreamContext, spec: ConsumerSpec[M], msg: Msg) -> st
     try:
         payload = spec.model.model_validate_json(msg.data)
     except ValidationError as exc:
-        if spec.on_invalid is not None:
-            spec.on_invalid(msg)
         reason = f"invalid: {exc.errors(include_url=False, include_input=False)}"
         log.error("%s: invalid message on %s: %s; data=%r",
                   spec.durable, msg.subject, reason, msg.data[:500])  # fmt: skip
         with tracing.consuming(msg, spec.durable) as span:
             tracing.failed(span, description=reason[:200])
             await dead_letter(js, spec, msg, reason)
+        if spec.on_invalid is not None:  # once it is dead-lettered: it will not come back
+            spec.on_invalid(msg)
         return "dead_letter"
     if spec.due_in is not None and (remaining := spec.due_in(payload)) > 0:
         await msg.nak(delay=remaining)

@@ -5,6 +5,8 @@ clients stay compatible. ``orders.random`` is a plain request/reply subject and 
 captured by a stream: JetStream would answer the request's inbox with a publish ack.
 """
 
+import re
+
 ORDERS_RANDOM = "orders.random"
 ORDERS_PENDING = "orders.pending"
 ORDERS_SHIPPED = "orders.shipped"
@@ -31,8 +33,10 @@ def ssd_readings_topic(ssd_id: int) -> str:
 def ssd_of_readings_subject(subject: str) -> int | None:
     """The SSD id a readings subject names, or None if it names none."""
     parts = subject.split(".")
-    if len(parts) == 3 and parts[0] == "ssds" and parts[2] == "readings" and parts[1].isdigit():
-        return int(parts[1])
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if len(parts) == 3 and parts[0] == "ssds" and parts[2] == "readings":
+        if re.fullmatch(r"[0-9]{1,19}", parts[1]):
+            return int(parts[1])
     return None
 
 

@@ -97,3 +97,18 @@ async def test_a_report_sent_again_with_its_reading_id_changes_nothing(users, po
         f"/api/ssds/{ssd_id}/consume", json={**report, "reading_id": "has a blank"}
     )
     assert resp.status == 400 and "reading_id" in (await resp.json())["details"]
+
+
+async def test_a_report_without_barcode_sent_again_changes_nothing(users, pool, products):
+    ssd_id, _ = await registered_ssd(users)
+    # The longest reading id: each product's own id still fits.
+    report = {"quantity": 3, "reading_id": "r" * 64}
+    first = await users.post(f"/api/ssds/{ssd_id}/consume", json=report)
+    assert first.status == 200, await first.text()
+    first = await first.json()
+    for _ in range(3):
+        again = await (await users.post(f"/api/ssds/{ssd_id}/consume", json=report)).json()
+        assert all(item["consumed"] == 0 for item in again["stock"])
+        assert [i["quantity"] for i in again["stock"]] == [i["quantity"] for i in first["stock"]]
+    if any(item["consumed"] for item in first["stock"]):
+        assert again["duplicate"] is True

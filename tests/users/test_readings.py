@@ -247,3 +247,40 @@ async def test_the_users_answer_shows_the_demand_that_found_no_stock(users, pool
     detail = await (await users.get(f"/api/users/{user['id']}")).json()
     [item] = [s for s in detail["ssds"][0]["stock"] if s["barcode"] == barcode]
     assert (item["quantity"], item["units_wanted"], item["units_short"]) == (0, start + 4, 4)
+
+
+def test_a_readings_subject_names_an_ssd_in_ascii_digits_only():
+    assert subjects.ssd_of_readings_subject("ssds.42.readings") == 42
+    too_long = "ssds." + "9" * 20 + ".readings"
+    for subject in ("ssds.².readings", "ssds.-1.readings", "ssds.4 2.readings",
+                    "ssds.1.readings.x", "users.1.readings", too_long):  # fmt: skip
+        assert subjects.ssd_of_readings_subject(subject) is None, subject
+
+
+async def test_no_restock_while_a_completed_order_is_not_yet_in_stock(users, pool, products):
+    """Between the orders service recording `completed` and the users service adding the
+    delivery, the order is still on its way: a reading then places no second restock."""
+    ssd_id, barcode = await a_device(users)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO product_orders (ssd_id, barcode, quantity, kind, status, completed_at,
+                                           published_at)
+               VALUES ($1, $2, 5, 'restock', 'completed', now(), now())""",
+            ssd_id,
+            barcode,
+        )
+    batch = [SsdReading(ssd_id=ssd_id, barcode=barcode, quantity=100, reading_id="gone")]
+    async with pool.acquire() as conn, conn.transaction():
+        result = await readings.apply(conn, batch)
+    assert result.outcomes == ["applied"] and result.restocks == []
+    # Once the delivery is in the stock, the next reading below the point restocks again.
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO stock_deliveries (order_id) SELECT id FROM product_orders "
+            "WHERE ssd_id = $1",
+            ssd_id,
+        )
+    batch = [SsdReading(ssd_id=ssd_id, barcode=barcode, quantity=1, reading_id="next")]
+    async with pool.acquire() as conn, conn.transaction():
+        result = await readings.apply(conn, batch)
+    assert [r["barcode"] for r in result.restocks] == [barcode]

@@ -13,6 +13,7 @@ order is placed in the same transaction as the stock update: a crash cannot sepa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -78,7 +79,7 @@ async def consume(
     """POST /api/ssds/{id}/consume: the report as readings, applied as any reading is (the
     caller owns the transaction and has checked the SSD's owner). Without a barcode, each
     watched product loses a random 0 to `quantity` units; a product that loses none is no
-    reading."""
+    reading. The reading ids of a report without one are new each time."""
     watched = await queries.watched_barcodes(conn, ssd_id)
     base = body.reading_id or f"http-{uuid.UUID(int=rng.getrandbits(128)).hex}"
     if body.barcode is not None:
@@ -91,8 +92,11 @@ async def consume(
         ids = {body.barcode: base}
     else:
         touched = watched
-        wanted = {b: units for b in watched if (units := rng.randint(0, body.quantity))}
-        ids = {b: f"{base}/{b}" for b in wanted}
+        wanted = {b: units for b in watched if (units := _draw(rng, ssd_id, body, b))}
+        # Each product's reading id derives from the report's, and fits ReadingId's 64
+        # printable characters whatever the two hold.
+        ids = {b: hashlib.blake2b(f"{base}/{b}".encode(), digest_size=16).hexdigest()
+               for b in wanted}  # fmt: skip
     batch = [SsdReading(ssd_id=ssd_id, barcode=b, quantity=u, reading_id=ids[b])
              for b, u in wanted.items()]  # fmt: skip
     result = await apply(conn, batch)
@@ -108,6 +112,14 @@ async def consume(
         "duplicate": bool(batch) and all(o == DUPLICATE for o in result.outcomes),
     })  # fmt: skip
     return answer, batch, result
+
+
+def _draw(rng: random.Random, ssd_id: int, body: ConsumeRequest, barcode: str) -> int:
+    """The units a report without a barcode takes from one product: a report sent again with
+    its reading id draws the same (so it is recognised, product by product, as applied)."""
+    if body.reading_id is not None:
+        rng = random.Random(f"{ssd_id}/{body.reading_id}/{barcode}")
+    return rng.randint(0, body.quantity)
 
 
 def count(result: Applied) -> None:

@@ -35,7 +35,9 @@ CREATE INDEX product_orders_device_unannounced ON product_orders (id)
 -- Orders service -> users service: the one write another member makes to the orders, as a
 -- function the orders service owns (as views are what others read). The users service calls it
 -- in the transaction that applies the readings, so a stock update and its restock order commit
--- together or not at all. A product with any order on its way gets none; at most one restock
+-- together or not at all. A product with any order on its way gets none (pending,
+-- shipped, or completed but not yet added to the stock: the users service adds a delivery under
+-- the lock of the same stock row, so none slips between); at most one restock
 -- order is open per SSD and product (the partial unique index). The orders service is told at
 -- commit (NOTIFY) and announces the new orders on orders.pending.
 CREATE FUNCTION place_restock_orders(
@@ -51,7 +53,10 @@ LANGUAGE sql VOLATILE AS $$
         FROM wanted w
         WHERE NOT EXISTS (SELECT 1 FROM product_orders p
                           WHERE p.ssd_id = w.ssd_id AND p.barcode = w.barcode
-                            AND p.status IN ('pending', 'shipped'))
+                            AND (p.status IN ('pending', 'shipped')
+                                 OR (p.status = 'completed' AND NOT p.delivery_confirmed
+                                     AND NOT EXISTS (SELECT 1 FROM delivered_orders d
+                                                     WHERE d.order_id = p.id))))
         ORDER BY w.ssd_id, w.barcode
         ON CONFLICT (ssd_id, barcode) WHERE status IN ('pending', 'shipped') AND kind = 'restock'
         DO NOTHING
