@@ -85,6 +85,7 @@ class NatsReadings:
     def __init__(self, nc: Client, *, ack_timeout_s: float = ACK_TIMEOUT_S,
                  coalesce_s: float = COALESCE_S, max_pending: int = 4000) -> None:  # fmt: skip
         # A context of its own: its own pending limit and reply subscription.
+        self.nc = nc
         self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=max_pending)
         self.ack_timeout_s = ack_timeout_s
         self.coalesce_s = coalesce_s
@@ -117,14 +118,23 @@ class NatsReadings:
                 subject, payload, future = self._queue.popleft()
                 if future.done():
                     continue  # cancelled while it waited (the run is stopping)
+                if not self.nc.is_connected:
+                    # Not handed to nats-py at all: a publish that fails on a closed socket
+                    # keeps its pending slot for good (nats-py registers the ack's future
+                    # first), and enough of them would stall every later reading.
+                    future.set_exception(ConnectionError("NATS is not connected"))
+                    continue
                 try:
-                    ack = await publish(subject, payload)
+                    ack = await publish(subject, payload, wait_stall=self.ack_timeout_s)
                 except asyncio.CancelledError:
                     future.cancel()
                     raise
                 except Exception as exc:
-                    # NATS closed, or its outgoing buffer full while it reconnects.
+                    # The outgoing buffer full, or no pending slot free within the timeout.
                     future.set_exception(exc)
+                    if asyncio.current_task().cancelling():
+                        # nats-py turns a cancel during its wait into TooManyStalledMsgsError.
+                        raise asyncio.CancelledError from exc
                     continue
                 ack.add_done_callback(_settles(future))
                 self._waiting.append((self._loop.time() + self.ack_timeout_s, ack))

@@ -26,7 +26,7 @@ from offsim_generator.simulation import Simulation
 from offsim_launcher.embedded import free_port
 from prometheus_client import REGISTRY
 
-from tests.conftest import against
+from tests.conftest import against, eventually
 from tests.proxy import Proxy
 
 
@@ -197,6 +197,38 @@ async def test_a_reading_whose_ack_never_comes_is_failed(nats_proxy, nc):
         await readings.close()
         await nats_proxy.restore()
         await client.close()
+
+
+async def test_readings_while_nats_is_away_fail_and_take_no_pending_slot(nats_proxy, nc):
+    """A reading sent while the connection is down fails at once, without reaching nats-py
+    (whose publish would keep a pending slot for good); once NATS is back, readings are sent."""
+    await bus.ensure_streams(nc.jetstream())
+    client = await nats.connect(nats_proxy.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    readings = NatsReadings(client, ack_timeout_s=0.5, max_pending=4)
+    await readings.start()
+    try:
+        sim = simulation(readings)
+        await nats_proxy.refuse()
+        await eventually(lambda: _async(not client.is_connected))
+        away = [sim.perform(consume(i % 4)) for i in range(12)]  # three times the pending limit
+        done, _ = await asyncio.wait(away, timeout=10)
+        assert len(done) == 12 and sim.stats["consume.failed"] == 12
+        # Refused at once, not left to time out in nats-py's reconnect buffer.
+        assert all(type(f.exception()) is ConnectionError for f in done)
+        assert readings.js.publish_async_pending() == 0
+        await nats_proxy.restore()
+        await eventually(lambda: _async(client.is_connected))
+        back = [sim.perform(consume(i % 4)) for i in range(6)]
+        await asyncio.wait(back, timeout=10)
+        assert sim.stats["consume.sent"] == 6
+    finally:
+        await readings.close()
+        await nats_proxy.restore()
+        await client.close()
+
+
+async def _async(value: bool) -> bool:
+    return value
 
 
 async def test_readings_from_one_ssd_have_their_own_ids(nc):
