@@ -80,6 +80,6 @@ class ConsumeRequest(Strict):
     reading_id: ReadingId | None = Field(
         None,
         description="the device's own id for this report: sent again, it changes nothing (without "
-        "a barcode, each product's reading is `<reading_id>/<barcode>`); without one, every "
-        "report is a new reading",
+        "a barcode, it draws the same units, and each product's reading id derives from it and "
+        "the barcode); without one, every report is a new reading",
     )
