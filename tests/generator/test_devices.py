@@ -302,9 +302,9 @@ async def test_the_mqtt_connection_is_made_again(mqtt_url, nc, monkeypatch):
     assert len(stored) == 8
 
 
-async def test_the_engine_bounds_readings_in_flight():
-    """A reading is a future, not a task: in flight until acknowledged, and the open model's
-    bound and overflow hold for it as for a request."""
+async def run_unacked(**bounds) -> tuple[Engine, list[asyncio.Future]]:
+    """An engine whose readings are never acknowledged, run for 10 simulated seconds of a
+    population that reads every second: what stays in flight, and the futures to settle."""
     model = Model(load("steady", 0, 0), seed=5, watched=3, consume_per_day=86400.0)
     model.populate(10)
     loop = asyncio.get_running_loop()
@@ -314,9 +314,16 @@ async def test_the_engine_bounds_readings_in_flight():
         unacked.append(loop.create_future())
         return unacked[-1]
 
-    engine = Engine(model, speed=10.0, duration=10, perform=publish, max_in_flight=5)
+    engine = Engine(model, speed=10.0, duration=10, perform=publish, **bounds)
     engine.start()
     await asyncio.wait_for(engine.done.wait(), 30)
+    return engine, unacked
+
+
+async def test_the_engine_bounds_readings_in_flight():
+    """A reading is a future, not a task: in flight until acknowledged, and the open model's
+    bound and overflow hold for it as for a request."""
+    engine, unacked = await run_unacked(max_in_flight=5)
     assert len(unacked) == 5 == len(engine.in_flight)
     assert engine.overflow["consume"] > 50
     for future in unacked:
@@ -328,19 +335,7 @@ async def test_the_engine_bounds_readings_in_flight():
 
 async def test_readings_have_a_bound_of_their_own():
     """Readings awaiting their ack do not take the requests' places, nor the other way round."""
-    model = Model(load("steady", 0, 0), seed=5, watched=3, consume_per_day=86400.0)
-    model.populate(10)
-    loop = asyncio.get_running_loop()
-    unacked: list[asyncio.Future] = []
-
-    def publish(event) -> asyncio.Future:
-        unacked.append(loop.create_future())
-        return unacked[-1]
-
-    engine = Engine(model, speed=10.0, duration=10, perform=publish, max_in_flight=1,
-                    budgets={"consume": 7})  # fmt: skip
-    engine.start()
-    await asyncio.wait_for(engine.done.wait(), 30)
+    engine, unacked = await run_unacked(max_in_flight=1, budgets={"consume": 7})
     assert len(unacked) == 7 == len(engine.in_flight) == engine.flying
     assert engine.overflow["consume"] > 50
     for future in unacked:
