@@ -25,18 +25,27 @@ from typing import Generic, TypeVar
 import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from opentelemetry.trace import Span
 from pydantic import BaseModel, ValidationError
 
 from . import subjects, tracing
 from .logs import request_id, request_id_from, request_id_headers
 from .metrics import BATCH_SIZE, CONSUMER_PENDING, NATS_MESSAGES
+from .settings import nats_servers
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # Long enough that a service restarted within the hour re-publishing an event it had already
 # published (crash between publish and ack) is de-duplicated by the server.
@@ -75,7 +84,7 @@ async def connect(url: str, name: str) -> Client:
         log.info("nats: reconnected")
 
     await nc.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -86,22 +95,58 @@ async def connect(url: str, name: str) -> Client:
     return nc
 
 
+# JetStream API errors that pass once a cluster has elected its leaders and its nodes have met:
+# incomplete results, no peers for placement yet, not assigned to this server, temporarily
+# unavailable, not the leader, too few servers for the replicas yet.
+TRANSIENT_ERR_CODES = frozenset({10004, 10005, 10007, 10008, 10009, 10023})
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 5.0
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a JetStream API call that failed this way may succeed if tried again: the
+    server did not answer in time or at all (a node lost, a leader being elected, a reconnect),
+    or said so itself. A bad configuration is not transient: it is raised at once."""
+    if isinstance(exc, TimeoutError | NoRespondersError | ServiceUnavailableError):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in TRANSIENT_ERR_CODES
+
+
+async def until_done(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, tried again with back-off (RETRY_FIRST_S doubling up to RETRY_MAX_S) for as
+    long as it fails in a transient way, until it succeeds or the caller is cancelled. A
+    service started while its cluster elects leaders waits for them instead of exiting, and a
+    consumer re-bound during a leader change is bound once there is a leader."""
+    delay = RETRY_FIRST_S
+    failures = 0
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            failures += 1
+            # The first failures of a leader change are expected; a long wait is worth saying.
+            level = logging.INFO if failures < 4 else logging.WARNING
+            log.log(level, "%s failed (%r); trying again in %.2g s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create or update the streams; every service calls it, whichever starts first wins.
+    """Create or update the streams and the faults bucket; every service calls it, whichever
+    starts first wins. Waits, rather than fails, while the cluster is not ready.
 
     `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
     when a node is lost. Every service must be given the same value."""
-    for name, stream_subjects, max_age, window in (
-        (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
-         DUPLICATE_WINDOW_S),
-        (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
-         DUPLICATE_WINDOW_S),
-        (subjects.READINGS_STREAM, subjects.READINGS_STREAM_SUBJECTS, READINGS_MAX_AGE_S,
-         READINGS_DUPLICATE_WINDOW_S),
-        (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS, DEAD_LETTER_MAX_AGE_S,
-         DUPLICATE_WINDOW_S),
-    ):  # fmt: skip
-        config = api.StreamConfig(
+    for config in stream_configs(replicas):
+        await until_done(f"setting up stream {config.name}", lambda c=config: _ensure(js, c))
+    await until_done("setting up the faults bucket", lambda: _ensure_bucket(js, replicas))
+
+
+def stream_configs(replicas: int) -> list[api.StreamConfig]:
+    return [
+        api.StreamConfig(
             name=name,
             subjects=list(stream_subjects),
             storage=api.StorageType.FILE,
@@ -110,15 +155,47 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             duplicate_window=window,
             num_replicas=replicas,
         )
+        for name, stream_subjects, max_age, window in (
+            (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
+             DUPLICATE_WINDOW_S),
+            (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
+             DUPLICATE_WINDOW_S),
+            (subjects.READINGS_STREAM, subjects.READINGS_STREAM_SUBJECTS, READINGS_MAX_AGE_S,
+             READINGS_DUPLICATE_WINDOW_S),
+            (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS,
+             DEAD_LETTER_MAX_AGE_S, DUPLICATE_WINDOW_S),
+        )
+    ]  # fmt: skip
+
+
+async def _ensure(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
         try:
-            await js.stream_info(name)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-                continue
-            except BadRequestError:
-                pass  # another service created it between our two calls
-        await js.update_stream(config)
+            await js.add_stream(config)
+            return
+        except BadRequestError:
+            pass  # another service created it between our two calls
+    await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, replicas: int) -> None:
+    """The faults bucket (faults.py), replicated like the streams: made here, by every
+    member at start, so that it never exists with fewer replicas than the streams."""
+    try:
+        await js.key_value(subjects.FAULTS_BUCKET)
+    except BucketNotFoundError:
+        try:
+            await js.create_key_value(
+                api.KeyValueConfig(bucket=subjects.FAULTS_BUCKET, history=1, replicas=replicas)
+            )
+            return
+        except BadRequestError:
+            pass  # another member made it meanwhile
+    info = await js.stream_info(f"KV_{subjects.FAULTS_BUCKET}")
+    if info.config.num_replicas != replicas:  # kept from a run with another setting
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
 
 
 # How long an HTTP request waits for the stream's ack of an event it announces. Past it the
@@ -409,7 +486,8 @@ async def consume(
     so each message goes to one of them. If the durable disappears from the server, it is made
     again."""
     while True:
-        sub = await _bind(js, spec, replicas)
+        sub = await until_done(f"binding consumer {spec.durable}",
+                               lambda: _bind(js, spec, replicas))  # fmt: skip
         if ready is not None:
             ready.set()
         try:

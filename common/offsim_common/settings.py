@@ -123,6 +123,13 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def nats_servers(url: str) -> list[str]:
+    """NATS_URL's servers: one URL, or several separated by commas (the nodes of a cluster).
+    The client connects to one of them at random and, when it is lost, to another; once
+    connected, the cluster also tells it of the nodes it was not given."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
 def _http_url(value: str | None) -> str | None:
     if value is None:
         return None
@@ -139,6 +146,7 @@ class ServiceSettings(DatabaseSettings):
     """What every long-running member reads: its servers, its port, simulated time, the service
     credential and tracing."""
 
+    # One server, or the nodes of a cluster separated by commas (bus.servers).
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222")
     http_port: int = env("HTTP_PORT", 8080, ge=0, le=65535)
     # Every simulated duration is divided by this factor.
@@ -160,6 +168,18 @@ class ServiceSettings(DatabaseSettings):
     otlp_endpoint: str | None = env("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     traces_sampler: str = env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     traces_sampler_arg: float | None = env("OTEL_TRACES_SAMPLER_ARG", None, ge=0, le=1)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        """nats:// or tls:// URLs (or ws://, wss://, not mixed with those), comma-separated."""
+        found = nats_servers(value)
+        if not found:
+            raise ValueError("must name at least one NATS server")
+        schemes = {server.partition("://")[0] if "://" in server else "nats" for server in found}
+        if not (schemes <= {"nats", "tls"} or schemes <= {"ws", "wss"}):
+            raise ValueError("must be nats:// or tls:// URLs (or ws:// and wss://, not mixed)")
+        return ",".join(found)
 
     @field_validator("traces_exporters", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ locally, clear errors naming the variable otherwise."""
 from __future__ import annotations
 
 import pytest
-from offsim_common.settings import ConfigError, ServiceSettings
+from offsim_common.settings import ConfigError, ServiceSettings, nats_servers
 from offsim_etl.settings import EtlSettings
 from offsim_generator.settings import GeneratorSettings
 from offsim_notifications.settings import NotificationsSettings
@@ -91,3 +91,13 @@ def test_a_member_ignores_the_variables_of_the_others():
     assert NotificationsSettings.from_env(broken).supplier_delay == (60.0, 240.0)
     with pytest.raises(ConfigError, match="OFFSIM_WEIGHT_REGISTER"):
         GeneratorSettings.from_env(broken)
+
+
+def test_nats_url_may_list_the_nodes_of_a_cluster():
+    env = {"NATS_URL": " nats://n1:4222, nats://n2:4222,,tls://n3:4222 "}
+    assert OrdersSettings.from_env(env).nats_url == "nats://n1:4222,nats://n2:4222,tls://n3:4222"
+    assert nats_servers("nats://n1:4222,n2:4222") == ["nats://n1:4222", "n2:4222"]
+    with pytest.raises(ConfigError, match="NATS_URL"):
+        OrdersSettings.from_env({"NATS_URL": "nats://n1:4222,ws://n2:8080"})
+    with pytest.raises(ConfigError, match="NATS_URL"):
+        OrdersSettings.from_env({"NATS_URL": "http://n1:4222"})
