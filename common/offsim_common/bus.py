@@ -31,6 +31,7 @@ from nats.js.errors import (
     APIError,
     BadRequestError,
     BucketNotFoundError,
+    NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
 )
@@ -107,7 +108,9 @@ def transient(exc: BaseException) -> bool:
     """Whether a JetStream API call that failed this way may succeed if tried again: the
     server did not answer in time or at all (a node lost, a leader being elected, a reconnect),
     or said so itself. A bad configuration is not transient: it is raised at once."""
-    if isinstance(exc, TimeoutError | NoRespondersError | ServiceUnavailableError):
+    if isinstance(
+        exc, TimeoutError | NoRespondersError | NoStreamResponseError | ServiceUnavailableError
+    ):
         return True
     return isinstance(exc, APIError) and exc.err_code in TRANSIENT_ERR_CODES
 
@@ -170,14 +173,26 @@ def stream_configs(replicas: int) -> list[api.StreamConfig]:
 
 async def _ensure(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)
             return
-        except BadRequestError:
-            pass  # another service created it between our two calls
-    await js.update_stream(config)
+        except BadRequestError:  # another service created it between our two calls
+            info = await js.stream_info(config.name)
+    await js.update_stream(_keep_replicas(config, info.config))
+
+
+def _keep_replicas(wanted: api.StreamConfig, stored: api.StreamConfig) -> api.StreamConfig:
+    """Replicas only go up on their own: one member started without OFFSIM_STREAM_REPLICAS
+    (1) must not take a cluster's streams down to a single copy. Lowering them is an operator's
+    decision (`nats stream edit`)."""
+    if (stored.num_replicas or 1) <= (wanted.num_replicas or 1):
+        return wanted
+    log.warning("%s has %d replicas and OFFSIM_STREAM_REPLICAS is %d: keeping %d",
+                stored.name, stored.num_replicas, wanted.num_replicas,
+                stored.num_replicas)  # fmt: skip
+    return dataclasses.replace(wanted, num_replicas=stored.num_replicas)
 
 
 async def _ensure_bucket(js: JetStreamContext, replicas: int) -> None:
@@ -194,7 +209,7 @@ async def _ensure_bucket(js: JetStreamContext, replicas: int) -> None:
         except BadRequestError:
             pass  # another member made it meanwhile
     info = await js.stream_info(f"KV_{subjects.FAULTS_BUCKET}")
-    if info.config.num_replicas != replicas:  # kept from a run with another setting
+    if (info.config.num_replicas or 1) < replicas:  # made by a run with fewer
         await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
 
 

@@ -96,7 +96,7 @@ cluster {{
 # How a cluster's nodes write JetStream to disk: at every write, before the ack (see
 # docs/jetstream.md, "What a cluster promises": with the default, a write is acknowledged once
 # it is in the memory of a majority of nodes, and a power loss of that majority loses it).
-CLUSTER_SYNC = "  sync_interval: always\n"
+CLUSTER_SYNC_INTERVAL = "always"
 
 
 def start_nats(
@@ -124,6 +124,8 @@ class NatsNode:
     monitor_port: int = field(default_factory=free_port)
     cluster_port: int | None = None
     routes: tuple[int, ...] = ()
+    # JetStream's `sync_interval` (None: the server's default, a sync every 2 minutes).
+    sync_interval: str | None = None
 
     @property
     def url(self) -> str:
@@ -137,7 +139,7 @@ class NatsNode:
         return NATS_CONFIG.format(
             name=self.name, port=self.port, monitor_port=self.monitor_port,
             store_dir=self.store_dir, mqtt_port=self.mqtt_port, cluster=cluster,
-            jetstream=CLUSTER_SYNC if cluster else "",
+            jetstream=f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else "",
         )  # fmt: skip
 
     def start(self, log_file: Path | None = None, timeout: float = 15.0) -> NatsServer:
@@ -200,7 +202,9 @@ class NatsCluster:
                 server.stop()
 
 
-def start_nats_cluster(root: Path, size: int = 3) -> NatsCluster:
+def start_nats_cluster(
+    root: Path, size: int = 3, sync_interval: str | None = CLUSTER_SYNC_INTERVAL
+) -> NatsCluster:
     """Start `size` clustered nodes under `root` (one storage folder each, logs in root/logs);
     returns once every node listens (the cluster then elects its leaders by itself)."""
     cluster_ports = [free_port() for _ in range(size)]
@@ -212,6 +216,7 @@ def start_nats_cluster(root: Path, size: int = 3) -> NatsCluster:
             free_port(),
             cluster_port=cluster_ports[i],
             routes=tuple(cluster_ports),
+            sync_interval=sync_interval,
         )
         for i in range(size)
     ]
