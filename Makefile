@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/etl.py
 	$(BIN)/python bench/readings.py
 	$(BIN)/python bench/generator.py
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) .offsim node_modules

@@ -37,6 +37,7 @@ class Load:
     unreachable: int = 0  # attempts that got no answer (a killed replica)
     gave_up: int = 0
     refused: list[tuple[int, str]] = field(default_factory=list)  # unexpected 4xx
+    no_retry_after: int = 0  # 503s without Retry-After (the API promises one)
     slowest_s: float = 0.0
 
 
@@ -74,7 +75,9 @@ async def place_orders(
                                                      body["quantity"])  # fmt: skip
                         break
                     if resp.status == 503:
-                        retry_after = min(float(resp.headers["Retry-After"]), 0.5)
+                        if "Retry-After" not in resp.headers:
+                            load.no_retry_after += 1
+                        retry_after = min(float(resp.headers.get("Retry-After", 1)), 0.5)
                     elif resp.status != 409:  # 409: the same key still being processed
                         load.refused.append((resp.status, await resp.text()))
                         break

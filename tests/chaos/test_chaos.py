@@ -214,6 +214,7 @@ async def check_outcome(database_url, js, load, stock_before, hostile, everyone,
     assert not load.refused, load.refused[:5]
     assert load.gave_up == 0
     assert {s for s in load.statuses if s >= 500} <= {503}, load.statuses
+    assert load.no_retry_after == 0
     assert len(accepted) == len(load.accepted)  # one order per key
     # The test's own pool lost its connections with Postgres: a fresh one.
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)

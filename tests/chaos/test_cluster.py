@@ -226,6 +226,7 @@ async def check_outcome(pool, js, load, readings, before, everyone, http, nc) ->
     assert not load.refused, load.refused[:5]
     assert load.gave_up == 0
     assert {s for s in load.statuses if s >= 500} <= {503}, load.statuses
+    assert load.no_retry_after == 0
     assert len(accepted) == len(load.accepted)  # one order per key
 
     async def all_done():
