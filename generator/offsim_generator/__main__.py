@@ -22,6 +22,7 @@ from .app import RUN, Limits, Run, base_rates, create_app, drive, make_model
 from .dryrun import DryRun
 from .engine import Engine
 from .settings import GeneratorSettings
+from .shard import Shard
 
 log = logging.getLogger("offsim_generator")
 
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--population", type=_count, metavar="N",
         help="SSDs to start with (env OFFSIM_POPULATION, default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shard", type=_shard, metavar="I/N",
+        help="play only households I, I+N, I+2N, ... of the city (0-based: 0/3, 1/3, 2/3; "
+        "auto/N takes I from the host name's -<ordinal>; env OFFSIM_SHARD, default 0/1)",
     )  # fmt: skip
     parser.add_argument(
         "--dry-run",
@@ -64,6 +70,13 @@ def _count(raw: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _shard(raw: str) -> Shard:
+    try:
+        return Shard.parse(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {raw!r}") from None
 
 
 def _seconds(raw: str) -> float:
@@ -109,12 +122,14 @@ async def _dry_run(
 ) -> Run:
     model = make_model(settings)
     model.populate(settings.population)
-    metrics.POPULATION.set(model.population.ssds)
+    population = model.population
+    metrics.set_shard(population.shard)
+    metrics.POPULATION.set(population.own_ssds)
     writer = DryRun(
-        model.population, out, seed=settings.seed,
+        population, out, seed=settings.seed,
         supplier_delay=settings.supplier_delay, delivery_delay=settings.delivery_delay,
     )  # fmt: skip
-    writer.population_line(model.population.users, model.population.ssds)
+    writer.population_line(population.own_users, population.own_ssds)
     engine = Engine(
         model, speed=settings.sim_speed, duration=duration, max_events=max_events,
         dry_run=writer,
@@ -139,7 +154,8 @@ async def _first(*events: asyncio.Event) -> None:
 
 def settings_from(args: argparse.Namespace) -> GeneratorSettings:
     """The environment's settings; the flags given win."""
-    flags = {"seed": args.seed, "scenario": args.scenario, "population": args.population}
+    flags = {"seed": args.seed, "scenario": args.scenario, "population": args.population,
+             "shard": args.shard}  # fmt: skip
     return GeneratorSettings.from_env(**{k: v for k, v in flags.items() if v is not None})
 
 

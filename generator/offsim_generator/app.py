@@ -80,6 +80,7 @@ def make_model(settings: GeneratorSettings) -> Model:
         seed=settings.seed,
         watched=settings.watched_products,
         consume_per_day=settings.consume_per_day,
+        shard=settings.shard,
     )
 
 
@@ -144,7 +145,8 @@ def simulation_ctx(settings: GeneratorSettings, limits: Limits):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         model = make_model(settings)
         users = model.populate(settings.population)
-        metrics.POPULATION.set(model.population.ssds)
+        metrics.set_shard(settings.shard)
+        metrics.POPULATION.set(model.population.own_ssds)
         sim = Simulation(settings, app[HTTP], app[NC], model.population, app[READINGS])
         engine = Engine(
             model, speed=settings.sim_speed, duration=limits.duration,
@@ -153,21 +155,25 @@ def simulation_ctx(settings: GeneratorSettings, limits: Limits):
         )  # fmt: skip
         app[control.ENGINE] = engine
         app[RUN] = Run(engine, sim)
-        # The faults the notifications service applies, from the scenario and PUTs.
-        faults = FaultSync(app[JS], engine, settings.seed)
-        await faults.sync()
-        app[control.ON_CHANGE] = faults.sync
-        syncing = asyncio.create_task(faults.run(), name="faults")
-        running = asyncio.create_task(_play(sim, engine, users, app[STOP]), name="generator")
+        # The faults the notifications service applies, from the scenario and PUTs: put by one
+        # shard only (Shard.leads), or the shards would clear and put them over each other.
+        faults = FaultSync(app[JS], engine, settings.seed) if settings.shard.leads else None
+        tasks: list[asyncio.Task] = []
+        if faults is not None:
+            await faults.sync()
+            app[control.ON_CHANGE] = faults.sync
+            tasks.append(asyncio.create_task(faults.run(), name="faults"))
+        tasks.append(asyncio.create_task(_play(sim, engine, users, app[STOP]), name="generator"))
         yield
-        for task in (running, syncing):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # Before the HTTP session and NATS close: no new tick, and the requests in flight
         # finish, so every event sent is counted and none is cut off mid-request.
         await engine.stop()
-        await faults.clear()
+        if faults is not None:
+            await faults.clear()
         gc.unfreeze()
 
     return ctx
@@ -177,8 +183,8 @@ async def _play(
     sim: Simulation, engine: Engine, users: list[tuple[int, list[int]]], stop: asyncio.Event
 ) -> None:
     if users:
-        log.info("registering a population of %d SSDs (%d users)", engine.model.population.ssds,
-                 len(users))  # fmt: skip
+        log.info("registering a population of %d SSDs (%d users)",
+                 engine.model.population.own_ssds, len(users))  # fmt: skip
         await sim.populate(users)
         log.info("population registered: %s", sim.stats)
         # What the population left behind lives as long as the run (an id, a token and the
@@ -195,10 +201,10 @@ async def drive(engine: Engine) -> None:
     """Run the engine until its scenario, duration or budget is over (or the caller is
     cancelled), publishing its rate."""
     engine.start()
-    log.info("generator: scenario %s, %d SSDs, x%s", engine.model.scenario.name,
-             engine.model.population.ssds, engine.speed)  # fmt: skip
+    log.info("generator: scenario %s, shard %s, %d SSDs, x%s", engine.model.scenario.name,
+             engine.model.shard, engine.model.population.own_ssds, engine.speed)  # fmt: skip
     while not engine.done.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(engine.done.wait(), timeout=1.0)
         metrics.EVENT_RATE.set(engine.event_rate)
-        metrics.POPULATION.set(engine.model.population.ssds)
+        metrics.POPULATION.set(engine.model.population.own_ssds)

@@ -2,7 +2,9 @@
 rates, faults and load; `PUT /api/control` changes them while the run goes on.
 
 A PUT sets only the fields it names: a number overrides the scenario's value, `null` gives it
-back to the scenario; `paused` stops and restarts the simulated clock.
+back to the scenario; `paused` stops and restarts the simulated clock. A shard's control acts on
+that shard alone; the faults that act in the notifications service are published by shard 0
+only, so another shard refuses them (409) rather than take them without effect.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from aiohttp import web
+from offsim_common.errors import Conflict
 from offsim_common.http import json_response, read_body
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +55,7 @@ def state(engine: Engine) -> dict:
     index, _ = model.scenario.phase_at(now)
     o = model.overrides
     return {
+        "shard": str(model.shard),
         "scenario": model.scenario.name,
         "phase": model.scenario.phases[index].name,
         "paused": engine.paused,
@@ -68,7 +72,7 @@ def state(engine: Engine) -> dict:
             "consumption": o.consumption,
             "faults": dict(o.faults),
         },
-        "ssds": model.population.ssds,
+        "ssds": model.population.own_ssds,
         "events": engine.events,
         "event_rate": round(engine.event_rate, 3),
         "in_flight": engine.flying,
@@ -85,6 +89,7 @@ async def get_control(request: web.Request) -> web.Response:
 async def put_control(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     update = await read_body(request, ControlUpdate)
+    _check_shard(engine, update)
     overrides = engine.model.overrides
     for name in ("register_rate", "random_order_rate", "consumption"):
         if name in update.model_fields_set:
@@ -103,6 +108,24 @@ async def put_control(request: web.Request) -> web.Response:
     if ON_CHANGE in request.app:
         await request.app[ON_CHANGE]()
     return json_response(state(engine))
+
+
+# The faults the generator applies itself; the others act in the notifications service.
+OWN_FAULTS = {"malformed"}
+
+
+def _check_shard(engine: Engine, update: ControlUpdate) -> None:
+    """Refuse the notifications service's faults on a shard that does not publish them."""
+    shard = engine.model.shard
+    if shard.leads or update.faults is None:
+        return
+    elsewhere = sorted(update.faults.model_fields_set - OWN_FAULTS)
+    if elsewhere:
+        raise Conflict(
+            f"shard {shard} does not publish the notifications service's faults: PUT them to "
+            f"shard 0/{shard.count}",
+            {f"faults.{name}": "published by shard 0" for name in elsewhere},
+        )
 
 
 def add_routes(app: web.Application) -> None:

@@ -5,17 +5,21 @@ the stock the users service would keep is kept here: each watched product starts
 12, reorder point a third of it), a consumption that leaves it below its reorder point with
 nothing on order places a `restock` order back to capacity, and an order is `delivered` after
 the supplier's and the courier's delays (OFFSIM_SUPPLIER_DELAY_*, OFFSIM_DELIVERY_DELAY_*).
-The stock draws from its own seeded generator, so it never shifts the population's decisions.
+The stock draws are keyed by the seed and the product's slot (`keyed`), so they never shift the
+population's decisions, and a shard (`shard.Shard`) keeps the stock of its households exactly as
+the whole city's run would: a sharded dry run writes the lines of its households, and the
+run-wide ones (`population`, with its share's counts and the shard, and every `phase`).
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-import random
 from array import array
 from typing import TextIO
 
+from . import keyed
+from .keyed import For
 from .model import Event, Population
 
 
@@ -31,24 +35,29 @@ class DryRun:
     ) -> None:
         self.population = population
         self.out = out
-        self.rng = random.Random(None if seed is None else seed + 1)
+        self.key = keyed.run_key(seed)
         self.supplier_delay = supplier_delay
         self.delivery_delay = delivery_delay
+        # By slot; this shard's households' only (0 for the others').
         self.stock = array("h")
         self.capacity = array("h")
         self.open_orders = array("H")
-        # (due simulated time, sequence, slot, quantity)
+        self.ordered = array("I")
+        # (due simulated time, slot, the slot's order number, quantity)
         self.deliveries: list[tuple[float, int, int, int]] = []
-        self._sequence = 0
         self.lines = 0
         self.by_kind: dict[str, int] = {}
 
     def _grow(self) -> None:
-        while len(self.stock) < len(self.population.slot_product):
-            capacity = self.rng.randint(6, 12)
-            self.capacity.append(capacity)
-            self.stock.append(capacity)
-            self.open_orders.append(0)
+        """Stock for the slots of the SSDs that joined: full, 6 to 12 units, for this shard's."""
+        first, slots = len(self.stock), len(self.population.slot_product)
+        for column in (self.capacity, self.stock, self.open_orders, self.ordered):
+            column.extend([0] * (slots - first))
+        watched = self.population.watched
+        for slot in range(first, slots):
+            if self.population.owns_ssd(slot // watched):
+                capacity = 6 + keyed.key(self.key, For.CAPACITY, slot) % 7
+                self.capacity[slot] = self.stock[slot] = capacity
 
     def write(self, t: float, kind: str, **fields) -> None:
         self.out.write(json.dumps({"t": round(t, 3), "event": kind, **fields}))
@@ -57,13 +66,17 @@ class DryRun:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
     def population_line(self, users: int, ssds: int) -> None:
+        """The run's first line: the users and SSDs it starts with (a shard's: its share of
+        them, and which shard it is)."""
         self._grow()
-        self.write(0.0, "population", users=users, ssds=ssds)
+        shard = self.population.shard
+        self.write(0.0, "population", users=users, ssds=ssds,
+                   **({} if shard.whole else {"shard": str(shard)}))  # fmt: skip
 
     def advance(self, until: float) -> None:
         """Deliver every order due before `until`."""
         while self.deliveries and self.deliveries[0][0] < until:
-            due, _, slot, quantity = heapq.heappop(self.deliveries)
+            due, slot, _, quantity = heapq.heappop(self.deliveries)
             self.open_orders[slot] -= 1
             self.stock[slot] = min(self.stock[slot] + quantity, 32767)
             self.write(due, "delivered", ssd=slot // self.population.watched + 1,
@@ -109,7 +122,18 @@ class DryRun:
                 self._order(event.t, slot, quantity)
 
     def _order(self, t: float, slot: int, quantity: int) -> None:
-        delay = self.rng.uniform(*self.supplier_delay) + self.rng.uniform(*self.delivery_delay)
-        self._sequence += 1
+        """The order's delivery, after the supplier's and the courier's delays: drawn for the
+        slot's n-th order, whoever plays it."""
+        number = self.ordered[slot]
+        self.ordered[slot] = number + 1
+        bits = keyed.key(self.key, For.DELAY, slot, number)
+        delay = _between(self.supplier_delay, keyed.unit(bits)) + _between(
+            self.delivery_delay, keyed.unit(keyed.within(bits, For.DELAY))
+        )
         self.open_orders[slot] = min(self.open_orders[slot] + 1, 65535)
-        heapq.heappush(self.deliveries, (t + delay, self._sequence, slot, quantity))
+        heapq.heappush(self.deliveries, (t + delay, slot, number, quantity))
+
+
+def _between(bounds: tuple[float, float], u: float) -> float:
+    low, high = bounds
+    return low + (high - low) * u

