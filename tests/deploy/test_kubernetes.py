@@ -277,8 +277,12 @@ def test_nats_is_a_three_node_jetstream_cluster(rendered, tmp_path):
         capture_output=True, text=True, timeout=30, env={"SERVER_NAME": "nats-0"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    client = rendered[("ConfigMap", "offsim-config")]["data"]["NATS_URL"]
-    assert client == "nats://nats:4222" and ("Service", "nats") in rendered
+    # Each write is on the disks of a majority before its ack (docs/jetstream.md).
+    assert re.search(r"jetstream\s*{[^}]*sync_interval:\s*always", config)
+    # Every service is given every node.
+    client = rendered[("ConfigMap", "offsim-config")]["data"]["NATS_URL"].split(",")
+    assert client == [f"nats://nats-{i}.{spec['serviceName']}:4222" for i in range(3)]
+    assert ("Service", "nats") in rendered
 
 
 def test_nats_takes_devices_over_mqtt_on_every_node(rendered):
