@@ -10,6 +10,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import nats
@@ -20,6 +21,15 @@ from tests.conftest import SERVICE_TOKEN, eventually
 from tests.processes import Service
 
 AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+# Short stages (0.5 to 2 real seconds) and a reconciler looking every 0.5 s.
+CHAOS_ENV = {"SIM_SPEED": "120", "OFFSIM_RECONCILE_INTERVAL": "0.5",
+             "OFFSIM_SERVICE_TOKEN": SERVICE_TOKEN, "LOG_LEVEL": "INFO"}  # fmt: skip
+DURABLES = {
+    subjects.ORDERS_STREAM: (subjects.NOTIFICATIONS_SHIP, subjects.NOTIFICATIONS_DELIVER,
+                             subjects.ORDERS_RECORD_SHIPPED, subjects.ORDERS_RECORD_COMPLETED,
+                             subjects.USERS_RESTOCK),
+    subjects.READINGS_STREAM: (subjects.USERS_APPLY_READINGS,),
+}  # fmt: skip
 HOSTILE = "hostile-"  # the request id of every hostile message, and so of its dead letters
 PACE_S = 0.2  # between two orders of one worker
 ANSWER_TIMEOUT_S = 5.0
@@ -39,6 +49,12 @@ class Load:
     refused: list[tuple[int, str]] = field(default_factory=list)  # unexpected 4xx
     no_retry_after: int = 0  # 503s without Retry-After (the API promises one)
     slowest_s: float = 0.0
+
+    def summary(self) -> str:
+        return (f"sent {self.sent}, accepted {len(self.accepted)}, "
+                f"answers {dict(sorted(self.statuses.items()))}, 503s {self.statuses[503]}, "
+                f"unanswered attempts {self.unreachable}, gave up {self.gave_up}, "
+                f"slowest answer {self.slowest_s:.2f}s")  # fmt: skip
 
 
 async def place_orders(
@@ -145,3 +161,67 @@ async def until(condition, within: float = 30.0) -> None:
         return condition()
 
     await eventually(check, within=within, interval=0.05)
+
+
+@dataclass
+class Pipeline:
+    """The services under chaos, as real processes: one users service, two replicas each of
+    the orders and notifications services."""
+
+    users: Service
+    orders: list[Service]
+    notifications: list[Service]
+
+    @classmethod
+    def of(cls, env: dict[str, str], logs: Path) -> Pipeline:
+        logs.mkdir(exist_ok=True)
+        env = {**CHAOS_ENV, **env}
+
+        def service(name: str, module: str) -> Service:
+            return Service(name, module, env, logs / f"{name}.log")
+
+        return cls(
+            service("users", "offsim_users"),
+            [service("orders-a", "offsim_orders"), service("orders-b", "offsim_orders")],
+            [service("notifications-a", "offsim_notifications"),
+             service("notifications-b", "offsim_notifications")],
+        )  # fmt: skip
+
+    @property
+    def everyone(self) -> list[Service]:
+        return [self.users, *self.orders, *self.notifications]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.everyone))
+
+
+def check_answers(load: Load) -> set[int]:
+    """What the clients saw: every order they sent accepted once, no 5xx but 503s with
+    Retry-After. The accepted orders' ids."""
+    accepted = set(load.accepted.values())
+    assert not load.refused, load.refused[:5]
+    assert load.gave_up == 0
+    assert {s for s in load.statuses if s >= 500} <= {503}, load.statuses
+    assert load.no_retry_after == 0
+    assert len(accepted) == len(load.accepted)  # one order per key
+    return accepted
+
+
+async def check_still_working(js, nc: nats.NATS, http: aiohttp.ClientSession,
+                              everyone: list[Service]) -> None:  # fmt: skip
+    """Every consumer kept working (each durable drained), every service is healthy, and both
+    answer orders.random."""
+
+    async def drained() -> bool:
+        for stream, durables in DURABLES.items():
+            for durable in durables:
+                info = await js.consumer_info(stream, durable)
+                if info.num_pending or info.num_ack_pending:
+                    return False
+        return True
+
+    await eventually(drained, within=30, interval=0.2)
+    for s in everyone:
+        async with http.get(f"{s.url}/api/health") as resp:
+            assert resp.status == 200, (s.name, await resp.text())
+    assert await random_answers(nc) == {"ssd_id", "barcode"}
