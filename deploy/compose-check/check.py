@@ -11,8 +11,12 @@ base + dev and then base + prod:
    and wait until the order is `completed` and the delivery is in the SSD's stock;
 3. check the dashboard's page and summary, `/metrics` and `/api/health` of every service, and
    that NATS's MQTT listener answers an MQTT CONNECT at the generator's MQTT_URL;
-4. `down`, `up` again, and find the same order and user (the volumes keep the data);
-5. `down -v`, always, and leave no container or engine process behind;
+4. where NATS is a cluster (prod: three nodes), check that it formed and that every offsim
+   stream has a replica on each node, then stop the node leading the ORDERS stream and show a
+   new order still placed and completed and every service replica still healthy, then start
+   the node again and wait until it has caught up;
+5. `down`, `up` again, and find the same order and user (the volumes keep the data);
+6. `down -v`, always, and leave no container or engine process behind;
 
 and, beside them, the Tekton `offsim-make` Task's step in its image (tekton_task.py).
 
@@ -34,10 +38,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from engine import Engine, HealthChecks, Unavailable, ensure_podman, log
 from tekton_task import MakeTaskRun
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "offsim-check"
 # A demo speed at which an order goes from pending to completed in a few seconds.
@@ -47,6 +53,12 @@ PORTS = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084
 ONE_SHOTS = {"migrate", "etl"}
 READY_TIMEOUT = 420.0
 ORDER_TIMEOUT = 120.0
+# A NATS cluster's checks (prod): offsim's streams, each of which must have a replica on every
+# node, read from a node's monitoring endpoint (not published: fetched from inside the node's
+# container with the image's wget), and how long a cluster may take to settle.
+OFFSIM_STREAMS = ("ORDERS", "USERS", "READINGS", "DEADLETTER")
+JSZ_URL = "http://127.0.0.1:8222/jsz?streams=true&config=true"
+CLUSTER_TIMEOUT = 60.0
 # Sent into a service's own container to make one HTTP request to its own port where that port
 # is not published: argv is method, URL, body and headers; it prints the status and the body as
 # one JSON line. It goes to 127.0.0.1, not through the network's DNS: Debian's aardvark-dns 1.4
@@ -117,7 +129,16 @@ class Stack:
         self.command = [compose_binary(), "--project-name", PROJECT,
                         "--env-file", ".env.example", *flags]  # fmt: skip
         self.env = {**engine.env, **env}
-        self.replicas = self._replicas()
+        self.services: dict[str, dict] = json.loads(
+            self.compose("config", "--format", "json").stdout
+        )["services"]
+        self.replicas = {
+            name: (service.get("deploy") or {}).get("replicas") or 1
+            for name, service in self.services.items()
+        }
+        # The NATS servers: one in dev, the cluster's nodes in prod.
+        self.nats_nodes = [name for name, service in self.services.items()
+                           if service.get("image", "").startswith("nats:")]  # fmt: skip
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900):
         result = subprocess.run([*self.command, *args], cwd=ROOT, env=self.env, text=True,
@@ -125,13 +146,6 @@ class Stack:
         if check and result.returncode != 0:
             raise CheckFailed(f"docker compose {' '.join(args)}:\n{result.stderr[-4000:]}")
         return result
-
-    def _replicas(self) -> dict[str, int]:
-        config = json.loads(self.compose("config", "--format", "json").stdout)
-        return {
-            name: (service.get("deploy") or {}).get("replicas") or 1
-            for name, service in config["services"].items()
-        }
 
     def step(self, text: str) -> None:
         log(f"{self.name}: {text}")
@@ -153,9 +167,9 @@ class Stack:
         return ", ".join(f"{s} x{n}" for s, n in self.replicas.items() if s in PORTS and n > 1) \
             or "one of each"  # fmt: skip
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Every long-running replica healthy and both one-shots exited 0."""
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             containers = self.containers()
             failed = [c for c in containers if c["Service"] in ONE_SHOTS
@@ -175,7 +189,7 @@ class Stack:
             if not missing:
                 return
             if time.monotonic() > deadline:
-                raise CheckFailed(f"not ready after {READY_TIMEOUT:.0f} s: {', '.join(missing)}")
+                raise CheckFailed(f"not ready after {timeout:.0f} s: {', '.join(missing)}")
             time.sleep(2)
 
     def down(self, *args: str) -> None:
@@ -234,7 +248,7 @@ def _http(method: str, url: str, data: str, headers: dict[str, str]) -> tuple[in
         return error.code, error.read().decode()
 
 
-def wait_for(what: str, probe: Callable[[], object], timeout: float) -> object:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := probe():
@@ -243,9 +257,9 @@ def wait_for(what: str, probe: Callable[[], object], timeout: float) -> object:
     raise CheckFailed(f"{what}: not within {timeout:.0f} s")
 
 
-def place_and_complete(stack: Stack, client: Client) -> dict:
+def place_and_complete(stack: Stack, client: Client, when: str = "") -> dict:
     """A new user with one SSD orders a product; the order completes and the delivery reaches
-    the SSD's stock. Returns what step 4 looks for again."""
+    the SSD's stock. Returns what step 5 looks for again. `when` starts each line it prints."""
     page = client.expect(200, "orders", "GET", "/api/products?limit=20")
     barcodes = [product["barcode"] for product in page["products"]]
     if not barcodes:
@@ -259,10 +273,11 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
     })  # fmt: skip
     ssd = user["devices"][0]["id"]
     auth = {"Authorization": f"Bearer {user['token']}"}
-    stack.step(f"registered user {user['id']} with SSD {ssd} (POST /api/register: 201, a token)")
+    stack.step(f"{when}registered user {user['id']} with SSD {ssd} "
+               "(POST /api/register: 201, a token)")  # fmt: skip
     client.expect(401, "orders", "POST", "/api/orders", {"ssd_id": ssd, "barcode": barcodes[0],
                                                          "quantity": 1})  # fmt: skip
-    stack.step("an order without the owner's token is refused (401)")
+    stack.step(f"{when}an order without the owner's token is refused (401)")
     for barcode in barcodes:
         status, order = client.request(
             "orders",
@@ -277,7 +292,7 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
             raise CheckFailed(f"POST /api/orders: {status} {order!r:.500}")
     else:
         raise CheckFailed("POST /api/orders: every product already on order")
-    stack.step(f"placed order {order['id']}: 2 x {barcode} (POST /api/orders: 201, pending)")
+    stack.step(f"{when}placed order {order['id']}: 2 x {barcode} (POST /api/orders: 201, pending)")
     started = time.monotonic()
 
     def completed():
@@ -285,7 +300,7 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
         return answer if answer["status"] == "completed" else None
 
     wait_for(f"order {order['id']} completed", completed, ORDER_TIMEOUT)
-    stack.step(f"order {order['id']} went pending -> shipped -> completed in "
+    stack.step(f"{when}order {order['id']} went pending -> shipped -> completed in "
                f"{time.monotonic() - started:.1f} s")  # fmt: skip
 
     def delivered():
@@ -295,7 +310,7 @@ def place_and_complete(stack: Stack, client: Client) -> dict:
         return barcode in stock and stock[barcode]
 
     row = wait_for("the delivery in the SSD's stock", delivered, 30)
-    stack.step(f"the delivery is in SSD {ssd}'s stock ({barcode}: {row['quantity']})")
+    stack.step(f"{when}the delivery is in SSD {ssd}'s stock ({barcode}: {row['quantity']})")
     return {"order": order["id"], "user": user["id"], "auth": auth, "ssd": ssd,
             "watched": user["devices"][0]["watched"][0]}  # fmt: skip
 
@@ -343,6 +358,116 @@ def check_mqtt(stack: Stack, client: Client, kept: dict) -> None:
     )
 
 
+def container(service: str, replica: int = 1) -> str:
+    return f"{PROJECT}-{service}-{replica}"
+
+
+def jsz(stack: Stack, node: str) -> dict:
+    """A NATS node's JetStream report: the meta group, and each stream it holds a replica of."""
+    out = stack.engine.podman("exec", container(node), "wget", "-q", "-O", "-", JSZ_URL).stdout
+    return json.loads(out)
+
+
+def streams_held(report: dict) -> dict[str, dict]:
+    return {stream["name"]: stream for account in report.get("account_details") or []
+            for stream in account.get("stream_detail") or []}  # fmt: skip
+
+
+def stream_leader(stack: Stack, node: str, stream: str) -> str | None:
+    detail = streams_held(jsz(stack, node)).get(stream) or {}
+    return (detail.get("cluster") or {}).get("leader")
+
+
+def check_cluster(stack: Stack) -> str:
+    """The nodes formed one JetStream cluster, and each of them holds a replica of every offsim
+    stream, which has a leader. Returns the ORDERS stream's leader."""
+    nodes = stack.nats_nodes
+
+    def formed() -> dict[str, dict] | None:
+        reports = {node: jsz(stack, node) for node in nodes}
+        for report in reports.values():
+            meta = report.get("meta_cluster") or {}
+            if meta.get("cluster_size") != len(nodes) or not meta.get("leader"):
+                return None
+            held = streams_held(report)
+            for name in OFFSIM_STREAMS:
+                detail = held.get(name)
+                if not detail or not (detail.get("cluster") or {}).get("leader"):
+                    return None
+                if detail["config"]["num_replicas"] != len(nodes):
+                    raise CheckFailed(f"stream {name} has {detail['config']['num_replicas']} "
+                                      f"replicas on a cluster of {len(nodes)}")  # fmt: skip
+        return reports
+
+    reports = wait_for(f"a JetStream cluster of {', '.join(nodes)}", formed, CLUSTER_TIMEOUT)
+    first = reports[nodes[0]]
+    meta = first["meta_cluster"]
+    held = streams_held(first)
+    leaders = ", ".join(f"{name} {held[name]['cluster']['leader']}" for name in OFFSIM_STREAMS)
+    stack.step(f"NATS: one JetStream cluster '{meta['name']}' of {len(nodes)} nodes "
+               f"({', '.join(nodes)}; meta leader {meta['leader']})")  # fmt: skip
+    stack.step(f"NATS: streams {', '.join(OFFSIM_STREAMS)} at {len(nodes)} replicas, one on "
+               f"every node (leaders: {leaders})")  # fmt: skip
+    return held["ORDERS"]["cluster"]["leader"]
+
+
+def lose_a_node(stack: Stack, client: Client, victim: str) -> None:
+    """Stop one NATS node (killed, as a crash would: no lame duck mode); the ORDERS stream gets
+    another leader, a new order is placed and completed and every service replica answers its
+    health check; then the node is started again and catches up."""
+    others = [node for node in stack.nats_nodes if node != victim]
+    stopped = time.monotonic()
+    # The one container, as a crash takes one node: Podman's own stop with no grace period (a
+    # SIGKILL at once, no lame duck mode). Unlike a kill, a stop also keeps `restart:
+    # unless-stopped` from starting the node again at once.
+    stack.engine.podman("stop", "--time", "0", container(victim))
+    stack.step(f"NATS node {victim}, the ORDERS stream's leader, stopped (SIGKILL); "
+               f"{' and '.join(others)} still run")  # fmt: skip
+
+    def new_leader() -> str | None:
+        leader = stream_leader(stack, others[0], "ORDERS")
+        return leader if leader and leader != victim else None
+
+    leader = wait_for("another leader of the ORDERS stream", new_leader, CLUSTER_TIMEOUT)
+    stack.step(f"with {victim} down: {leader} leads the ORDERS stream "
+               f"{time.monotonic() - stopped:.1f} s after the stop")  # fmt: skip
+    place_and_complete(stack, client, when=f"with {victim} down: ")
+    healthy = []
+    for service, port in PORTS.items():
+        for replica in range(1, stack.replicas[service] + 1):
+            out = stack.engine.podman("exec", container(service, replica), "python", "-c",
+                                      IN_CONTAINER_CLIENT, "GET",
+                                      f"http://127.0.0.1:{port}/api/health", "",
+                                      "{}").stdout  # fmt: skip
+            answer = json.loads(out.strip().splitlines()[-1])
+            name = container(service, replica)
+            if answer["status"] != 200:
+                raise CheckFailed(f"with {victim} down: {name} /api/health: "
+                                  f"{answer['status']} {answer['body']:.300}")  # fmt: skip
+            healthy.append(name.removeprefix(f"{PROJECT}-"))
+    stack.step(f"with {victim} down: /api/health 200 (database and NATS) from every service "
+               f"replica: {', '.join(healthy)}")  # fmt: skip
+    started = time.monotonic()
+    stack.engine.podman("start", container(victim))
+    stack.wait_ready(CLUSTER_TIMEOUT * 2)
+
+    def caught_up() -> tuple[int, str] | None:
+        leader = stream_leader(stack, others[0], "ORDERS")
+        if leader is None:
+            return None
+        mine = streams_held(jsz(stack, victim)).get("ORDERS")
+        theirs = streams_held(jsz(stack, leader)).get("ORDERS")
+        if mine and theirs and mine["state"]["last_seq"] == theirs["state"]["last_seq"]:
+            return mine["state"]["last_seq"], leader
+        return None
+
+    sequence, leader = wait_for(f"{victim}'s ORDERS replica caught up", caught_up,
+                                CLUSTER_TIMEOUT)  # fmt: skip
+    stack.step(f"{victim} started again: healthy (its /healthz: in the cluster, every stream it "
+               f"holds current) in {time.monotonic() - started:.0f} s, its ORDERS replica at "
+               f"sequence {sequence} as the leader {leader}'s")  # fmt: skip
+
+
 def still_there(stack: Stack, client: Client, kept: dict) -> None:
     order = client.expect(200, "orders", "GET", f"/api/orders/{kept['order']}",
                           headers=kept["auth"])  # fmt: skip
@@ -361,6 +486,8 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
         kept = place_and_complete(stack, client)
         check_pages(stack, client)
         check_mqtt(stack, client, kept)
+        if len(stack.nats_nodes) > 1:
+            lose_a_node(stack, client, check_cluster(stack))
         stack.down()
         stack.step("down (volumes kept)")
         stack.up()

@@ -1,7 +1,8 @@
 """The three compose files: valid against the compose-spec schema alone and merged as Docker
 Compose merges them (`docker compose config`, which needs no engine), and, in every merged
 result, services that run console scripts that exist with settings the config knows, a start
-order that waits for health checks and one-shots, and every member built."""
+order that waits for health checks and one-shots, and every member built; NATS one node in
+the base and dev stacks, a three-node JetStream cluster in prod."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ MERGES = {
 LONG_RUNNING = {"users": 8081, "orders": 8082, "notifications": 8083, "generator": 8084,
                 "dashboard": 8085}  # fmt: skip
 STATELESS = {"users", "orders", "notifications"}
+NATS_CONF = ROOT / "deploy" / "nats"
+CLUSTER_CONF = NATS_CONF / "cluster.conf"
 
 
 def env_example() -> dict[str, str]:
@@ -100,6 +103,55 @@ def offsim_services(config: dict) -> dict[str, tuple[dict, Member]]:
         if member is not None:
             found[name] = (service, member)
     return found
+
+
+def nats_nodes(config: dict) -> dict[str, dict]:
+    """The services that run a NATS server."""
+    return {name: service for name, service in config["services"].items()
+            if service.get("image", "").startswith("nats:")}  # fmt: skip
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def mounted_file(service: dict, path: str) -> Path:
+    """The file on this machine that a bind mount shows the container at `path` (the mount
+    may be the file's or a folder above it)."""
+    for mount in service.get("volumes", []):
+        target = Path(mount["target"])
+        if mount["type"] == "bind" and (Path(path) == target or target in Path(path).parents):
+            assert mount.get("read_only"), mount
+            return Path(mount["source"]) / Path(path).relative_to(target)
+    raise AssertionError(f"nothing is mounted at {path}")
+
+
+def conf_block(text: str, name: str) -> str:
+    """The inside of a top-level block `name { ... }` of a nats-server file (comments out)."""
+    text = re.sub(r"#.*", "", text)
+    match = re.search(rf"^{name}\s*{{", text, re.MULTILINE)
+    assert match, f"no {name} block"
+    depth, start = 1, match.end()
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[start:end]
+    raise AssertionError(f"{name} block not closed")
+
+
+def conf_value(block: str, key: str) -> str:
+    match = re.search(rf"^\s*{key}\s*[:=]\s*(\S+)\s*$", block, re.MULTILINE)
+    assert match, f"no {key}"
+    return match[1]
+
+
+def nats_server_accepts(text: str, name: str, store: Path) -> None:
+    """`nats-server -t`: the file (its store moved to `store`) is valid for this server."""
+    conf = store / "nats.conf"
+    conf.write_text(f'server_name: "{name}"\n' + text.replace("/data", str(store)))
+    checked = subprocess.run([str(venv_tool("nats-server")), "-t", "-c", str(conf)],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
 
 
 # --- schema -----------------------------------------------------------------------------------
@@ -263,18 +315,11 @@ def test_nats_takes_devices_over_mqtt(merged, tmp_path):
     """The MQTT listener: its config file mounted into NATS and valid for nats-server, and the
     generator pointed at it; the dev stack publishes it on localhost."""
     nats = merged["base"]["services"]["nats"]
-    command = nats["command"]
-    config = command[command.index("--config") + 1]
-    mounts = {v["target"]: v for v in nats["volumes"]}
-    source = Path(mounts[config]["source"])
-    assert mounts[config]["type"] == "bind" and mounts[config].get("read_only")
+    source = mounted_file(nats, flag(nats["command"], "--config"))
+    assert source.parent == NATS_CONF
     text = source.read_text()
-    assert re.search(r"mqtt\s*{[^}]*port:\s*1883", text), text
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'server_name: "check"\njetstream {{ store_dir: "{tmp_path}" }}\n{text}')
-    checked = subprocess.run([str(venv_tool("nats-server")), "-t", "-c", str(conf)],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert checked.returncode == 0, checked.stderr
+    assert conf_value(conf_block(text, "mqtt"), "port") == "1883"
+    nats_server_accepts(f"jetstream {{ store_dir: /data }}\n{text}", "check", tmp_path)
     generator = merged["base"]["services"]["generator"]["environment"]
     assert generator["MQTT_URL"] == "mqtt://nats:1883"
     published = {str(p["target"]): p for p in merged["dev"]["services"]["nats"]["ports"]}
@@ -326,7 +371,7 @@ def test_prod_runs_released_images_without_source(merged):
 
 def test_prod_restarts_limits_and_replicas(merged):
     services = merged["prod"]["services"]
-    for name in [*LONG_RUNNING, "postgres", "nats"]:
+    for name in [*LONG_RUNNING, "postgres", *nats_nodes(merged["prod"])]:
         service = services[name]
         assert service["restart"] in {"unless-stopped", "always"}, name
         limits = service["deploy"]["resources"]["limits"]
@@ -334,6 +379,85 @@ def test_prod_restarts_limits_and_replicas(merged):
     for name in STATELESS:
         assert services[name]["deploy"]["replicas"] >= 2, name
     assert services["generator"]["deploy"]["replicas"] == 1
+
+
+# --- NATS: one node in base and dev, a JetStream cluster of three in prod ----------------------
+
+
+@pytest.mark.parametrize("combination", ["base", "dev"])
+def test_base_and_dev_run_one_nats_node(merged, combination):
+    config = merged[combination]
+    assert list(nats_nodes(config)) == ["nats"]
+    for name in LONG_RUNNING:
+        environment = config["services"][name]["environment"]
+        assert environment["NATS_URL"] == "nats://nats:4222", name
+        assert environment["OFFSIM_STREAM_REPLICAS"] == "", f"{name}: the services' default, 1"
+
+
+def test_prod_runs_nats_as_a_three_node_cluster(merged):
+    """Three nodes of the same image, each with the one cluster file under its own name (its
+    service's, the host the routes reach), its own JetStream volume, no published port and a
+    health check on the full /healthz (in the cluster and caught up)."""
+    config = merged["prod"]
+    nodes = nats_nodes(config)
+    assert sorted(nodes) == ["nats", "nats-2", "nats-3"]
+    assert len({node["image"] for node in nodes.values()}) == 1
+    stores = set()
+    for name, node in nodes.items():
+        command = node["command"]
+        assert flag(command, "--name") == name
+        assert mounted_file(node, flag(command, "--config")) == CLUSTER_CONF, name
+        data = {v["target"]: v for v in node["volumes"]}["/data"]
+        assert data["type"] == "volume" and data["source"] in config["volumes"], name
+        stores.add(data["source"])
+        assert node["healthcheck"]["test"] == ["CMD", "wget", "-q", "-O", "/dev/null",
+                                               "http://127.0.0.1:8222/healthz"], name  # fmt: skip
+        assert not node.get("ports"), f"{name}: prod publishes only the dashboard's port"
+    # A volume each, and not the single node's: the cluster starts on stores of its own.
+    assert len(stores) == len(nodes) and "nats-data" not in stores
+
+
+def test_prod_cluster_config_routes_every_node_with_jetstream_and_mqtt(merged, tmp_path):
+    nodes = sorted(nats_nodes(merged["prod"]))
+    text = CLUSTER_CONF.read_text()
+    # The top level: without comments and without the blocks (each closed at column 0).
+    top = re.sub(r"^\w+\s*{.*?^}", "", re.sub(r"#.*", "", text), flags=re.MULTILINE | re.DOTALL)
+    assert conf_value(top, "listen") == "0.0.0.0:4222"
+    assert conf_value(top, "http") == "0.0.0.0:8222", "the health check's port"
+    assert "server_name" not in top, "each node's name is its --name"
+    jetstream = conf_block(text, "jetstream")
+    assert conf_value(jetstream, "store_dir") == "/data"
+    # Three nodes on one host lose power together: every write is on disk before its ack.
+    assert conf_value(jetstream, "sync_interval") == "always"
+    cluster = conf_block(text, "cluster")
+    assert conf_value(cluster, "name") == "offsim"
+    assert conf_value(cluster, "listen") == "0.0.0.0:6222"
+    routes = re.search(r"routes\s*[:=]?\s*\[([^\]]*)\]", cluster)
+    assert routes and routes[1].split() == [f"nats://{node}:6222" for node in nodes]
+    mqtt = conf_block(text, "mqtt")
+    assert conf_value(mqtt, "port") == "1883"
+    assert conf_value(mqtt, "stream_replicas") == str(len(nodes))
+    for node in nodes:
+        store = tmp_path / node
+        store.mkdir()
+        nats_server_accepts(text, node, store)
+
+
+def test_prod_services_reach_every_node_with_streams_at_three_replicas(merged):
+    """Every service that talks to NATS is given all three nodes (it moves to another when one
+    is lost), streams at three replicas, and waits for every node to be healthy."""
+    config = merged["prod"]
+    nodes = sorted(nats_nodes(config))
+    for name in LONG_RUNNING:
+        service = config["services"][name]
+        environment = service["environment"]
+        assert environment["NATS_URL"].split(",") == [f"nats://{n}:4222" for n in nodes], name
+        assert environment["OFFSIM_STREAM_REPLICAS"] == str(len(nodes)), name
+        if name != "generator":  # it waits for users, orders and notifications
+            for node in nodes:
+                assert service["depends_on"][node]["condition"] == "service_healthy", name
+    # The generator's MQTT_URL stays the first node's: its MQTT listener is on every node.
+    assert config["services"]["generator"]["environment"]["MQTT_URL"] == "mqtt://nats:1883"
 
 
 def test_no_secret_is_written_in_the_files():
