@@ -37,7 +37,7 @@ SERVICE_TOKEN = "test-service-token"
 AS_SERVICE = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 SIM_TABLES = (
     "users, ssds, product_ssds, product_orders, stock_deliveries, idempotency_keys, "
-    "ssd_readings, ssd_demand"
+    "ssd_readings, ssd_demand, order_counts, order_minutes"
 )
 
 

@@ -26,8 +26,11 @@ async def count_entities(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def count_orders_by_status(conn: asyncpg.Connection) -> dict[str, int]:
-    rows = await conn.fetch("SELECT status, count(*) AS n FROM product_orders GROUP BY status")
-    return {row["status"]: row["n"] for row in rows}
+    """Every order ever placed, by its status now, orders deleted since (retention) included:
+    the counters the orders service keeps as it writes (`order_totals`, migration 014), a sum
+    of a few rows rather than a count over history."""
+    rows = await conn.fetch("SELECT status, lifetime FROM order_totals")
+    return {row["status"]: row["lifetime"] for row in rows}
 
 
 async def stage_seconds(conn: asyncpg.Connection) -> dict[str, float | None]:
@@ -77,19 +80,27 @@ async def recent_transitions(conn: asyncpg.Connection, limit: int) -> list[dict[
 
 
 async def active_ssds(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
-    """A few SSDs, those with the newest orders first (then the newest SSDs), with their owner."""
+    """A few SSDs, those with the newest orders first (then the newest SSDs), with their owner.
+    Both kinds are taken by index, at most `limit` of each: the cost follows `limit`, not the
+    number of SSDs."""
     rows = await conn.fetch(
         """WITH recent AS (
                SELECT ssd_id, max(id) AS last_order
                FROM (SELECT ssd_id, id FROM product_orders ORDER BY id DESC LIMIT $2) r
                GROUP BY ssd_id
+           ),
+           picked AS (
+               (SELECT ssd_id AS id, last_order FROM recent ORDER BY last_order DESC LIMIT $1)
+               UNION ALL
+               (SELECT s.id, NULL FROM ssds s
+                WHERE NOT EXISTS (SELECT 1 FROM recent r WHERE r.ssd_id = s.id)
+                ORDER BY s.id DESC LIMIT $1)
            )
            SELECT s.id, s.mac_address, u.first_name, u.last_name, s.created_at
-           FROM ssds s
+           FROM (SELECT * FROM picked ORDER BY last_order DESC NULLS LAST, id DESC LIMIT $1) p
+           JOIN ssds s ON s.id = p.id
            JOIN users u ON u.id = s.user_id
-           LEFT JOIN recent r ON r.ssd_id = s.id
-           ORDER BY r.last_order DESC NULLS LAST, s.id DESC
-           LIMIT $1""",
+           ORDER BY p.last_order DESC NULLS LAST, p.id DESC""",
         limit,
         RECENT_WINDOW,
     )
@@ -116,24 +127,18 @@ async def stock_of(conn: asyncpg.Connection, ssd_ids: Iterable[int]) -> list[dic
 
 
 async def throughput(conn: asyncpg.Connection, minutes: int) -> list[dict[str, Any]]:
-    """Orders placed and completed in each of the last `minutes` minutes (the current one last)."""
+    """Orders placed and completed in each of the last `minutes` minutes (the current one last),
+    from the per-minute counters the orders service keeps as it writes (`orders_per_minute`,
+    migration 014): a few rows a minute, whatever the history."""
     rows = await conn.fetch(
         """WITH span AS (
-               SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS since
+               SELECT date_trunc('minute', now(), 'UTC') - make_interval(mins => $1 - 1) AS since
            )
-           SELECT m.minute,
-                  coalesce(placed.n, 0) AS placed,
-                  coalesce(completed.n, 0) AS completed
-           FROM span
-           CROSS JOIN generate_series(span.since, date_trunc('minute', now()), interval '1 minute')
-                AS m(minute)
-           LEFT JOIN (SELECT date_trunc('minute', created_at) AS minute, count(*) AS n
-                      FROM product_orders, span WHERE created_at >= span.since GROUP BY 1) placed
-                  ON placed.minute = m.minute
-           LEFT JOIN (SELECT date_trunc('minute', completed_at) AS minute, count(*) AS n
-                      FROM product_orders, span WHERE completed_at >= span.since GROUP BY 1)
-                     completed
-                  ON completed.minute = m.minute
+           SELECT m.minute, coalesce(c.placed, 0) AS placed, coalesce(c.completed, 0) AS completed
+           FROM generate_series((SELECT since FROM span), date_trunc('minute', now(), 'UTC'),
+                                interval '1 minute') AS m(minute)
+           LEFT JOIN (SELECT * FROM orders_per_minute
+                      WHERE minute >= (SELECT since FROM span)) c ON c.minute = m.minute
            ORDER BY m.minute""",
         minutes,
     )

@@ -15,7 +15,7 @@ from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
 from offsim_common.service import base_app, consumers_ctx
 
-from . import device_orders, nats_handlers
+from . import counters, device_orders, nats_handlers
 from .app_keys import MARKS, PLACER, ROW_TURNS
 from .orders import PublishedMarks, order_placer, republish_forever
 from .reconciler import reconcile_forever
@@ -47,6 +47,8 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(
             reconcile_forever(app[POOL], app[JS], app[SETTINGS], app[ROW_TURNS]), name="reconciler"
         ),
+        # The order counters' ledgers kept short (counters.py).
+        asyncio.create_task(counters.fold_forever(app[POOL]), name="counters-fold"),
     ]
     yield
     for task in tasks:

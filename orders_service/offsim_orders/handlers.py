@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 from offsim_common import idempotency
 from offsim_common.app_keys import JS, NC, POOL, SETTINGS
@@ -58,29 +60,73 @@ async def get_order(request: web.Request) -> web.Response:
     return json_response(detail(dict(row)).model_dump(mode="json"))
 
 
+# Deeper than this, a page is asked for by key (`before`): skipping rows costs what it skips.
+MAX_ORDER_OFFSET = 10_000
 ORDER_FILTERS = {
     "ssd_id": (ID_SCHEMA, "only this SSD's orders"),
     "status": ({"type": "string", "enum": list(OrderStatus)}, "only orders in this status"),
-    **PAGING,
+    "before": (ID_SCHEMA, "only orders older than this order id (a page's `next` carries it)"),
+    "limit": PAGING["limit"],
+    "offset": (
+        {"type": "integer", "minimum": 0, "maximum": MAX_ORDER_OFFSET},
+        f"rows to skip, at most {MAX_ORDER_OFFSET:,}: deeper pages by `before` (follow `next`)",
+    ),
 }
 
 
-@doc("Orders, newest first, filtered by SSD and status", "orders", responses={200: OrderPage},
-     errors=(400, 503), query=ORDER_FILTERS)  # fmt: skip
+@doc("Orders, newest first, filtered by SSD and status; older pages by `before` (`next`)",
+     "orders", responses={200: OrderPage}, errors=(400, 503), query=ORDER_FILTERS)  # fmt: skip
 async def list_orders(request: web.Request) -> web.Response:
-    query = request.query
-    query_params(request, set(ORDER_FILTERS))
+    query = query_params(request, set(ORDER_FILTERS))
     ssd_id = int_param(query.get("ssd_id"), "ssd_id", default=0, minimum=1) or None
-    status = query.get("status")
-    if status is not None and status not in set(OrderStatus):
-        raise Invalid("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
-    limit, offset = paging(request)
+    status = status_param(query.get("status"))
+    before, limit, offset = order_paging(request)
     async with request.app[POOL].acquire() as conn:
-        total, rows = await queries.list_orders(conn, ssd_id, status, limit, offset)
-    page = OrderPage(
-        total=total, limit=limit, offset=offset, orders=[detail(dict(row)) for row in rows]
-    )
+        rows = await queries.list_orders(conn, ssd_id, status, before, limit + 1, offset)
+        total = await queries.count_orders(conn, ssd_id, status)
+    orders = [detail(dict(row)) for row in rows[:limit]]
+    after = orders[-1].id if len(rows) > limit else None  # one more row: there is a next page
+    page = OrderPage(total=total, limit=limit, offset=offset, orders=orders,
+                     next=next_page(ssd_id, status, limit, after))  # fmt: skip
     return json_response(page.model_dump(mode="json"))
+
+
+def status_param(value: str | None) -> OrderStatus | None:
+    if value is None:
+        return None
+    if value not in set(OrderStatus):
+        raise Invalid("unknown status", {"status": f"one of {', '.join(OrderStatus)}"})
+    return OrderStatus(value)
+
+
+def order_paging(request: web.Request) -> tuple[int | None, int, int]:
+    """`before`, `limit` and `offset` of the orders list. An offset past MAX_ORDER_OFFSET, of
+    any size, is refused with a 400 that names `before`."""
+    before = int_param(request.query.get("before"), "before", default=0, minimum=1) or None
+    if _beyond_offset_cap(request.query.get("offset")):
+        raise Invalid(
+            f"offset beyond {MAX_ORDER_OFFSET:,}: page by before=<order id> instead",
+            {"offset": f"at most {MAX_ORDER_OFFSET}; for older orders pass before=<the last "
+                       "order id of a page>, as each page's `next` does"},
+        )  # fmt: skip
+    limit, offset = paging(request, max_offset=MAX_ORDER_OFFSET)
+    return before, limit, offset
+
+
+def _beyond_offset_cap(value: str | None) -> bool:
+    try:
+        return value is not None and int(value) > MAX_ORDER_OFFSET
+    except ValueError:
+        return False  # not an integer: paging() names it
+
+
+def next_page(ssd_id: int | None, status: str | None, limit: int, after: int | None) -> str | None:
+    """The path of the page of orders older than `after` with the same filters, or None when
+    there is none. By key, not offset: orders placed meanwhile never shift it."""
+    if after is None:
+        return None
+    params = {"ssd_id": ssd_id, "status": status, "limit": limit, "before": after}
+    return "/api/orders?" + urlencode({k: v for k, v in params.items() if v is not None})
 
 
 @doc("Products loaded from Open Food Facts, by barcode", "products", responses={200: ProductPage},
@@ -108,10 +154,10 @@ async def get_product(request: web.Request) -> web.Response:
     return json_response(ProductInfo.model_validate(product).model_dump(mode="json"))
 
 
-def paging(request: web.Request) -> tuple[int, int]:
+def paging(request: web.Request, max_offset: int = MAX_OFFSET) -> tuple[int, int]:
     query = request.query
     limit = int_param(query.get("limit"), "limit", default=50, minimum=1, maximum=MAX_PAGE)
-    offset = int_param(query.get("offset"), "offset", default=0, maximum=MAX_OFFSET)
+    offset = int_param(query.get("offset"), "offset", default=0, maximum=max_offset)
     return limit, offset
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from offsim_common.events import OrderKind, OrderStatus
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Order(BaseModel):
@@ -32,10 +32,16 @@ class OrderDetail(Order):
 
 
 class OrderPage(BaseModel):
-    total: int
+    total: int = Field(
+        description="orders matching the filters, over every page (`before` and `offset` "
+        "aside): counted as the orders are written, not over history"
+    )
     limit: int
     offset: int
     orders: list[OrderDetail]
+    next: str | None = Field(
+        description="the path of the next (older) page, its filters kept; null on the last page"
+    )
 
 
 class ProductInfo(BaseModel):

@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 
 import pytest
 from offsim_common.app_keys import POOL
+from offsim_dashboard.app import create_app
+from offsim_dashboard.app_keys import SNAPSHOTS
+from offsim_orders import counters
 
 from tests.conftest import changed, eventually
 from tests.helpers import register
@@ -270,6 +273,40 @@ async def test_throughput_counts_placed_and_completed_this_minute(
     assert len(default["series"]) == 15
 
 
+async def test_counts_stay_lifetime_counts_when_finished_orders_are_deleted(
+    aiohttp_client, settings, dashboard, users, orders, products, pool
+):
+    *_, placed = await order_all_watched(users, orders)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """UPDATE product_orders SET status = 'completed', completed_at = now()
+               WHERE id = ANY($1::bigint[])""",
+            [order["id"] for order in placed[:2]],
+        )
+        await conn.execute(
+            "UPDATE product_orders SET status = 'cancelled', cancelled_at = now() WHERE id = $1",
+            placed[2]["id"],
+        )
+    counts = {"total": 3, "pending": 0, "shipped": 0, "completed": 2, "cancelled": 1}
+
+    async def shown(client) -> tuple[dict, tuple[int, int]]:
+        client.app[SNAPSHOTS].entries.clear()  # not the answer of a second ago
+        summary = await (await client.get("/api/summary")).json()
+        series = (await (await client.get("/api/throughput?minutes=5")).json())["series"]
+        return summary["orders"], (sum(m["placed"] for m in series),
+                                   sum(m["completed"] for m in series))  # fmt: skip
+
+    assert await shown(dashboard) == (counts, (3, 2))
+    # Retention deletes the finished orders; the dashboard still counts every order placed.
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM product_orders WHERE status IN ('completed', 'cancelled')")
+        assert await conn.fetchval("SELECT count(*) FROM product_orders") == 0
+    assert await shown(dashboard) == (counts, (3, 2))
+    # Folded, and read by a dashboard started afresh: the same.
+    await counters.fold_once(pool)
+    assert await shown(await aiohttp_client(create_app(settings))) == (counts, (3, 2))
+
+
 @pytest.mark.parametrize(
     ("path", "field"),
     [
@@ -303,8 +340,6 @@ async def test_database_down_returns_json_503_not_a_traceback(dashboard):
 async def test_services_reports_health_of_users_and_orders(
     aiohttp_client, settings, pool, nc, users, unused_tcp_port
 ):
-    from offsim_dashboard.app import create_app
-
     client = await aiohttp_client(
         create_app(
             changed(
