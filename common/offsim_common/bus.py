@@ -48,17 +48,41 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
+# The streams' limits (docs/jetstream.md, "Stream limits"). Each stream keeps what its consumers
+# may still need, and a size cap bounds it in bytes too. JetStream reserves every cap on each
+# node that holds a replica when the stream is made: the caps together (5.6 GiB) must fit the
+# nodes' max_file_store (8 GB in deploy/), or making the streams fails at start, naming it.
+MIB = 1024**2
+GIB = 1024**3
 # Long enough that a service restarted within the hour re-publishing an event it had already
 # published (crash between publish and ack) is de-duplicated by the server.
 DUPLICATE_WINDOW_S = 3600.0
-STREAM_MAX_AGE_S = 7 * 24 * 3600.0
-DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
-# Readings are applied within a second of arriving; a day covers a users service down for a
-# long while. Their de-duplication is the database's (by reading id, for ever): the server's
-# window only spares it the copies a publisher re-sends at once, and a short one keeps the
-# server's memory of ids small at thousands of readings a second.
-READINGS_MAX_AGE_S = 24 * 3600.0
+# Order events are acted on within seconds (a stage's delay at most) and Postgres is the
+# record: an event the stream no longer holds is announced again by the reconciler. Six hours
+# of events for a person to look at, and never more than the cap (an hour of the 100,000 x60
+# city's events); past it the oldest go first.
+ORDERS_MAX_AGE_S = 6 * 3600.0
+ORDERS_MAX_BYTES = 1 * GIB
+# users.registered is for displays, which follow it live.
+USERS_MAX_AGE_S = 24 * 3600.0
+USERS_MAX_BYTES = 128 * MIB
+# Readings are kept until the users service has applied them (retention by interest: its
+# durable's ack removes them), so the stream holds a backlog, not history. A backlog is kept
+# 12 hours (a users service down that long) and up to the cap (an hour and a half of the
+# 100,000 x60 city's readings); a full stream refuses new readings (the device sees its
+# publish fail and keeps it) rather than dropping stored ones. Their de-duplication is the
+# database's (by reading id, offsim_users.retention): the server's window only spares it the
+# copies a publisher re-sends at once, and a short one keeps the server's memory of ids small
+# at thousands of readings a second.
+READINGS_MAX_AGE_S = 12 * 3600.0
+READINGS_MAX_BYTES = 4 * GIB
 READINGS_DUPLICATE_WINDOW_S = 120.0
+# How long an applied reading's batch may go unacknowledged before the stream hands it out
+# again (a crashed replica's batch, to another or to itself).
+READINGS_ACK_WAIT_S = 10.0
+# Dead letters wait for a person; the newest matter most, so past the cap the oldest go.
+DEAD_LETTER_MAX_AGE_S = 30 * 24 * 3600.0
+DEAD_LETTER_MAX_BYTES = 512 * MIB
 REASON_HEADER = "Offsim-Dead-Letter-Reason"
 
 
@@ -148,39 +172,73 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 def stream_configs(replicas: int) -> list[api.StreamConfig]:
+    """What each stream keeps, and for how long (the constants above)."""
+    limits, interest = api.RetentionPolicy.LIMITS, api.RetentionPolicy.INTEREST
+    old, new = api.DiscardPolicy.OLD, api.DiscardPolicy.NEW
     return [
         api.StreamConfig(
             name=name,
             subjects=list(stream_subjects),
             storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS,
+            retention=retention,
             max_age=max_age,
+            max_bytes=max_bytes,
+            discard=discard,
             duplicate_window=window,
             num_replicas=replicas,
         )
-        for name, stream_subjects, max_age, window in (
-            (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
-             DUPLICATE_WINDOW_S),
-            (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, STREAM_MAX_AGE_S,
-             DUPLICATE_WINDOW_S),
-            (subjects.READINGS_STREAM, subjects.READINGS_STREAM_SUBJECTS, READINGS_MAX_AGE_S,
-             READINGS_DUPLICATE_WINDOW_S),
-            (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS,
-             DEAD_LETTER_MAX_AGE_S, DUPLICATE_WINDOW_S),
+        for name, stream_subjects, retention, max_age, max_bytes, discard, window in (
+            (subjects.ORDERS_STREAM, subjects.ORDERS_STREAM_SUBJECTS, limits, ORDERS_MAX_AGE_S,
+             ORDERS_MAX_BYTES, old, DUPLICATE_WINDOW_S),
+            (subjects.USERS_STREAM, subjects.USERS_STREAM_SUBJECTS, limits, USERS_MAX_AGE_S,
+             USERS_MAX_BYTES, old, DUPLICATE_WINDOW_S),
+            (subjects.READINGS_STREAM, subjects.READINGS_STREAM_SUBJECTS, interest,
+             READINGS_MAX_AGE_S, READINGS_MAX_BYTES, new, READINGS_DUPLICATE_WINDOW_S),
+            (subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_STREAM_SUBJECTS, limits,
+             DEAD_LETTER_MAX_AGE_S, DEAD_LETTER_MAX_BYTES, old, DUPLICATE_WINDOW_S),
         )
     ]  # fmt: skip
 
 
+# The durables made with their stream: a stream that keeps messages by interest drops at once
+# a message that no consumer is there for, so a reading published before the users service
+# first ran would be acknowledged and lost. Made with the config the consumer binds with
+# (durable_config), so whichever comes first, the durable is the same.
+STANDING_DURABLES = {
+    subjects.READINGS_STREAM: (
+        (subjects.USERS_APPLY_READINGS, subjects.SSD_READINGS_WILDCARD, READINGS_ACK_WAIT_S),
+    ),
+}
+
+
 async def _ensure(js: JetStreamContext, config: api.StreamConfig) -> None:
+    """Make the stream, or bring one made by another version to `config`, in place. A stream
+    that keeps messages by interest is made, or kept, keeping every message until its standing
+    durables exist: then none of its messages is ever without a consumer. (JetStream changes a
+    stream's retention between limits and interest in place; when it becomes interest, the
+    messages every durable has acknowledged are removed, the others stay.)"""
+    standing = STANDING_DURABLES.get(config.name, ())
     try:
         info = await js.stream_info(config.name)
     except NotFoundError:
+        first = dataclasses.replace(config, retention=api.RetentionPolicy.LIMITS)
         try:
-            await js.add_stream(config)
-            return
+            info = await js.add_stream(first if standing else config)
+            if not standing:
+                return
         except BadRequestError:  # another service created it between our two calls
             info = await js.stream_info(config.name)
+    for name, subject, ack_wait_s in standing:
+        await _ensure_durable(js, config.name, durable_config(name, subject, ack_wait_s))
     await js.update_stream(_keep_replicas(config, info.config))
+
+
+async def _ensure_durable(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
+    """Make the durable if it does not exist; one that does is its consumer's to configure."""
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        await js.add_consumer(stream, config)
 
 
 def _keep_replicas(wanted: api.StreamConfig, stored: api.StreamConfig) -> api.StreamConfig:
@@ -339,6 +397,10 @@ async def announce(
     await publish(js, subject, message, msg_id, ack_timeout_s=REQUEST_PUBLISH_TIMEOUT_S)
 
 
+# Messages a durable hands out before it waits for their acks.
+MAX_ACK_PENDING = 10_000
+
+
 class Defer(Exception):
     """Not an error: the message is not due yet; deliver it again in `delay` seconds."""
 
@@ -360,7 +422,7 @@ class ConsumerSpec(Generic[M]):
     ack_wait_s: float = 30.0
     # With back-off capped at 30 s, about 45 minutes of retries before a message is dead-lettered.
     max_deliver: int = 100
-    max_ack_pending: int = 10_000
+    max_ack_pending: int = MAX_ACK_PENDING
     batch: int = 64
     # Applies the due messages of a fetched batch at once (one transaction), or raises: then
     # each is handled alone by `handler`, so one bad message is dead-lettered by itself and the
@@ -467,17 +529,24 @@ async def dead_letter(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reason
 
 
 def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
+    return durable_config(spec.durable, spec.subject, spec.ack_wait_s, spec.max_ack_pending)
+
+
+def durable_config(
+    durable: str, subject: str, ack_wait_s: float, max_ack_pending: int = MAX_ACK_PENDING
+) -> api.ConsumerConfig:
+    """The server's side of a durable consumer (a ConsumerSpec's, or a standing durable's)."""
     return api.ConsumerConfig(
-        durable_name=spec.durable,
+        durable_name=durable,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
-        ack_wait=spec.ack_wait_s,
+        ack_wait=ack_wait_s,
         # Unlimited on the server, which would drop a message silently at its limit (a timed-out
         # ack or a lost connection counts as a delivery too); `spec.max_deliver` is applied by
         # `_dispatch`, which dead-letters instead.
         max_deliver=-1,
-        max_ack_pending=spec.max_ack_pending,
-        filter_subject=spec.subject,
+        max_ack_pending=max_ack_pending,
+        filter_subject=subject,
     )
 
 

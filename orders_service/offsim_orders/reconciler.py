@@ -32,8 +32,10 @@ from .settings import OrdersSettings
 log = logging.getLogger(__name__)
 
 BATCH = 100
-# Completed orders older than this are not looked at (the stream keeps events this long).
-HORIZON_S = bus.STREAM_MAX_AGE_S
+# A completed order whose delivery is still not in stock a week on is no longer announced
+# again: something a person must look at (retention never deletes it). Not tied to the stream's
+# age: an announcement the stream no longer holds is published anew.
+HORIZON_S = 7 * 24 * 3600.0
 
 # The subject each status is announced on, and the time its event carries.
 ANNOUNCED = {

@@ -12,7 +12,7 @@ import uuid
 import nats
 import pytest
 from nats.errors import NoRespondersError
-from nats.js.errors import BadRequestError, NoStreamResponseError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from offsim_common import bus, subjects
 from offsim_launcher import embedded
 from pydantic import BaseModel
@@ -20,6 +20,9 @@ from pydantic import BaseModel
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
+
+# The server's answer to a publish whose Nats-Msg-Id it is still storing.
+DUPLICATE_IN_PROCESS = 10158
 
 
 class Ping(BaseModel):
@@ -88,6 +91,11 @@ async def test_a_consumer_goes_on_when_the_node_leading_it_is_killed(cluster):
                     return True
                 except (TimeoutError, NoStreamResponseError):  # no leader yet: send it again
                     return False
+                except APIError as exc:
+                    # A copy sent during the leader change is still being stored: send it again.
+                    if exc.err_code == DUPLICATE_IN_PROCESS:
+                        return False
+                    raise
 
             await eventually(stored, within=30, interval=0.1)
 

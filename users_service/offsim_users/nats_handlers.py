@@ -122,7 +122,7 @@ def readings_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[SsdReading]:
         handler=handle,
         batch_handler=handle_many,
         batch=READINGS_BATCH,
-        # A crashed replica's batch is delivered again after this, to another or to itself.
-        ack_wait_s=10.0,
+        # The same as the durable made with the stream (bus.STANDING_DURABLES).
+        ack_wait_s=bus.READINGS_ACK_WAIT_S,
         on_invalid=lambda msg: SSD_READINGS.labels(readings.MALFORMED).inc(),
     )
