@@ -8,13 +8,22 @@ with its default, in the README's configuration table.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, Self
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -121,6 +130,34 @@ def _describe(exc: ValidationError) -> str:
         got = f", got {error['input']!r}" if name and not isinstance(error["input"], dict) else ""
         problems.append(f"{name}: {message}{got}" if name else message)
     return "; ".join(problems)
+
+
+# A duration: seconds (`3600`), or numbers each with its unit, s, m, h or d (`12h`, `1d12h`).
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+_WITH_UNITS = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds of a duration given as `7d`, `12h`, `30m`, `90s`, `1d12h` or plain seconds
+    (`3600`, `0`); a number passes as seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and _SECONDS.fullmatch(text := value.strip().lower()):
+        seconds = float(text)
+    elif isinstance(value, str) and _WITH_UNITS.fullmatch(text):
+        seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _PART.findall(text))
+    else:
+        raise ValueError("must be a duration: seconds, or a number with a unit s, m, h or d "
+                         "(90s, 30m, 12h, 7d, 1d12h)")  # fmt: skip
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a duration of 0 seconds or more")
+    return seconds
+
+
+# Seconds, read from a duration (parse_duration).
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def nats_servers(url: str) -> list[str]:

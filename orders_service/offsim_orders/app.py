@@ -19,6 +19,7 @@ from . import counters, device_orders, nats_handlers
 from .app_keys import MARKS, PLACER, ROW_TURNS
 from .orders import PublishedMarks, order_placer, republish_forever
 from .reconciler import reconcile_forever
+from .retention import retain_forever
 from .routes import setup_routes
 from .settings import OrdersSettings
 
@@ -46,6 +47,10 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         asyncio.create_task(
             reconcile_forever(app[POOL], app[JS], app[SETTINGS], app[ROW_TURNS]), name="reconciler"
+        ),
+        # Finished orders past OFFSIM_ORDER_RETENTION deleted (retention.py).
+        asyncio.create_task(
+            retain_forever(app[POOL], app[SETTINGS].order_retention), name="retention"
         ),
         # The order counters' ledgers kept short (counters.py).
         asyncio.create_task(counters.fold_forever(app[POOL]), name="counters-fold"),

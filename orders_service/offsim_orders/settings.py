@@ -3,7 +3,11 @@ with, and its own."""
 
 from __future__ import annotations
 
-from offsim_common.settings import DeliverySettings, env
+from offsim_common.settings import DeliverySettings, Duration, env
+
+# A century: past it a retention is "for ever" in all but name (and the longest interval
+# Postgres computes with ease).
+LONGEST_RETENTION_S = 100 * 365 * 86400.0
 
 
 class OrdersSettings(DeliverySettings):
@@ -14,6 +18,10 @@ class OrdersSettings(DeliverySettings):
     # passed (simulated seconds); it looks every `reconcile_interval` real seconds.
     reconcile_margin: float = env("OFFSIM_RECONCILE_MARGIN", 60.0, ge=0)
     reconcile_interval: float = env("OFFSIM_RECONCILE_INTERVAL", 5.0, gt=0)
+    # Finished orders (completed and in stock, or cancelled) are deleted this long after they
+    # finished, in real seconds (not simulated: it is about disk, which fills in real time);
+    # 0 keeps every order (retention.py, docs/retention.md).
+    order_retention: Duration = env("OFFSIM_ORDER_RETENTION", 7 * 86400.0, le=LONGEST_RETENTION_S)
 
     def overdue_after(self, delay_range: tuple[float, float]) -> float:
         """Real seconds after which a stage with these delays is overdue: its longest delay

@@ -75,6 +75,10 @@ def test_an_empty_variable_means_its_default():
         ),
         (GeneratorSettings, {"OFFSIM_MAX_IN_FLIGHT": "0"}, "OFFSIM_MAX_IN_FLIGHT"),
         (UsersSettings, {"OFFSIM_WATCHED_PRODUCTS": "many"}, "OFFSIM_WATCHED_PRODUCTS"),
+        (OrdersSettings, {"OFFSIM_ORDER_RETENTION": "a week"}, "OFFSIM_ORDER_RETENTION"),
+        (OrdersSettings, {"OFFSIM_ORDER_RETENTION": "-1"}, "OFFSIM_ORDER_RETENTION"),
+        (OrdersSettings, {"OFFSIM_ORDER_RETENTION": "2w"}, "OFFSIM_ORDER_RETENTION"),
+        (OrdersSettings, {"OFFSIM_ORDER_RETENTION": "1h 30m"}, "OFFSIM_ORDER_RETENTION"),
         (EtlSettings, {"OFF_SEARCH_RATE": "-1"}, "OFF_SEARCH_RATE"),
     ],
 )
@@ -101,3 +105,16 @@ def test_nats_url_may_list_the_nodes_of_a_cluster():
         OrdersSettings.from_env({"NATS_URL": "nats://n1:4222,ws://n2:8080"})
     with pytest.raises(ConfigError, match="NATS_URL"):
         OrdersSettings.from_env({"NATS_URL": "http://n1:4222"})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("7d", 604800), ("12h", 43200), ("30m", 1800), ("90s", 90), ("3600", 3600), ("0", 0),
+     ("1d12h", 129600), ("1.5h", 5400), (" 2D ", 172800)],
+)  # fmt: skip
+def test_the_order_retention_is_a_duration(value, seconds):
+    assert OrdersSettings.from_env({"OFFSIM_ORDER_RETENTION": value}).order_retention == seconds
+
+
+def test_the_order_retention_is_a_week_unless_told():
+    assert OrdersSettings.from_env({}).order_retention == 7 * 86400

@@ -377,3 +377,50 @@ async def ssd_stock(
         ssd_id,
         barcodes,
     )
+
+
+# --- retention (retention.py) -------------------------------------------------------------------
+
+
+async def delete_reading_ids(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Forget up to `limit` of the oldest reading ids applied more than `older_than_s` seconds
+    ago (by ssd_readings_applied_at); how many. Rows another replica is deleting are skipped,
+    and each is deleted by its address (one heap visit, no second index lookup)."""
+    status = await conn.execute(
+        """DELETE FROM ssd_readings WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM ssd_readings
+               WHERE applied_at < now() - make_interval(secs => $1)
+               ORDER BY applied_at LIMIT $2
+               FOR UPDATE SKIP LOCKED))""",
+        older_than_s,
+        limit,
+    )
+    return int(status.split()[-1])
+
+
+async def fold_demand(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Fold up to `limit` of the demand buckets older than `older_than_s` seconds into the one
+    at '-infinity' (everything before the buckets kept); how many were folded. The sums over
+    every bucket (the dashboard's lifetime figures) stay exact, and the table stays a day of
+    rows, not a row for every 10 seconds since the city began."""
+    folded = await conn.fetchval(
+        """WITH old AS (
+               DELETE FROM ssd_demand WHERE bucket IN (
+                   SELECT bucket FROM ssd_demand
+                   WHERE bucket > '-infinity'
+                     AND bucket < now() - make_interval(secs => $1)
+                   ORDER BY bucket LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+               RETURNING readings, units_wanted, units_short)
+           INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short)
+           SELECT '-infinity', sum(readings), sum(units_wanted), sum(units_short)
+           FROM old HAVING count(*) > 0
+           ON CONFLICT (bucket) DO UPDATE
+           SET readings = d.readings + excluded.readings,
+               units_wanted = d.units_wanted + excluded.units_wanted,
+               units_short = d.units_short + excluded.units_short
+           RETURNING (SELECT count(*) FROM old)""",
+        older_than_s,
+        limit,
+    )
+    return folded or 0
