@@ -59,8 +59,8 @@ GIB = 1024**3
 DUPLICATE_WINDOW_S = 3600.0
 # Order events are acted on within seconds (a stage's delay at most) and Postgres is the
 # record: an event the stream no longer holds is announced again by the reconciler. Six hours
-# of events for a person to look at, and never more than the cap (an hour of the 100,000 x60
-# city's events); past it the oldest go first.
+# of events for a person to look at, and never more than the cap (48 minutes of the 100,000
+# x60 city's events); past it the oldest go first.
 ORDERS_MAX_AGE_S = 6 * 3600.0
 ORDERS_MAX_BYTES = 1 * GIB
 # users.registered is for displays, which follow it live.
@@ -68,12 +68,12 @@ USERS_MAX_AGE_S = 24 * 3600.0
 USERS_MAX_BYTES = 128 * MIB
 # Readings are kept until the users service has applied them (retention by interest: its
 # durable's ack removes them), so the stream holds a backlog, not history. A backlog is kept
-# 12 hours (a users service down that long) and up to the cap (an hour and a half of the
-# 100,000 x60 city's readings); a full stream refuses new readings (the device sees its
-# publish fail and keeps it) rather than dropping stored ones. Their de-duplication is the
-# database's (by reading id, offsim_users.retention): the server's window only spares it the
-# copies a publisher re-sends at once, and a short one keeps the server's memory of ids small
-# at thousands of readings a second.
+# 12 hours (a users service down that long) and up to the cap (2.6 hours of the 100,000 x60
+# city's readings); a full stream refuses new readings (the device sees its publish fail and
+# keeps it) rather than dropping stored ones. Their de-duplication is the database's (by
+# reading id, offsim_users.retention): the server's window only spares it the copies a
+# publisher re-sends at once, and a short one keeps the server's memory of ids small at
+# thousands of readings a second.
 READINGS_MAX_AGE_S = 12 * 3600.0
 READINGS_MAX_BYTES = 4 * GIB
 READINGS_DUPLICATE_WINDOW_S = 120.0
