@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext, api
 from offsim_common import bus, subjects
 from offsim_common.events import SsdReading
 from offsim_generator import devices
@@ -39,22 +40,37 @@ def consume_outcome(outcome: str) -> float:
     return value or 0.0
 
 
-async def stored_readings(nc: nats.NATS) -> list[tuple[str, SsdReading]]:
-    """Every message in the READINGS stream, with its subject."""
-    js = nc.jetstream()
-    sub = await js.pull_subscribe(subjects.SSD_READINGS_WILDCARD, stream=subjects.READINGS_STREAM)
+async def collector(nc: nats.NATS) -> JetStreamContext.PullSubscription:
+    """A consumer of every reading, made before they are sent: READINGS keeps a message only
+    while a consumer still has to ack it, and the users service acks each once applied."""
+    return await nc.jetstream().pull_subscribe(
+        subjects.SSD_READINGS_WILDCARD,
+        stream=subjects.READINGS_STREAM,
+        config=api.ConsumerConfig(inactive_threshold=300),
+    )
+
+
+async def stored_readings(
+    nc: nats.NATS, sub: JetStreamContext.PullSubscription | None = None
+) -> list[tuple[str, SsdReading]]:
+    """Every reading `sub` (a collector) has not had yet, or, without one, every message the
+    READINGS stream holds; with its subject."""
+    own = sub is None
+    if own:
+        sub = await collector(nc)
     found = []
     try:
         while True:
             try:
                 batch = await sub.fetch(500, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 return found
             for msg in batch:
                 found.append((msg.subject, SsdReading.model_validate_json(msg.data)))
                 await msg.ack()
     finally:
-        await sub.unsubscribe()
+        if own:
+            await sub.unsubscribe()
 
 
 async def watched_pairs(pool) -> set[tuple[int, str]]:
@@ -87,11 +103,12 @@ def check_readings(stored: list[tuple[str, SsdReading]], watched: set[tuple[int,
 
 async def test_readings_over_nats_land_in_the_stream(users, orders, pool, products, settings, nc):
     await bus.ensure_streams(nc.jetstream())
+    sub = await collector(nc)
     before = consume_outcome("sent")
     result = await run(devices_settings(settings, users, orders, "nats"), asyncio.Event(),
                        duration=1800)  # fmt: skip
     stats = result.stats
-    stored = await stored_readings(nc)
+    stored = await stored_readings(nc, sub)
     assert stats["consume.sent"] == len(stored) == consume_outcome("sent") - before > 20
     assert stats["consume.failed"] == stats["consume.skipped"] == 0
     check_readings(stored, await watched_pairs(pool))
@@ -101,14 +118,16 @@ async def test_readings_over_mqtt_land_in_the_stream(
     users, orders, pool, products, settings, nc, mqtt_url
 ):
     await bus.ensure_streams(nc.jetstream())
+    sub = await collector(nc)
     before = consume_outcome("sent")
     mqtt = devices_settings(settings, users, orders, "mqtt", mqtt_url=mqtt_url)
     result = await run(mqtt, asyncio.Event(), duration=1800)
     stats = result.stats
     assert stats["consume.failed"] == stats["consume.skipped"] == 0
     # A PUBACK says the broker has the message; the stream stores it an instant later.
+    stored = []
     for _ in range(50):
-        stored = await stored_readings(nc)
+        stored += await stored_readings(nc, sub)
         if len(stored) >= stats["consume.sent"]:
             break
         await asyncio.sleep(0.1)

@@ -12,14 +12,16 @@ import asyncpg
 import pytest
 from offsim_common import bus, retention, subjects
 from offsim_common.events import OrderEvent, OrderStatus, SsdReading
+from offsim_common.settings import ConfigError
 from offsim_orders import retention as order_retention
 from offsim_users import readings
 from offsim_users import retention as users_retention
+from offsim_users.settings import READING_RETENTION_S, UsersSettings
 
 from tests.conftest import eventually
 from tests.helpers import register
 
-KEPT = timedelta(seconds=users_retention.READING_IDS_KEPT_S)
+KEPT = timedelta(seconds=READING_RETENTION_S)
 
 
 @pytest.fixture
@@ -68,12 +70,14 @@ async def stock(pool: asyncpg.Pool, ssd_id: int, barcode: str) -> int:
 
 
 def test_reading_ids_are_kept_as_long_as_a_reading_can_come_again():
-    """From the stream, as long as it holds a reading; from its device, within its re-send
-    horizon, and then as long again in the stream."""
-    assert users_retention.READING_IDS_KEPT_S == (
-        bus.READINGS_MAX_AGE_S + users_retention.DEVICE_RESEND_S
-    )
-    assert users_retention.READING_IDS_KEPT_S == 24 * 3600
+    """By default from the stream, as long as it holds a reading, plus a device's re-send
+    horizon of 12 hours; a setting may shorten it, but never below a redelivery's delay."""
+    assert READING_RETENTION_S == bus.READINGS_MAX_AGE_S + 12 * 3600 == 24 * 3600
+    assert UsersSettings.from_env({}).reading_retention == READING_RETENTION_S
+    assert UsersSettings.from_env({"OFFSIM_READING_RETENTION": "10m"}).reading_retention == 600
+    assert UsersSettings.from_env({"OFFSIM_READING_RETENTION": "0"}).reading_retention == 0
+    with pytest.raises(ConfigError, match="OFFSIM_READING_RETENTION"):
+        UsersSettings.from_env({"OFFSIM_READING_RETENTION": "30s"})
 
 
 async def test_reading_ids_past_the_horizon_go_and_those_within_it_still_count(pool, watched):
@@ -85,7 +89,7 @@ async def test_reading_ids_past_the_horizon_go_and_those_within_it_still_count(p
     assert await stock(pool, ssd_id, barcode) == 97
 
     deleted = await retention.prune_all(
-        lambda batch: users_retention.delete_reading_ids(pool, batch)
+        lambda batch: users_retention.delete_reading_ids(pool, READING_RETENTION_S, batch)
     )
 
     assert deleted == 1
@@ -115,7 +119,8 @@ async def test_reading_ids_are_deleted_in_batches_by_two_replicas_each_once(pool
 
     async def one_replica() -> int:
         return await retention.prune_all(
-            lambda batch: users_retention.delete_reading_ids(pool, batch), batch=300
+            lambda batch: users_retention.delete_reading_ids(pool, READING_RETENTION_S, batch),
+            batch=300,
         )
 
     first, second = await asyncio.gather(one_replica(), one_replica())

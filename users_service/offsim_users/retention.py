@@ -2,16 +2,16 @@
 can come again, and the demand buckets older than a day (folded, not lost).
 
 A reading id is what makes a reading sent or delivered again a no-op, so it is kept as long
-as the same reading can come again, and no longer:
+as the same reading can come again (OFFSIM_READING_RETENTION, a day by default), and no longer:
 
 - from the stream, which hands an applied reading out again when its ack was lost (a replica
   that crashed between its commit and its acks), for as long as it holds the reading:
   `bus.READINGS_MAX_AGE_S` after it was published at most;
-- from its device, which sends again a reading it got no ack for: DEVICE_RESEND_S after it
-  first sent it at most (and that copy, too, waits in the stream at most its max age).
+- from its device, which sends again a reading it got no ack for: 12 hours after it first
+  sent it, at most (and that copy, too, waits in the stream at most its max age).
 
-So an id is kept READINGS_MAX_AGE_S + DEVICE_RESEND_S after it was applied: a day. A reading
-older than that, sent again, is applied again. No setting of its own: it follows the stream's.
+A reading older than the horizon, sent again, is applied again. A shorter horizon suits a
+city whose devices never send old readings again (the generator's do it within seconds).
 """
 
 from __future__ import annotations
@@ -22,23 +22,19 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
-from offsim_common import bus, retention
-from offsim_common.app_keys import POOL
+from offsim_common import retention
+from offsim_common.app_keys import POOL, SETTINGS
 
 from . import queries
 
-# How long after a device first sent a reading it may send it again (it got no ack: a
-# connection lost, a stream that refused it while full).
-DEVICE_RESEND_S = 12 * 3600.0
-READING_IDS_KEPT_S = bus.READINGS_MAX_AGE_S + DEVICE_RESEND_S
 # The dashboard reads the last minute of demand buckets and the sum of them all; a day of them
 # is kept for a person's queries, older ones are folded into one.
 DEMAND_BUCKETS_KEPT_S = 24 * 3600.0
 
 
-async def delete_reading_ids(pool: asyncpg.Pool, batch: int) -> int:
+async def delete_reading_ids(pool: asyncpg.Pool, kept_s: float, batch: int) -> int:
     async with pool.acquire() as conn:
-        return await queries.delete_reading_ids(conn, READING_IDS_KEPT_S, batch)
+        return await queries.delete_reading_ids(conn, kept_s, batch)
 
 
 async def fold_demand(pool: asyncpg.Pool, batch: int) -> int:
@@ -49,10 +45,10 @@ async def fold_demand(pool: asyncpg.Pool, batch: int) -> int:
 async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     """The retention loop, for the app's lifetime (every replica runs one)."""
     pool = app[POOL]
-    prunes = {
-        "ssd_readings": lambda batch: delete_reading_ids(pool, batch),
-        "ssd_demand": lambda batch: fold_demand(pool, batch),
-    }
+    kept_s = app[SETTINGS].reading_retention
+    prunes = {"ssd_demand": lambda batch: fold_demand(pool, batch)}
+    if kept_s > 0:
+        prunes["ssd_readings"] = lambda batch: delete_reading_ids(pool, kept_s, batch)
     task = asyncio.create_task(retention.prune_forever(prunes), name="retention")
     yield
     task.cancel()

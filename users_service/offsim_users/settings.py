@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from offsim_common.settings import ServiceSettings, env
+from offsim_common.settings import Duration, ServiceSettings, env
+from pydantic import field_validator
+
+# The default horizon of an applied reading's id (retention.py): the READINGS stream's age (12 h)
+# plus the 12 h in which a device may send a reading again.
+READING_RETENTION_S = 24 * 3600.0
+# A reading whose ack was lost is handed out again after the consumer's ack wait (30 s); ids
+# are kept well past that whatever the setting, or a redelivery would be applied twice.
+SHORTEST_READING_RETENTION_S = 300.0
 
 
 class UsersSettings(ServiceSettings):
@@ -11,3 +19,14 @@ class UsersSettings(ServiceSettings):
     http_workers: int = env("OFFSIM_HTTP_WORKERS", 1, ge=1)
     # How many products each new SSD watches.
     watched_products: int = env("OFFSIM_WATCHED_PRODUCTS", 3, ge=1)
+    # How long an applied reading's id is remembered, so that the same reading sent again is
+    # applied once (real seconds; 0 remembers every id for good).
+    reading_retention: Duration = env("OFFSIM_READING_RETENTION", READING_RETENTION_S)
+
+    @field_validator("reading_retention")
+    @classmethod
+    def _long_enough(cls, value: float) -> float:
+        if 0 < value < SHORTEST_READING_RETENTION_S:
+            raise ValueError(f"must be 0 (for good) or at least {SHORTEST_READING_RETENTION_S:g}"
+                             " s: a redelivered reading must still find its id")  # fmt: skip
+        return value
