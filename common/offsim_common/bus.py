@@ -124,6 +124,8 @@ async def connect(url: str, name: str) -> Client:
 # incomplete results, no peers for placement yet, not assigned to this server, temporarily
 # unavailable, not the leader, too few servers for the replicas yet.
 TRANSIENT_ERR_CODES = frozenset({10004, 10005, 10007, 10008, 10009, 10023})
+# A stream of that name exists (another member made it between our look and our add).
+STREAM_NAME_IN_USE = 10058
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0
 
@@ -139,36 +141,54 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code in TRANSIENT_ERR_CODES
 
 
-async def until_done(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+# How long a member waits at start for its streams (a cluster electing its first leaders
+# takes seconds) before it gives up and says why: a misconfiguration the server reports as
+# "not yet" (more replicas than it has nodes, limits no node can hold, no JetStream at all)
+# would otherwise keep it waiting for ever.
+SETUP_WAIT_S = 300.0
+
+
+async def until_done(
+    what: str, attempt: Callable[[], Awaitable[T]], give_up_after_s: float | None = None
+) -> T:
     """`attempt()`, tried again with back-off (RETRY_FIRST_S doubling up to RETRY_MAX_S) for as
-    long as it fails in a transient way, until it succeeds or the caller is cancelled. A
-    service started while its cluster elects leaders waits for them instead of exiting, and a
-    consumer re-bound during a leader change is bound once there is a leader."""
+    long as it fails in a transient way, until it succeeds, the caller is cancelled, or (with
+    `give_up_after_s`) it has failed that long: then its last error is raised. A service
+    started while its cluster elects leaders waits for them instead of exiting, and a consumer
+    re-bound during a leader change is bound once there is a leader."""
     delay = RETRY_FIRST_S
     failures = 0
+    loop = asyncio.get_running_loop()
+    deadline = None if give_up_after_s is None else loop.time() + give_up_after_s
     while True:
         try:
             return await attempt()
         except Exception as exc:
-            if not transient(exc):
+            if not transient(exc) or (deadline is not None and loop.time() >= deadline):
                 raise
             failures += 1
             # The first failures of a leader change are expected; a long wait is worth saying.
             level = logging.INFO if failures < 4 else logging.WARNING
-            log.log(level, "%s failed (%r); trying again in %.2g s", what, exc, delay)
+            log.log(level, "%s failed (%s: %s); trying again in %.2g s",
+                    what, type(exc).__name__, exc, delay)  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, wait_s: float | None = SETUP_WAIT_S
+) -> None:
     """Create or update the streams and the faults bucket; every service calls it, whichever
-    starts first wins. Waits, rather than fails, while the cluster is not ready.
+    starts first wins. Waits, rather than fails, while the cluster is not ready: at most
+    `wait_s` seconds (None: for as long as it takes).
 
     `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
     when a node is lost. Every service must be given the same value."""
     for config in stream_configs(replicas):
-        await until_done(f"setting up stream {config.name}", lambda c=config: _ensure(js, c))
-    await until_done("setting up the faults bucket", lambda: _ensure_bucket(js, replicas))
+        await until_done(f"setting up stream {config.name}", lambda c=config: _ensure(js, c),
+                         wait_s)  # fmt: skip
+    await until_done("setting up the faults bucket", lambda: _ensure_bucket(js, replicas),
+                     wait_s)  # fmt: skip
 
 
 def stream_configs(replicas: int) -> list[api.StreamConfig]:
@@ -226,8 +246,10 @@ async def _ensure(js: JetStreamContext, config: api.StreamConfig) -> None:
             info = await js.add_stream(first if standing else config)
             if not standing:
                 return
-        except BadRequestError:  # another service created it between our two calls
-            info = await js.stream_info(config.name)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            info = await js.stream_info(config.name)  # another member made it meanwhile
     for name, subject, ack_wait_s in standing:
         await _ensure_durable(js, config.name, durable_config(name, subject, ack_wait_s))
     await js.update_stream(_keep_replicas(config, info.config))
@@ -264,8 +286,10 @@ async def _ensure_bucket(js: JetStreamContext, replicas: int) -> None:
                 api.KeyValueConfig(bucket=subjects.FAULTS_BUCKET, history=1, replicas=replicas)
             )
             return
-        except BadRequestError:
-            pass  # another member made it meanwhile
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            # another member made it meanwhile
     info = await js.stream_info(f"KV_{subjects.FAULTS_BUCKET}")
     if (info.config.num_replicas or 1) < replicas:  # made by a run with fewer
         await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
@@ -556,8 +580,9 @@ async def _bind(js: JetStreamContext, spec: ConsumerSpec, replicas: int):
     try:
         await js.add_consumer(spec.stream, _consumer_config(spec))
     except NotFoundError:
-        # The stream itself is gone (a NATS restarted without its storage): make it again.
-        await ensure_streams(js, replicas)
+        # The stream itself is gone (a NATS restarted without its storage): make it again,
+        # waiting for the cluster as long as it takes (the consumer must not stop for good).
+        await ensure_streams(js, replicas, wait_s=None)
         await js.add_consumer(spec.stream, _consumer_config(spec))
     return await js.pull_subscribe_bind(spec.durable, spec.stream)
 

@@ -1,7 +1,7 @@
 """The bus on a real 3-node JetStream cluster: a member started while the cluster elects its
 leaders waits for them; replicas never go down because one member was given fewer; a durable
-consumer whose leader is killed is bound again and goes on. A bad configuration still fails
-at once, naming the problem."""
+consumer whose leader is killed goes on. A bad configuration fails, naming the problem: at
+once, or after the start's wait when the server calls it "not yet"."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ async def test_streams_and_bucket_wait_for_a_new_cluster_and_have_three_replicas
         await bus.ensure_streams(js, replicas=1)
         for config in bus.stream_configs(1):
             assert (await js.stream_info(config.name)).config.num_replicas == 3
+        bucket = await js.stream_info(f"KV_{subjects.FAULTS_BUCKET}")
+        assert bucket.config.num_replicas == 3
+
+        # More replicas than nodes: the server says "no peers yet", which a starting cluster
+        # also says; past the wait, the member stops with the server's reason.
+        with pytest.raises(BadRequestError) as refused:
+            await asyncio.wait_for(bus.ensure_streams(js, replicas=5, wait_s=2), 30)
+        assert refused.value.err_code == 10005
     finally:
         await nc.close()
 

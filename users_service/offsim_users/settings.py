@@ -8,8 +8,9 @@ from pydantic import field_validator
 # The default horizon of an applied reading's id (retention.py): the READINGS stream's age (12 h)
 # plus the 12 h in which a device may send a reading again.
 READING_RETENTION_S = 24 * 3600.0
-# A reading whose ack was lost is handed out again after the consumer's ack wait (30 s); ids
-# are kept well past that whatever the setting, or a redelivery would be applied twice.
+# A reading whose ack was lost is handed out again after the consumer's ack wait (10 s) while
+# a users replica runs; ids are kept well past that whatever the setting. (With every replica
+# down for longer than the horizon, such a reading would be applied again: docs/retention.md.)
 SHORTEST_READING_RETENTION_S = 300.0
 
 
