@@ -85,8 +85,9 @@ async def fill_orders(conn: asyncpg.Connection, orders: int, ssds: int, products
                       CASE WHEN o.status = 'completed' THEN o.placed + interval '3 minutes' END,
                       o.placed, o.status = 'completed'
                FROM (SELECT i, 1 + i % $4 AS ssd_id,
-                            $7::timestamptz + make_interval(secs => $8 * i / $3) AS placed,
-                            CASE WHEN i <= $3 * (1 - $9) THEN 'completed'
+                            $7::timestamptz + make_interval(secs => $8::float8 * i / $3)
+                                AS placed,
+                            CASE WHEN i <= $3 * (1 - $9::float8) THEN 'completed'
                                  WHEN i % 2 = 0 THEN 'pending' ELSE 'shipped' END AS status
                      FROM generate_series($1::bigint, $2::bigint) i) o""",
             start, min(start + CHUNK - 1, orders), orders, ssds, WATCHED, products, since,
