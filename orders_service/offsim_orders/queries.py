@@ -231,7 +231,7 @@ async def count_orders(
     """How many orders are stored, of one SSD and in one status when given. Without an SSD this
     sums the counters the triggers keep (order_counts: a few rows, whatever the history); an
     SSD's orders are counted over its index range, which holds only that SSD's orders (about a
-    thousand at 10 million orders for 10,000 SSDs, a millisecond)."""
+    thousand at 10 million orders for 10,000 SSDs: under a millisecond)."""
     if ssd_id is None:
         return await conn.fetchval(
             """SELECT coalesce(sum(stored), 0)::bigint FROM order_counts
