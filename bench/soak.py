@@ -82,7 +82,7 @@ TABLES = ("ssd_readings", "ssd_demand", "product_orders", "stock_deliveries", "i
 STREAMS = (subjects.READINGS_STREAM, subjects.ORDERS_STREAM, subjects.USERS_STREAM,
            subjects.DEAD_LETTER_STREAM)  # fmt: skip
 # What --retention sets in the services (see the README's configuration table).
-RETENTION_ENV = ("OFFSIM_ORDER_RETENTION",)
+RETENTION_ENV = ("OFFSIM_ORDER_RETENTION", "OFFSIM_READING_RETENTION")
 PROBE_TIMEOUT_S = 10.0
 PROBE_PAIRS = 1000
 # The files of a run, in its --out folder.
