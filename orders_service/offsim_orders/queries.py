@@ -204,9 +204,13 @@ async def list_orders(
 ) -> list[asyncpg.Record]:
     """Up to `limit` orders, newest (highest id) first, older than `before` when it is given,
     after skipping `offset`. Each filter is one index range in id order (migration 014), so a
-    page deep in history costs what the first one does. The status is a literal, not a
-    parameter: a generic plan cannot know how rare a status is, and might walk the whole
-    primary key for the rare ones."""
+    page deep in history costs what the first one does.
+
+    The page's ids come first, from the filter's index alone, then the rows by key: asked for
+    whole rows at once, the planner walks the primary key and filters on the status, which for
+    `completed` steps over every order still in flight at the head of the table first (15 ms
+    at 10 million orders, more the more are in flight). The status is a literal, not a
+    parameter, for the same reason: a generic plan cannot know how rare a status is."""
     where, args = ["true"], []
     if ssd_id is not None:
         args.append(ssd_id)
@@ -217,8 +221,10 @@ async def list_orders(
         args.append(before)
         where.append(f"id < ${len(args)}")
     return await conn.fetch(
-        f"""SELECT {ORDER_DETAIL_COLUMNS} FROM product_orders WHERE {" AND ".join(where)}
-            ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}""",
+        f"""SELECT {ORDER_DETAIL_COLUMNS} FROM product_orders WHERE id IN (
+                SELECT id FROM product_orders WHERE {" AND ".join(where)}
+                ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2})
+            ORDER BY id DESC""",
         *args,
         limit,
         offset,
