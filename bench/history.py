@@ -9,8 +9,8 @@ of their own, and each read the issue names is timed from outside over HTTP: the
 the slowest of `--calls` calls, after WARMUP untimed ones (past the first five executions of a
 prepared statement, after which Postgres may switch to its generic plan: the timed calls are
 the steady state). The dashboard keeps its answers for a second (snapshot.py); its reads are a
-second apart, so that each one queries the database.
-Run with `make bench` or alone; numbers go to docs/benchmarks.md.
+second apart, so that each one queries the database. A few minutes at 10 million orders, so
+not part of `make bench`; numbers go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
