@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 # The streams' limits (docs/jetstream.md, "Stream limits"). Each stream keeps what its consumers
 # may still need, and a size cap bounds it in bytes too. JetStream reserves every cap on each
-# node that holds a replica when the stream is made: the caps together (5.6 GiB) must fit the
+# node that holds a replica when the stream is made: the caps together (4.9 GiB) must fit the
 # nodes' max_file_store (8 GB in deploy/), or making the streams fails at start, naming it.
 MIB = 1024**2
 GIB = 1024**3
@@ -59,10 +59,11 @@ GIB = 1024**3
 DUPLICATE_WINDOW_S = 3600.0
 # Order events are acted on within seconds (a stage's delay at most) and Postgres is the
 # record: an event the stream no longer holds is announced again by the reconciler. Six hours
-# of events for a person to look at, and never more than the cap (48 minutes of the 100,000
-# x60 city's events); past it the oldest go first.
+# of events for a person to look at, and never more than the cap (12 minutes of the 100,000
+# x60 city's events: far more than a consumer needs, and a bound a soak reaches within the
+# hour); past it the oldest go first.
 ORDERS_MAX_AGE_S = 6 * 3600.0
-ORDERS_MAX_BYTES = 1 * GIB
+ORDERS_MAX_BYTES = 256 * MIB
 # users.registered is for displays, which follow it live.
 USERS_MAX_AGE_S = 24 * 3600.0
 USERS_MAX_BYTES = 128 * MIB
