@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -41,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 from . import subjects, tracing
 from .logs import request_id, request_id_from, request_id_headers
 from .metrics import BATCH_SIZE, CONSUMER_PENDING, NATS_MESSAGES
+from .nats_rights import FAULTS_STREAM, inbox_prefix
 from .settings import nats_servers
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ DUPLICATE_WINDOW_S = 3600.0
 # the window in memory: with an hour's window, nats-server grew by 210 MB in the soak's 20
 # minutes (bench/soak.py, docs/benchmarks.md). Ten minutes still covers what the window is
 # for: a re-publish after a crash (within seconds of the restart) and the reconciler's copy of
-# an order at SIM_SPEED=1 (overdue after 5 minutes) while the original waits in the stream. A copy past the window is handled once anyway: transitions only move
-# forward and a delivery is added to stock once.
+# an order at SIM_SPEED=1 (overdue after 5 minutes) while the original waits in the stream.
+# A copy past the window is handled once anyway: transitions only move forward and a delivery
+# is added to stock once.
 ORDERS_DUPLICATE_WINDOW_S = 600.0
 # Order events are acted on within seconds (a stage's delay at most) and Postgres is the
 # record: an event the stream no longer holds is announced again by the reconciler. Six hours
@@ -103,7 +105,11 @@ PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError
 SUBJECT_HEADER = "Offsim-Original-Subject"
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(
+    url: str, name: str, user: str | None = None, password: str | None = None
+) -> Client:
+    """A connection that reconnects for ever, as `user` (none: anonymous) with replies in the
+    user's own inboxes (nats_rights.inbox_prefix)."""
     nc = Client()
 
     async def on_error(exc: Exception) -> None:
@@ -124,6 +130,9 @@ async def connect(url: str, name: str) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        user=user,
+        password=password,
+        inbox_prefix=inbox_prefix(user),
     )
     return nc
 
@@ -157,13 +166,17 @@ SETUP_WAIT_S = 300.0
 
 
 async def until_done(
-    what: str, attempt: Callable[[], Awaitable[T]], give_up_after_s: float | None = None
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    give_up_after_s: float | None = None,
+    also: Callable[[BaseException], bool] = lambda exc: False,
 ) -> T:
     """`attempt()`, tried again with back-off (RETRY_FIRST_S doubling up to RETRY_MAX_S) for as
     long as it fails in a transient way, until it succeeds, the caller is cancelled, or (with
     `give_up_after_s`) it has failed that long: then its last error is raised. A service
     started while its cluster elects leaders waits for them instead of exiting, and a consumer
-    re-bound during a leader change is bound once there is a leader."""
+    re-bound during a leader change is bound once there is a leader. `also` says which other
+    failures are worth waiting out."""
     delay = RETRY_FIRST_S
     failures = 0
     loop = asyncio.get_running_loop()
@@ -172,7 +185,9 @@ async def until_done(
         try:
             return await attempt()
         except Exception as exc:
-            if not transient(exc) or (deadline is not None and loop.time() >= deadline):
+            if not (transient(exc) or also(exc)) or (
+                deadline is not None and loop.time() >= deadline
+            ):
                 raise
             failures += 1
             # The first failures of a leader change are expected; a long wait is worth saying.
@@ -184,19 +199,26 @@ async def until_done(
 
 
 async def ensure_streams(
-    js: JetStreamContext, replicas: int = 1, wait_s: float | None = SETUP_WAIT_S
+    js: JetStreamContext,
+    replicas: int = 1,
+    wait_s: float | None = SETUP_WAIT_S,
+    streams: Collection[str] | None = None,
 ) -> None:
-    """Create or update the streams and the faults bucket; every service calls it, whichever
-    starts first wins. Waits, rather than fails, while the cluster is not ready: at most
-    `wait_s` seconds (None: for as long as it takes).
+    """Create or update the streams and the faults bucket, or with `streams` only those named
+    (the bucket as nats_rights.FAULTS_STREAM): a member with a NATS user sets up the streams it
+    uses, which are the ones it may (nats_rights). Every member calls it, whichever starts
+    first wins. Waits, rather than fails, while the cluster is not ready: at most `wait_s`
+    seconds (None: for as long as it takes).
 
     `replicas` is OFFSIM_STREAM_REPLICAS: on a clustered NATS, 3 keeps the streams available
     when a node is lost. Every service must be given the same value."""
     for config in stream_configs(replicas):
-        await until_done(f"setting up stream {config.name}", lambda c=config: _ensure(js, c),
+        if streams is None or config.name in streams:
+            await until_done(f"setting up stream {config.name}", lambda c=config: _ensure(js, c),
+                             wait_s)  # fmt: skip
+    if streams is None or FAULTS_STREAM in streams:
+        await until_done("setting up the faults bucket", lambda: _ensure_bucket(js, replicas),
                          wait_s)  # fmt: skip
-    await until_done("setting up the faults bucket", lambda: _ensure_bucket(js, replicas),
-                     wait_s)  # fmt: skip
 
 
 def stream_configs(replicas: int) -> list[api.StreamConfig]:
@@ -590,7 +612,7 @@ async def _bind(js: JetStreamContext, spec: ConsumerSpec, replicas: int):
     except NotFoundError:
         # The stream itself is gone (a NATS restarted without its storage): make it again,
         # waiting for the cluster as long as it takes (the consumer must not stop for good).
-        await ensure_streams(js, replicas, wait_s=None)
+        await ensure_streams(js, replicas, wait_s=None, streams=(spec.stream,))
         await js.add_consumer(spec.stream, _consumer_config(spec))
     return await js.pull_subscribe_bind(spec.durable, spec.stream)
 
@@ -745,9 +767,20 @@ async def watch(
             await cb(msg)
 
     callback = shown if tracing.enabled() else cb
-    return [
-        await js.subscribe(
+
+    async def follow(subject: str):
+        return await js.subscribe(
             subject, cb=callback, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+        )
+
+    # A viewer may not make streams (nats_rights): one started before the services waits for
+    # theirs to be made.
+    def not_made_yet(exc: BaseException) -> bool:
+        return isinstance(exc, NotFoundError)
+
+    return [
+        await until_done(
+            f"following {subject}", lambda s=subject: follow(s), SETUP_WAIT_S, not_made_yet
         )
         for subject in watched
     ]

@@ -25,7 +25,7 @@ from typing import TypeVar
 import uvloop
 from aiohttp import web
 
-from . import bus, health, metrics, tracing
+from . import bus, health, metrics, nats_rights, tracing
 from .app_keys import CONSUMERS, JS, NAME, NC, POOL, SETTINGS, STOP
 from .db import create_pool
 from .http import deadline_middleware, error_middleware, request_id_middleware
@@ -70,9 +70,14 @@ async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[NC] = await bus.connect(app[SETTINGS].nats_url, name=app[NAME])
+    settings = app[SETTINGS]
+    app[NC] = await bus.connect(
+        settings.nats_url, app[NAME], settings.nats_user, settings.nats_password
+    )
     app[JS] = app[NC].jetstream()
-    await bus.ensure_streams(app[JS], app[SETTINGS].stream_replicas)
+    # With a NATS user, the member sets up the streams it uses (those it may); anonymous, all.
+    streams = nats_rights.streams_of(app[NAME]) if settings.nats_user else None
+    await bus.ensure_streams(app[JS], settings.stream_replicas, streams=streams)
     yield
     # drain() lets in-flight requests and handlers finish before the connection closes; a
     # connection that is down (NATS is away) has nothing to drain and is closed.

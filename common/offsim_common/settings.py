@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, Self
+from urllib.parse import quote
 
 from pydantic import (
     AliasChoices,
@@ -90,7 +91,7 @@ class EnvSettings(BaseSettings):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """The settings of `environ` (the process's environment by default); `overrides`
         (by field name) win over both. A bad value raises ConfigError naming its variable."""
-        with _reading(environ if environ is not None else os.environ):
+        with _reading(with_secret_files(environ if environ is not None else os.environ)):
             try:
                 return cls(**overrides)
             except ValidationError as exc:
@@ -111,6 +112,26 @@ class EnvSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+
+# Secrets may come as files (compose's and Kubernetes' secrets are mounted as files): NAME_FILE
+# names a file whose content (without its final newline) is NAME's value. NAME itself wins.
+SECRET_VARIABLES = ("NATS_PASSWORD", "DATABASE_PASSWORD", "MQTT_PASSWORD",
+                    "OFFSIM_SERVICE_TOKEN", "OFFSIM_CONTROL_TOKEN")  # fmt: skip
+
+
+def with_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """`environ` with each NAME_FILE of SECRET_VARIABLES read into NAME (unless NAME is set)."""
+    found = {}
+    for name in SECRET_VARIABLES:
+        path = environ.get(f"{name}_FILE", "")
+        if path and not environ.get(name):
+            try:
+                with open(path, encoding="utf-8") as secret:
+                    found[name] = secret.read().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return {**environ, **found} if found else environ
 
 
 @contextmanager
@@ -176,7 +197,36 @@ def _http_url(value: str | None) -> str | None:
 
 
 class DatabaseSettings(EnvSettings):
-    database_url: str = env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    # The component's own role (docs/security.md); DATABASE_PASSWORD, when set, is its password
+    # (in the URL's place: kept out of the URL, which is printed and logged).
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        validation_alias=AliasChoices("DATABASE_URL"),
+        repr=False,
+    )
+    database_password: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_PASSWORD"), repr=False
+    )
+
+    @model_validator(mode="after")
+    def _password_in_url(self) -> Self:
+        """The DSN every connection uses: DATABASE_URL with DATABASE_PASSWORD in it."""
+        if self.database_password:
+            object.__setattr__(
+                self, "database_url", dsn_with_password(self.database_url, self.database_password)
+            )
+        return self
+
+
+def dsn_with_password(dsn: str, password: str) -> str:
+    """`dsn` (postgresql://user@host/db) with `password` for its user (URL-quoted)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        raise ValueError("DATABASE_URL must name its user (postgresql://user@host/db) when "
+                         "DATABASE_PASSWORD is set")  # fmt: skip
+    userinfo, _, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{quote(password, safe='')}@{hostpart}"
 
 
 class ServiceSettings(DatabaseSettings):
@@ -185,6 +235,12 @@ class ServiceSettings(DatabaseSettings):
 
     # One server, or the nodes of a cluster separated by commas (bus.servers).
     nats_url: str = env("NATS_URL", "nats://127.0.0.1:4222")
+    # The component's NATS user (docs/security.md); unset: an anonymous connection, which only
+    # a server without authorization takes.
+    nats_user: str | None = env("NATS_USER", None)
+    nats_password: str | None = Field(
+        None, validation_alias=AliasChoices("NATS_PASSWORD"), repr=False
+    )
     http_port: int = env("HTTP_PORT", 8080, ge=0, le=65535)
     # Every simulated duration is divided by this factor.
     sim_speed: float = env("SIM_SPEED", 1.0, gt=0)

@@ -115,7 +115,10 @@ def devices_ctx(settings: GeneratorSettings):
             readings = NatsReadings(app[NC], max_pending=max(4000, settings.max_readings_in_flight))
         elif settings.device_transport == "mqtt":
             readings = MqttReadings(
-                settings.mqtt_url, max_in_flight=settings.max_readings_in_flight
+                settings.mqtt_url,
+                max_in_flight=settings.max_readings_in_flight,
+                username=settings.mqtt_user,
+                password=settings.mqtt_password,
             )
         if readings is not None:
             await readings.start()

@@ -193,8 +193,10 @@ class MqttReadings:
     QoS 1 publish waits for it), failed if not connected or no PUBACK within the timeout."""
 
     def __init__(self, url: str, *, ack_timeout_s: float = ACK_TIMEOUT_S, max_in_flight: int = 100,
-                 first_connect_s: float = MQTT_FIRST_CONNECT_S) -> None:  # fmt: skip
+                 first_connect_s: float = MQTT_FIRST_CONNECT_S, username: str | None = None,
+                 password: str | None = None) -> None:  # fmt: skip
         self.url = url
+        self._username, self._password = username, password
         self.host, self.port = mqtt_address(url)
         self.ack_timeout_s = ack_timeout_s
         self.first_connect_s = first_connect_s
@@ -220,6 +222,7 @@ class MqttReadings:
                 # Unacknowledged QoS 1 messages on the wire: as many as the engine keeps in
                 # flight (paho's default of 20 would queue the rest on our side).
                 max_inflight_messages=self.max_in_flight,
+                username=self._username, password=self._password,
             )  # fmt: skip
             try:
                 async with client:

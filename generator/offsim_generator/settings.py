@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from offsim_common.settings import ApiUrls, DeliverySettings, env
-from pydantic import field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode
 
 from .shard import Shard
@@ -43,6 +43,11 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
     # the MQTT broker (NATS's MQTT listener) answers for `mqtt`.
     device_transport: DeviceTransport = env("OFFSIM_DEVICE_TRANSPORT", "nats")
     mqtt_url: str = env("MQTT_URL", f"mqtt://127.0.0.1:{MQTT_DEFAULT_PORT}")
+    # Whom the SSDs connect to MQTT as: the `device` user (docs/security.md); unset, anonymous.
+    mqtt_user: str | None = env("MQTT_USER", None)
+    mqtt_password: str | None = Field(
+        None, validation_alias=AliasChoices("MQTT_PASSWORD"), repr=False
+    )
     # The share of the households this generator plays, I/N or auto/N (docs/generator.md,
     # "Shards"); 0/1, the whole city, by default.
     shard: Annotated[Shard, NoDecode] = env("OFFSIM_SHARD", Shard())

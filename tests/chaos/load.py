@@ -19,6 +19,7 @@ from offsim_common.events import OrderEvent
 
 from tests.conftest import SERVICE_TOKEN, eventually
 from tests.processes import Service
+from tests.secure import Secrets
 
 AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 # Short stages (0.5 to 2 real seconds) and a reconciler looking every 0.5 s.
@@ -173,12 +174,17 @@ class Pipeline:
     notifications: list[Service]
 
     @classmethod
-    def of(cls, env: dict[str, str], logs: Path) -> Pipeline:
+    def of(cls, env: dict[str, str], logs: Path, secrets: Secrets | None = None) -> Pipeline:
+        """The services with `env`; with `secrets`, each as its own NATS user and Postgres
+        role (env's DATABASE_URL is the owner's, which the roles are made on)."""
         logs.mkdir(exist_ok=True)
         env = {**CHAOS_ENV, **env}
 
         def service(name: str, module: str) -> Service:
-            return Service(name, module, env, logs / f"{name}.log")
+            own = {}
+            if secrets is not None:
+                own = secrets.env(module.removeprefix("offsim_"), env["DATABASE_URL"])
+            return Service(name, module, {**env, **own}, logs / f"{name}.log")
 
         return cls(
             service("users", "offsim_users"),

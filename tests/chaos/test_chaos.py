@@ -36,6 +36,7 @@ from tests.chaos.load import (
 )
 from tests.conftest import eventually
 from tests.helpers import registration
+from tests.secure import Secrets
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +123,14 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
         pytest.skip("needs the embedded Postgres, which it stops and starts (DATABASE_URL is set)")
     started_at = time.monotonic()
     store, nats_port = tmp_path / "jetstream", embedded.free_port()
-    nats_server = embedded.start_nats(store, port=nats_port)
+    # Authentication on, as deployed: each service as its own NATS user and Postgres role.
+    secrets = Secrets()
+    await secrets.make_roles(database_url)
+    nats_server = embedded.start_nats(store, port=nats_port, authorization=secrets.authorization)
     nats_url = nats_server.url
-    pipeline = Pipeline.of({"DATABASE_URL": database_url, "NATS_URL": nats_url}, tmp_path / "logs")
+    pipeline = Pipeline.of(
+        {"DATABASE_URL": database_url, "NATS_URL": nats_url}, tmp_path / "logs", secrets
+    )
     users, orders, notifications = pipeline.users, pipeline.orders, pipeline.notifications
     everyone = pipeline.everyone
     load, stop = Load(), asyncio.Event()
@@ -132,7 +138,8 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
     async with aiohttp.ClientSession() as http:
         try:
             await asyncio.gather(*(s.start(http) for s in everyone))
-            nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                    **secrets.as_admin)  # fmt: skip
             js = nc.jetstream()
             async with http.post(
                 f"{users.url}/api/register", json=registration("chaos@example.org", devices=5)
@@ -167,7 +174,9 @@ async def test_chaos_every_accepted_order_completes_exactly_once(
             nats_server.process.kill()
             nats_server.process.wait()
             await accepted_more(4)  # orders stand while NATS is down
-            nats_server = embedded.start_nats(store, port=nats_port)
+            nats_server = embedded.start_nats(
+                store, port=nats_port, authorization=secrets.authorization
+            )
             await accepted_more(3)
 
             await asyncio.to_thread(pg_ctl, ["-m", "immediate", "-w", "stop"],

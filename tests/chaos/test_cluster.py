@@ -37,6 +37,7 @@ from tests.chaos.load import (
 )
 from tests.conftest import eventually
 from tests.helpers import registration
+from tests.secure import Secrets
 
 pytestmark = pytest.mark.slow
 
@@ -119,9 +120,12 @@ async def test_cluster_chaos_kills_the_orders_leader_twice(
     pool, database_url, products, tmp_path
 ):  # fmt: skip
     started_at = time.monotonic()
-    cluster = embedded.start_nats_cluster(tmp_path / "nats")
+    # Authentication on, as deployed: each service as its own NATS user and Postgres role.
+    secrets = Secrets()
+    await secrets.make_roles(database_url)
+    cluster = embedded.start_nats_cluster(tmp_path / "nats", authorization=secrets.authorization)
     pipeline = Pipeline.of({"DATABASE_URL": database_url, "NATS_URL": cluster.url,
-                            "OFFSIM_STREAM_REPLICAS": "3"}, tmp_path / "logs")  # fmt: skip
+                            "OFFSIM_STREAM_REPLICAS": "3"}, tmp_path / "logs", secrets)  # fmt: skip
     users, orders, everyone = pipeline.users, pipeline.orders, pipeline.everyone
     load, readings, stop = Load(), Readings(), asyncio.Event()
     elections: collections.Counter = collections.Counter()
@@ -132,7 +136,7 @@ async def test_cluster_chaos_kills_the_orders_leader_twice(
             # Started with the cluster still electing: each waits for its streams' leaders.
             await asyncio.gather(*(s.start(http) for s in everyone))
             nc = await nats.connect(cluster.url.split(","), max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.2)  # fmt: skip
+                                    reconnect_time_wait=0.2, **secrets.as_admin)  # fmt: skip
             js = nc.jetstream()
 
             async def elected(msg) -> None:
