@@ -51,8 +51,15 @@ async def run_up(
             code = await proc.wait()
     finally:
         if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            # A test that failed midway still stops the city in order: its services run in
+            # sessions of their own, which a kill of the launcher would leave running.
+            proc.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(60):
+                    await proc.wait()
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
     return [*lines, line, *rest.splitlines(keepends=True)], code
 
 
