@@ -56,7 +56,7 @@ async def run_up(
             proc.send_signal(signal.SIGINT)
             try:
                 async with asyncio.timeout(60):
-                    await proc.wait()
+                    await proc.communicate()  # its output read meanwhile: a full pipe blocks it
             except TimeoutError:
                 os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
