@@ -191,7 +191,7 @@ class Simulation:
             self.ssd_ids[index] = device.id
             self.tokens[index] = registered.token
             self.barcodes[index] = device.watched
-        log.info("registered user %s with %d SSD(s)", registered.id, len(registered.devices))
+        log.debug("registered user %s with %d SSD(s)", registered.id, len(registered.devices))
 
     async def populate(
         self, users: list[tuple[int, list[int]]], batch: int = POPULATE_BATCH, concurrency: int = 2
@@ -312,7 +312,7 @@ class Simulation:
         self._expect(status, 201, body, "order")
         placed = self._read(Placed, body, "order")
         self.stats["order.random"] += 1
-        log.info("order %s: SSD %s, %s x %s", placed.id, ssd_id, quantity, barcode)
+        log.debug("order %s: SSD %s, %s x %s", placed.id, ssd_id, quantity, barcode)
 
     def _token(self, index: int) -> str | None:
         """The owner's token if this generator registered the SSD, else the service's."""

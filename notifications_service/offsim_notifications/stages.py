@@ -112,7 +112,7 @@ def stage_consumer(
         if next_event.status is OrderStatus.CANCELLED:
             tracing.annotate({"offsim.fault": "reject"})
         await bus.publish(js, subject, next_event, next_event.msg_id)
-        log.info("order %s %s", event.id, next_event.status)
+        log.debug("order %s %s", event.id, next_event.status)
 
     async def handle_many(batch: list[tuple[OrderEvent, Msg]]) -> None:
         """The due events of a fetched batch: their next events published back to back and
@@ -135,7 +135,7 @@ def stage_consumer(
                 raise ConnectionError(
                     f"{len(failed)} of {len(messages)} on {subject}: {failed[0]!r}"
                 )
-        log.info("%d orders moved on by the %s", len(batch), stage.name)
+        log.debug("%d orders moved on by the %s", len(batch), stage.name)
 
     return bus.ConsumerSpec(
         stream=subjects.ORDERS_STREAM,

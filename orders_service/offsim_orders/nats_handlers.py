@@ -50,7 +50,7 @@ BatchRecorder = Callable[
 
 
 def _recorded(event: OrderEvent, previous: datetime, transition: str) -> None:
-    log.info("order %s %s", event.id, event.status)
+    log.debug("order %s %s", event.id, event.status)
     ORDER_TRANSITIONS.labels(event.status.value).inc()
     ORDER_TRANSITION_SECONDS.labels(transition).observe(
         max((event.timestamp - previous).total_seconds(), 0.0)

@@ -274,7 +274,7 @@ async def test_a_fetched_batch_moves_each_order_on_once(
         finally:
             request_id.reset(token)
     quick = changed(settings, supplier_delay=(0.0, 0.0), delivery_delay=(0.0, 0.0))
-    caplog.set_level(logging.INFO, logger="offsim_notifications.stages")
+    caplog.set_level(logging.DEBUG, logger="offsim_notifications.stages")
     async with replica(quick):
 
         async def settled() -> bool:

@@ -45,7 +45,7 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
                 raise bus.Contradiction(f"order {event.id}: no such order with this SSD, "
                                         "product and quantity")  # fmt: skip
         if added:
-            log.info(
+            log.debug(
                 "order %s delivered: +%s of %s to SSD %s",
                 event.id,
                 event.quantity,
@@ -73,7 +73,7 @@ def restock_consumer(pool: asyncpg.Pool) -> bus.ConsumerSpec[OrderEvent]:
         for event in events:
             if event.id in added:
                 added.discard(event.id)
-                log.info("order %s delivered: +%s of %s to SSD %s",
+                log.debug("order %s delivered: +%s of %s to SSD %s",
                          event.id, event.quantity, event.barcode, event.ssd_id)  # fmt: skip
 
     return bus.ConsumerSpec(

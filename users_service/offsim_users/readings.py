@@ -163,7 +163,7 @@ def report(readings: list[SsdReading], result: Applied) -> None:
     """Log what a committed batch did: each restock order, and (rate-limited) the readings it
     rejected or found repeated."""
     for order in result.restocks:
-        log.info("SSD %s: %s below its reorder point; restock order %s for %s",
+        log.debug("SSD %s: %s below its reorder point; restock order %s for %s",
                  order["ssd_id"], order["barcode"], order["order_id"],
                  order["quantity"])  # fmt: skip
     for reading, outcome in zip(readings, result.outcomes, strict=True):
