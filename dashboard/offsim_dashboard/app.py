@@ -11,6 +11,7 @@ from offsim_common.service import base_app
 
 from . import events
 from .app_keys import HTTP, HUB, SNAPSHOTS
+from .control_auth import control_guard
 from .routes import setup_routes
 from .settings import DashboardSettings
 from .snapshot import SnapshotCache
@@ -42,6 +43,8 @@ async def close_streams(app: web.Application) -> None:
 
 def create_app(settings: DashboardSettings) -> web.Application:
     app = base_app(settings, "dashboard")
+    # Inside the shared error middleware, which turns a refusal into the JSON 401.
+    app.middlewares.append(control_guard(settings))
     app[HUB] = events.EventHub()
     app[SNAPSHOTS] = SnapshotCache()
     app.cleanup_ctx.append(events_ctx)

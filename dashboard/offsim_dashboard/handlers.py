@@ -180,8 +180,10 @@ async def get_services(request: web.Request) -> web.Response:
 async def generator_control(request: web.Request) -> web.Response:
     """GET and PUT /api/generator: the generator's `/api/control` (GENERATOR_URL), through the
     dashboard, so the page needs no other origin. A PUT's body goes as it came; the generator's
-    answer, 4xx included, comes back as it is. Like the page itself, this is for the private
-    network the simulation runs on: no credential is asked or sent."""
+    answer, 4xx included, comes back as it is. Reading is open; a PUT reaches this handler only
+    with a control token (control_auth.py). That token is the dashboard's to check and is not
+    passed on: the generator's control API takes no credential, it listens on the private
+    network the simulation runs on."""
     query_params(request, set())
     app = request.app
     url = f"{app[SETTINGS].generator_url}/api/control"

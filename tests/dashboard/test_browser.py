@@ -47,6 +47,7 @@ IMAGES = {
     "5449000000996": "https://static.openfoodfacts.org/images/products/544/900/000/0996/front_fr.467.400.jpg",
 }
 SLOW = 15_000  # ms: a transition takes 1 to 2 s here, a snapshot comes every 5 s
+CONTROL_TOKEN = "test-operator-control-token"
 
 
 @pytest.fixture
@@ -198,14 +199,21 @@ async def test_dashboard_follows_a_running_simulation(
         shutil.copyfile(screenshot, repo_root() / target)
 
 
-async def test_dashboard_shows_the_generator_and_changes_its_faults(
+async def test_dashboard_shows_the_generator_and_changes_its_faults_with_a_control_token(
     browser, aiohttp_server, settings, users, orders, products, pool, nc
 ):
     port = free_port()
     urls = {"users_url": str(users.make_url("")).rstrip("/"),
             "orders_url": str(orders.make_url("")).rstrip("/")}  # fmt: skip
     server = await aiohttp_server(
-        create_app(changed(settings, generator_url=f"http://127.0.0.1:{port}", **urls))
+        create_app(
+            changed(
+                settings,
+                generator_url=f"http://127.0.0.1:{port}",
+                control_token=CONTROL_TOKEN,
+                **urls,
+            )
+        )
     )
     stop = asyncio.Event()
     running = asyncio.create_task(
@@ -220,16 +228,41 @@ async def test_dashboard_shows_the_generator_and_changes_its_faults(
         await expect(page.locator("#gen-rate")).to_have_text(re.compile(r"^\d+\.\d$"))
         await expect(page.locator("#generator")).to_have_attribute("data-state", "running")
 
+        async def generator_state() -> dict:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/api/control") as resp:
+                    return await resp.json()
+
+        status, prompt = page.locator("#gen-status"), page.locator("#gen-auth")
+        stored = "() => sessionStorage.getItem('offsim.controlToken')"
+        # Viewing needed no token; the first change asks for one and waits for it.
+        await expect(prompt).to_be_hidden()
         await page.fill("#gen-reject", "0.5")
         await page.click("#gen-form button[type=submit]")
-        await expect(page.locator("#gen-status")).to_have_text("applied")
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/api/control") as resp:
-                state = await resp.json()
-        assert state["faults"]["reject"] == 0.5
+        await expect(prompt).to_be_visible()
+        await expect(status).to_have_text("a control token is needed to change the generator")
+        assert (await generator_state())["overrides"]["faults"] == {}
+
+        # A wrong token is refused (401), forgotten, and asked for again.
+        await page.fill("#gen-token", "not-the-token")
+        await page.click("#gen-auth button[type=submit]")
+        await expect(status).to_have_text(re.compile(r"^token refused .*enter it again$"))
+        await expect(prompt).to_be_visible()
+        assert await page.evaluate(stored) is None
+        assert (await generator_state())["overrides"]["faults"] == {}
+
+        # The right one sends the waiting change and is kept for the next ones.
+        await page.fill("#gen-token", CONTROL_TOKEN)
+        await page.click("#gen-auth button[type=submit]")
+        await expect(status).to_have_text("applied")
+        await expect(prompt).to_be_hidden()
+        assert (await generator_state())["faults"]["reject"] == 0.5
+        assert await page.evaluate(stored) == CONTROL_TOKEN
 
         await page.click("#gen-pause")
         await expect(page.locator("#generator")).to_have_attribute("data-state", "paused")
+        await expect(prompt).to_be_hidden()
+        assert (await generator_state())["paused"] is True
         assert errors == []
     finally:
         stop.set()

@@ -1,5 +1,6 @@
 """The dashboard's generator panel: the phase and rate read from the generator's control API,
-and its controls sent through the dashboard's proxy (GET/PUT /api/generator)."""
+and its controls sent through the dashboard's proxy (GET/PUT /api/generator; a PUT carries the
+service token here, test_control_token.py covers the token itself)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from offsim_dashboard.app import create_app
 from offsim_generator.__main__ import run
 from offsim_launcher.embedded import free_port
 
-from tests.conftest import against, changed, eventually
+from tests.conftest import AS_SERVICE, against, changed, eventually
 
 
 async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_generator(
@@ -33,7 +34,9 @@ async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_g
         assert "event_rate" in shown and shown["paused"] is False
 
         resp = await dashboard.put(
-            "/api/generator", json={"random_order_rate": 7, "faults": {"reject": 0.5}}
+            "/api/generator",
+            json={"random_order_rate": 7, "faults": {"reject": 0.5}},
+            headers=AS_SERVICE,
         )
         assert resp.status == 200, await resp.text()
         body = await resp.json()
@@ -44,7 +47,9 @@ async def test_generator_panel_shows_phase_and_rate_and_its_controls_reach_the_g
         assert shown["overrides"]["faults"] == {"reject": 0.5}
 
         # A refusal comes back as the generator gave it: a 400 naming the field.
-        resp = await dashboard.put("/api/generator", json={"faults": {"reject": 2}})
+        resp = await dashboard.put(
+            "/api/generator", json={"faults": {"reject": 2}}, headers=AS_SERVICE
+        )
         assert resp.status == 400
         assert set((await resp.json())["details"]) == {"faults.reject"}
     finally:

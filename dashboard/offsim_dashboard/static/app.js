@@ -490,21 +490,60 @@ async function refreshGenerator() {
   }
 }
 
+// Changes need a control token (Authorization: Bearer): asked for at the first change, kept in
+// sessionStorage (this tab only, gone when it closes), forgotten when the dashboard refuses it.
+const TOKEN_KEY = "offsim.controlToken";
+let pendingChange = null; // the change that waits for a token
+
+function askToken(message) {
+  document.getElementById("gen-auth").hidden = false;
+  setText("gen-status", message);
+  document.getElementById("gen-token").focus();
+}
+
 async function putGenerator(body) {
-  const status = document.getElementById("gen-status");
-  const response = await fetch("/api/generator", {
-    method: "PUT",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    pendingChange = body;
+    askToken("a control token is needed to change the generator");
+    return;
+  }
+  let response;
+  try {
+    response = await fetch("/api/generator", {
+      method: "PUT",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(body),
+    });
+  } catch (err) {
+    setText("gen-status", `not sent: ${err.message}`);
+    return;
+  }
   const answer = await response.json().catch(() => ({}));
-  if (response.ok) {
-    status.textContent = "applied";
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    pendingChange = body;
+    askToken(`token refused (${answer.message || "401"}): enter it again`);
+  } else if (response.ok) {
+    setText("gen-status", "applied");
     renderGenerator(answer);
   } else {
     const details = Object.entries(answer.details || {}).map(([k, v]) => `${k}: ${v}`);
-    status.textContent = `refused: ${details.join("; ") || answer.message || response.status}`;
+    setText("gen-status", `refused: ${details.join("; ") || answer.message || response.status}`);
   }
+}
+
+function useToken(e) {
+  e.preventDefault();
+  const input = document.getElementById("gen-token");
+  const token = input.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  input.value = "";
+  document.getElementById("gen-auth").hidden = true;
+  const body = pendingChange;
+  pendingChange = null;
+  if (body) putGenerator(body);
 }
 
 function setupGenerator() {
@@ -521,6 +560,7 @@ function setupGenerator() {
   document.getElementById("gen-pause").addEventListener("click", () => {
     putGenerator({ paused: document.getElementById("generator").dataset.state !== "paused" });
   });
+  document.getElementById("gen-auth").addEventListener("submit", useToken);
   document.getElementById("gen-reset").addEventListener("click", () => {
     const body = { faults: {} };
     for (const [name, group] of CONTROLS) (group ? body.faults : body)[name] = null;
