@@ -3,6 +3,8 @@
 On a throwaway Podman engine (engine.py) with stand-ins for the Docker Hub base images, for
 base + dev and then base + prod:
 
+0. make the stacks' secrets with `make secrets` (`offsim credentials`) in a folder of the run's
+   own, which the compose files read through OFFSIM_SECRETS, and remove it at the end;
 1. build every image (`up --build` for dev; prod builds its release names locally and runs
    them with `--pull never`), start the stack and wait until every service (and every replica)
    is healthy and both one-shots exited 0;
@@ -10,7 +12,11 @@ base + dev and then base + prod:
    dashboard, so there each request goes from inside the service's own container to its port)
    and wait until the order is `completed` and the delivery is in the SSD's stock;
 3. check the dashboard's page and summary, `/metrics` and `/api/health` of every service, and
-   that NATS's MQTT listener answers an MQTT CONNECT at the generator's MQTT_URL;
+   that NATS's MQTT listener refuses an MQTT CONNECT without a user at the generator's MQTT_URL
+   and accepts the SSDs' user, whose QoS 1 reading reaches the stock;
+3a. prove authentication is on: NATS refuses an anonymous connection on every node, the
+   generator's own user is refused a publish on orders.completed (a permissions violation),
+   and Postgres shows every service connected as its own role, none as the owner;
 4. where NATS is a cluster (prod: three nodes), check that it formed and that every offsim
    stream has a replica on each node, then stop the node leading the ORDERS stream and show a
    new order still placed and completed and every service replica still healthy, then start
@@ -30,15 +36,18 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from engine import Engine, HealthChecks, Unavailable, ensure_podman, log
 from tekton_task import MakeTaskRun
@@ -78,30 +87,106 @@ except urllib.error.HTTPError as error:
 print(json.dumps({"status": status, "body": text}))
 """
 # Sent into the generator's container: an MQTT 3.1.1 CONNECT (clean session) to its MQTT_URL,
-# where the SSDs publish their readings, then a QoS 1 PUBLISH of a reading (topic and payload
-# in argv); prints the broker's CONNACK and PUBACK in hex (20020000 accepted, 40020001 for
-# packet 1). Plain sockets, so it proves the listener without any MQTT library.
-MQTT_CONNECT_CLIENT = """
+# where the SSDs publish their readings. `anonymous`: without a user; prints the broker's
+# CONNACK in hex (20020005: not authorized). `device`: as the container's MQTT_USER with the
+# password in its MQTT_PASSWORD_FILE, then a QoS 1 PUBLISH of a reading (topic and payload in
+# argv); prints the CONNACK and the PUBACK (20020000 accepted, 40020001 for packet 1). Plain
+# sockets, so it proves the listener without any MQTT library.
+MQTT_CLIENT = """
 import os, socket, sys, urllib.parse
 address = urllib.parse.urlsplit(os.environ["MQTT_URL"])
-client_id = b"offsim-compose-check"
-body = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(client_id).to_bytes(2, "big") + client_id
-topic, payload = sys.argv[1].encode(), sys.argv[2].encode()
-publish = len(topic).to_bytes(2, "big") + topic + b"\\x00\\x01" + payload
-length, size = b"", len(publish)
-while True:
-    size, digit = divmod(size, 128)
-    length += bytes([digit | (128 if size else 0)])
-    if not size:
-        break
+
+def string(value):
+    return len(value).to_bytes(2, "big") + value
+
+def packet(kind, body):
+    length, size = b"", len(body)
+    while True:
+        size, digit = divmod(size, 128)
+        length += bytes([digit | (128 if size else 0)])
+        if not size:
+            return bytes([kind]) + length + body
+
+def connect(sock, user=None, password=None):
+    flags, payload = 0x02, string(b"offsim-compose-check")
+    if user is not None:
+        flags |= 0xC0
+        payload += string(user) + string(password)
+    header = string(b"MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big")
+    sock.sendall(packet(0x10, header + payload))
+    return sock.recv(4)
+
 with socket.create_connection((address.hostname, address.port or 1883), timeout=10) as sock:
-    sock.sendall(bytes([0x10, len(body)]) + body)
-    connack = sock.recv(4)
-    sock.sendall(b"\\x32" + length + publish)
-    puback = sock.recv(4)
-    sock.sendall(b"\\xe0\\x00")
-print(connack.hex(), puback.hex())
+    if sys.argv[1] == "anonymous":
+        print(connect(sock).hex())
+    else:
+        with open(os.environ["MQTT_PASSWORD_FILE"], "rb") as secret:
+            password = secret.read().rstrip(b"\\r\\n")
+        connack = connect(sock, os.environ["MQTT_USER"].encode(), password)
+        topic, payload = sys.argv[2].encode(), sys.argv[3].encode()
+        sock.sendall(packet(0x32, string(topic) + b"\\x00\\x01" + payload))
+        puback = sock.recv(4)
+        sock.sendall(b"\\xe0\\x00")
+        print(connack.hex(), puback.hex())
 """
+# Sent into the generator's container, whose image has nats-py: an anonymous connection to each
+# node of its NATS_URL, then a connection as the container's own NATS user (the password from
+# its NATS_PASSWORD_FILE) that publishes on the subject in argv, which that user may not. Prints
+# one JSON line: each node's refusal of the anonymous connection (null: it was accepted), and
+# the errors the server reported on the user's connection.
+NATS_AUTH_CLIENT = """
+import asyncio, json, os, sys
+import nats
+
+async def quiet(error):
+    pass
+
+async def anonymous(url):
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, error_cb=quiet)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    await nc.close()
+    return None
+
+async def publish_as_this_container(urls, subject):
+    reported = []
+
+    async def record(error):
+        reported.append(str(error))
+
+    with open(os.environ["NATS_PASSWORD_FILE"]) as secret:
+        password = secret.read().rstrip("\\r\\n")
+    user = os.environ["NATS_USER"]
+    nc = await nats.connect(urls, user=user, password=password, inbox_prefix=f"_INBOX.{user}",
+                            allow_reconnect=False, connect_timeout=5, error_cb=record)
+    await nc.publish(subject, b"{}")
+    await nc.flush()
+    for _ in range(50):
+        if reported:
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    return reported
+
+async def main():
+    urls = os.environ["NATS_URL"].split(",")
+    refusals = {url: await anonymous(url) for url in urls}
+    reported = await publish_as_this_container(urls, sys.argv[1])
+    print(json.dumps({"user": os.environ["NATS_USER"], "anonymous": refusals,
+                      "publish": reported}))
+
+asyncio.run(main())
+"""
+# The subject the generator's user tries and must be refused: only the supplier and the courier
+# (the notifications service) announce a completed order.
+FORBIDDEN_SUBJECT = "orders.completed"
+# Who is connected to the database, asked as the owner inside the Postgres container (over its
+# local socket); the asking session itself left out.
+ROLES_QUERY = (
+    "SELECT usename, count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND usename IS NOT NULL AND pid <> pg_backend_pid() GROUP BY usename ORDER BY usename"
+)
 
 
 class CheckFailed(Exception):
@@ -330,20 +415,29 @@ def check_pages(stack: Stack, client: Client) -> None:
 
 
 def check_mqtt(stack: Stack, client: Client, kept: dict) -> None:
-    """The devices' way in: NATS's MQTT listener accepts a connection at the generator's
-    MQTT_URL (by the NATS service's name, as the generator reaches it), and a reading published
-    there with QoS 1 reaches the users service, which applies it to the SSD's stock."""
+    """The devices' way in: NATS's MQTT listener, at the generator's MQTT_URL (by the NATS
+    service's name, as the generator reaches it), refuses a connection without a user and
+    accepts the SSDs' user, and a reading published there with QoS 1 reaches the users service,
+    which applies it to the SSD's stock."""
     ssd, barcode = kept["ssd"], kept["watched"]
+    refused = stack.engine.podman("exec", container("generator"), "python", "-c", MQTT_CLIENT,
+                                  "anonymous").stdout.strip()  # fmt: skip
+    # 5: not authorized (nats-server's answer); 4, bad user or password, would do as well, and
+    # a connection closed without an answer is a refusal too.
+    if refused not in {"20020005", "20020004", ""}:
+        raise CheckFailed(f"MQTT at the generator's MQTT_URL without a user: CONNACK {refused!r}, "
+                          "not a refusal (20020005)")  # fmt: skip
+    stack.step(f"NATS's MQTT listener refuses a connection without a user (CONNACK "
+               f"{refused[-2:] if refused else 'none, closed'})")  # fmt: skip
     reading = json.dumps({"ssd_id": ssd, "barcode": barcode, "quantity": 1,
                           "reading_id": f"compose-check-{secrets.token_hex(4)}"})  # fmt: skip
-    out = stack.engine.podman("exec", f"{PROJECT}-generator-1", "python", "-c",
-                              MQTT_CONNECT_CLIENT, f"ssds/{ssd}/readings",
-                              reading).stdout.strip()  # fmt: skip
+    out = stack.engine.podman("exec", container("generator"), "python", "-c", MQTT_CLIENT,
+                              "device", f"ssds/{ssd}/readings", reading).stdout.strip()  # fmt: skip
     if out != "20020000 40020001":
-        raise CheckFailed(f"MQTT at the generator's MQTT_URL: CONNACK, PUBACK {out!r}, "
-                          "not 20020000 40020001")  # fmt: skip
-    stack.step("NATS's MQTT listener accepts a connection at the generator's MQTT_URL (CONNACK 0) "
-               "and a QoS 1 reading (PUBACK)")  # fmt: skip
+        raise CheckFailed(f"MQTT at the generator's MQTT_URL as its MQTT_USER: CONNACK, PUBACK "
+                          f"{out!r}, not 20020000 40020001")  # fmt: skip
+    stack.step("NATS's MQTT listener accepts the SSDs' user (the generator's MQTT_USER) "
+               "(CONNACK 0) and a QoS 1 reading (PUBACK)")  # fmt: skip
 
     def applied():
         answer = client.expect(200, "users", "GET", f"/api/users/{kept['user']}",
@@ -360,6 +454,70 @@ def check_mqtt(stack: Stack, client: Client, kept: dict) -> None:
 
 def container(service: str, replica: int = 1) -> str:
     return f"{PROJECT}-{service}-{replica}"
+
+
+def check_auth(stack: Stack) -> None:
+    """Authentication is on: NATS takes no connection without a user, on any node; a user may
+    do only what its component does (the generator's may not announce a completed order); and
+    every service that uses Postgres is connected as its own role, none as the owner."""
+    out = stack.engine.podman("exec", container("generator"), "python", "-c", NATS_AUTH_CLIENT,
+                              FORBIDDEN_SUBJECT).stdout  # fmt: skip
+    report = json.loads(out.strip().splitlines()[-1])
+    accepted = [url for url, refusal in report["anonymous"].items() if refusal is None]
+    if accepted:
+        raise CheckFailed(f"NATS accepted an anonymous connection at {', '.join(accepted)}")
+    refusals = set(report["anonymous"].values())
+    if not all("authorization" in refusal.lower() for refusal in refusals):
+        raise CheckFailed(f"an anonymous NATS connection failed, but not for want of a user: "
+                          f"{sorted(refusals)}")  # fmt: skip
+    nodes = [urlsplit(url).hostname for url in report["anonymous"]]
+    stack.step(f"NATS refuses an anonymous connection on {', '.join(nodes)} "
+               f"({' / '.join(sorted(refusals))})")  # fmt: skip
+    violations = [
+        error
+        for error in report["publish"]
+        if "permissions violation" in error.lower() and FORBIDDEN_SUBJECT in error
+    ]
+    if not violations:
+        raise CheckFailed(f"the {report['user']} user's publish on {FORBIDDEN_SUBJECT} was not "
+                          f"refused (the server reported {report['publish']!r})")  # fmt: skip
+    stack.step(f"NATS refuses the {report['user']} user a publish on {FORBIDDEN_SUBJECT}: "
+               f"{violations[0]}")  # fmt: skip
+    check_database_roles(stack)
+
+
+def check_database_roles(stack: Stack) -> None:
+    """pg_stat_activity, asked as the owner: every long-running service that names a database
+    role in its DATABASE_URL is connected as that role, and nothing as the owner (only the
+    `migrate` one-shot uses it, and it is done)."""
+    postgres = stack.services["postgres"]["environment"]
+    owner, database = postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]
+    expected = {}
+    for name, service in stack.services.items():
+        url = (service.get("environment") or {}).get("DATABASE_URL")
+        if url and name not in ONE_SHOTS:
+            expected[urlsplit(url).username] = name
+    if owner in expected:
+        raise CheckFailed(f"{expected[owner]} connects to Postgres as the owner {owner}")
+
+    def connected() -> dict[str, int] | None:
+        out = stack.engine.podman(
+            "exec", container("postgres"), "psql", f"--username={owner}", f"--dbname={database}",
+            "--no-align", "--tuples-only", "--no-psqlrc", "--field-separator=|",
+            "--command", ROLES_QUERY,
+        ).stdout  # fmt: skip
+        roles = {role: int(count) for role, count in
+                 (line.split("|") for line in out.splitlines() if line.strip())}  # fmt: skip
+        if owner in roles:
+            raise CheckFailed(f"pg_stat_activity: {roles[owner]} connection(s) as the owner "
+                              f"{owner}: {roles}")  # fmt: skip
+        return roles if set(expected) <= set(roles) else None
+
+    roles = wait_for(f"every service connected as its role ({', '.join(sorted(expected))})",
+                     connected, 30)  # fmt: skip
+    stack.step("Postgres (pg_stat_activity, asked as the owner): "
+               + ", ".join(f"{role} x{count}" for role, count in sorted(roles.items()))
+               + f", each service as its own role; none as the owner {owner}")  # fmt: skip
 
 
 def jsz(stack: Stack, node: str) -> dict:
@@ -486,6 +644,7 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
         kept = place_and_complete(stack, client)
         check_pages(stack, client)
         check_mqtt(stack, client, kept)
+        check_auth(stack)
         if len(stack.nats_nodes) > 1:
             lose_a_node(stack, client, check_cluster(stack))
         stack.down()
@@ -498,6 +657,18 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
     finally:
         stack.down("--volumes", "--remove-orphans")
         stack.step("down --volumes")
+
+
+def make_secrets(folder: Path) -> None:
+    """The stacks' secrets, made as docs/deploy.md says (`make secrets`, which runs `offsim
+    credentials`), in a folder of this run's own rather than the checkout's .secrets."""
+    result = subprocess.run(["make", "--no-print-directory", "secrets", f"SECRETS={folder}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    if result.returncode != 0:
+        raise CheckFailed(f"make secrets:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    names = sorted(path.name for path in folder.iterdir())
+    log(f"secrets: `make secrets` made {len(names)} files in a folder of this run "
+        f"(OFFSIM_SECRETS): {', '.join(names)}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,12 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     engine = Engine(args.cache)
     health = HealthChecks(engine)
-    secret = {
-        "POSTGRES_PASSWORD": secrets.token_hex(16),
-        "OFFSIM_SERVICE_TOKEN": secrets.token_urlsafe(32),
-        "SIM_SPEED": SIM_SPEED,
-    }
+    # mkdtemp's folder is its creator's alone, as `make secrets` leaves .secrets.
+    secrets_folder = Path(tempfile.mkdtemp(prefix="offsim-check-secrets-"))
+    secret = {"OFFSIM_SECRETS": str(secrets_folder), "SIM_SPEED": SIM_SPEED}
     try:
+        make_secrets(secrets_folder)
         engine.start()
         engine.build_standins()
         health.start()
@@ -558,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         health.stop()
         engine.stop()
+        shutil.rmtree(secrets_folder, ignore_errors=True)
     log(f"passed in {time.monotonic() - started:.0f} s; no container or engine process left")
     return 0
 

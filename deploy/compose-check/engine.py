@@ -299,7 +299,8 @@ class HealthChecks(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join(timeout=30)
+        if self.ident is not None:  # a check that failed before it started has none to join
+            self.join(timeout=30)
 
 
 def _answers(path: Path) -> bool:

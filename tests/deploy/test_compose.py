@@ -2,7 +2,9 @@
 Compose merges them (`docker compose config`, which needs no engine), and, in every merged
 result, services that run console scripts that exist with settings the config knows, a start
 order that waits for health checks and one-shots, and every member built; NATS one node in
-the base and dev stacks, a three-node JetStream cluster in prod."""
+the base and dev stacks, a three-node JetStream cluster in prod; and authentication everywhere:
+every container gets its own secrets (files of the git-ignored secrets folder) and nothing
+else, every NATS client its own user, every database client its own role."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from offsim_common import credentials, nats_rights
+from offsim_launcher import secrets_dir
 from offsim_launcher.embedded import POSTGRES_SETTINGS
 
 from tests.deploy.workspace import (
@@ -24,6 +29,8 @@ from tests.deploy.workspace import (
     closure,
     compose_command,
     console_script,
+    git_ignored,
+    git_tracked,
     known_env_vars,
     member_by_image,
     members,
@@ -41,6 +48,7 @@ MERGES = {
     "base": ([BASE], []),
     "dev": ([BASE, DEV], []),
     "dev+admin": ([BASE, DEV], ["--profile", "admin"]),
+    "dev+feed": ([BASE, DEV], ["--profile", "feed"]),
     "prod": ([BASE, PROD], []),
 }
 # Services that run and stay up, with their HTTP_PORT (the one-shots are migrate and etl).
@@ -49,6 +57,17 @@ LONG_RUNNING = {"users": 8081, "orders": 8082, "notifications": 8083, "generator
 STATELESS = {"users", "orders", "notifications"}
 NATS_CONF = ROOT / "deploy" / "nats"
 CLUSTER_CONF = NATS_CONF / "cluster.conf"
+# Where the NATS containers find their config folder and the users it includes.
+NATS_CONF_MOUNT = "/etc/nats/offsim"
+NATS_AUTH_MOUNT = "/etc/nats/auth.conf"
+# The secrets folder by default (OFFSIM_SECRETS), which `make secrets` fills.
+SECRETS = ROOT / ".secrets"
+# The database's owner: the Postgres image's POSTGRES_USER, which only `migrate` connects as;
+# and the database.
+OWNER = "offsim"
+DATABASE = "offsim"
+# The component a service runs as, where it is not the service's name.
+COMPONENT = {"feed": "dashboard"}
 
 
 def env_example() -> dict[str, str]:
@@ -145,12 +164,25 @@ def conf_value(block: str, key: str) -> str:
     return match[1]
 
 
-def nats_server_accepts(text: str, name: str, store: Path) -> None:
-    """`nats-server -t`: the file (its store moved to `store`) is valid for this server."""
-    conf = store / "nats.conf"
+def nats_server_check(text: str, name: str, store: Path, users: bool = True):
+    """`nats-server -t` on the file (its store moved to `store`), laid out as the containers
+    see it: in a folder of its own, the users it includes (`offsim credentials`' file, from
+    fresh credentials) one folder up."""
+    folder = store / "offsim"
+    folder.mkdir(exist_ok=True)
+    conf = folder / "nats.conf"
     conf.write_text(f'server_name: "{name}"\n' + text.replace("/data", str(store)))
-    checked = subprocess.run([str(venv_tool("nats-server")), "-t", "-c", str(conf)],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    auth = store / Path(NATS_AUTH_MOUNT).name
+    auth.unlink(missing_ok=True)
+    if users:
+        auth.write_text(nats_rights.authorization(credentials.generate()["nats"]))
+    return subprocess.run([str(venv_tool("nats-server")), "-t", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def nats_server_accepts(text: str, name: str, store: Path) -> None:
+    """The file is valid for this server, with the users it includes."""
+    checked = nats_server_check(text, name, store)
     assert checked.returncode == 0, checked.stderr
 
 
@@ -182,14 +214,11 @@ def test_merged_results_match_compose_spec(merged, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "OFFSIM_SERVICE_TOKEN"])
-def test_compose_needs_each_secret(secret):
-    """Without a value Compose refuses to start rather than use a default. (Each is checked
-    with the other set: with both missing, Compose names whichever it meets first.)"""
-    others = {"POSTGRES_PASSWORD": "x", "OFFSIM_SERVICE_TOKEN": "x"}
-    del others[secret]
-    bare = compose([BASE], "config", "--quiet", env=others, env_file=os.devnull)
-    assert bare.returncode != 0 and secret in bare.stderr
+def test_compose_needs_no_secret_in_its_environment():
+    """The secrets are files, not variables: with an empty environment and no .env the stack's
+    configuration is complete (what it needs is the secrets folder, at `up`)."""
+    bare = compose([BASE], "config", "--quiet", env={}, env_file=os.devnull)
+    assert bare.returncode == 0, bare.stderr
 
 
 @pytest.mark.parametrize("name", ["OFFSIM_REGISTRY", "OFFSIM_VERSION"])
@@ -329,8 +358,9 @@ def test_nats_takes_devices_over_mqtt(merged, tmp_path):
 # --- dev --------------------------------------------------------------------------------------
 
 
-def test_dev_builds_dev_targets_with_the_source_mounted(merged):
-    for name, (service, member) in offsim_services(merged["dev"]).items():
+@pytest.mark.parametrize("combination", ["dev", "dev+feed"])
+def test_dev_builds_dev_targets_with_the_source_mounted(merged, combination):
+    for name, (service, member) in offsim_services(merged[combination]).items():
         assert service["build"]["target"] == "dev", name
         assert service["environment"]["LOG_LEVEL"] == "DEBUG", name
         binds = {
@@ -340,6 +370,15 @@ def test_dev_builds_dev_targets_with_the_source_mounted(merged):
         assert binds.get(f"/src/{member.folder}") == str(ROOT / member.folder), name
         if name in LONG_RUNNING:
             assert service["command"][0] == "watchfiles", f"{name} reloads on changes"
+
+
+def test_dev_feed_only_when_asked_for(merged):
+    """`run --rm feed`: the launcher's `offsim feed` on this stack, as the dashboard (a
+    viewer), never started by a plain `up`."""
+    assert "feed" not in merged["dev"]["services"]
+    feed = merged["dev+feed"]["services"]["feed"]
+    assert feed["profiles"] == ["feed"] and feed["command"] == ["offsim", "feed"]
+    assert feed["environment"]["NATS_USER"] == "dashboard"
 
 
 def test_dev_publishes_every_port(merged):
@@ -461,7 +500,9 @@ def test_prod_services_reach_every_node_with_streams_at_three_replicas(merged):
 
 
 def test_no_secret_is_written_in_the_files():
-    """Passwords and DSNs come from the environment (`${...}`), never as literals."""
+    """No password, token or DSN with a password is written in a compose file or in
+    .env.example, nor passed through a variable: a secret reaches a container as a file only
+    (NAME_FILE, a path under /run/secrets)."""
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -473,13 +514,168 @@ def test_no_secret_is_written_in_the_files():
         else:
             yield path, node
 
-    password = env_example()["POSTGRES_PASSWORD"]
     for name in FILES:
-        text = (ROOT / name).read_text()
-        assert password not in text, f"{name} holds .env.example's password"
-        for path, value in walk(yaml.safe_load(text), name):
-            if re.search(r"PASSWORD|SECRET|TOKEN|DATABASE_URL", path.rsplit(".", 1)[-1]):
-                assert "${" in str(value), f"{path} is a literal"
+        for path, value in walk(yaml.safe_load((ROOT / name).read_text()), name):
+            key = path.rsplit(".", 1)[-1]
+            if re.search(r"PASSWORD|TOKEN", key):
+                assert key.endswith("_FILE"), f"{path}: a secret in a variable"
+                assert str(value).startswith("/run/secrets/"), f"{path}: {value}"
+            if key == "DATABASE_URL":
+                assert urlsplit(str(value)).password is None, f"{path} holds a password"
+    example = env_example()
+    assert not [key for key in example if re.search(r"PASSWORD|TOKEN", key)], example
+
+
+# --- secrets and authentication --------------------------------------------------------------
+
+
+def component(name: str) -> str:
+    return COMPONENT.get(name, name)
+
+
+def mounted_secrets(config: dict, service: dict) -> dict[str, str]:
+    """The service's secrets: each target in the container, with the file it comes from."""
+    files = config.get("secrets", {})
+    found = {}
+    for secret in service.get("secrets", []):
+        target = secret.get("target") or secret["source"]
+        target = target if target.startswith("/") else f"/run/secrets/{target}"
+        found[target] = files[secret["source"]]["file"]
+    return found
+
+
+def wanted_secrets(name: str, service: dict) -> dict[str, str]:
+    """The secrets a service should have, worked out from what it reads (its *_FILE variables,
+    the files on its command line): each target, with the name of the file `offsim
+    credentials` writes for it."""
+    environment = service.get("environment") or {}
+    wanted = {}
+    if "NATS_PASSWORD_FILE" in environment:
+        user = environment["NATS_USER"]
+        wanted[environment["NATS_PASSWORD_FILE"]] = secrets_dir.nats_password_file(user)
+    if "MQTT_PASSWORD_FILE" in environment:
+        user = environment["MQTT_USER"]
+        wanted[environment["MQTT_PASSWORD_FILE"]] = secrets_dir.nats_password_file(user)
+    if "DATABASE_PASSWORD_FILE" in environment:
+        role = urlsplit(environment["DATABASE_URL"]).username
+        file = (secrets_dir.POSTGRES_OWNER if role == OWNER
+                else secrets_dir.postgres_password_file(role.removeprefix("offsim_")))  # fmt: skip
+        wanted[environment["DATABASE_PASSWORD_FILE"]] = file
+    if "OFFSIM_SERVICE_TOKEN_FILE" in environment:
+        wanted[environment["OFFSIM_SERVICE_TOKEN_FILE"]] = secrets_dir.SERVICE_TOKEN
+    if "POSTGRES_PASSWORD_FILE" in environment:
+        wanted[environment["POSTGRES_PASSWORD_FILE"]] = secrets_dir.POSTGRES_OWNER
+    command = service.get("command") or []
+    if "--roles" in command:
+        wanted[flag(command, "--roles")] = secrets_dir.CREDENTIALS
+    if service.get("image", "").startswith("nats:"):
+        wanted[NATS_AUTH_MOUNT] = secrets_dir.NATS_AUTHORIZATION
+    return wanted
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_each_container_gets_its_own_secrets_and_nothing_else(merged, combination):
+    """Every secret a service reads is mounted where its variable says, from the right file of
+    the secrets folder, and no other secret is mounted into it."""
+    config = merged[combination]
+    for name, service in config["services"].items():
+        mounted = {target: Path(file).name for target, file in
+                   mounted_secrets(config, service).items()}  # fmt: skip
+        assert mounted == wanted_secrets(name, service), f"{combination}/{name}"
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_every_nats_client_connects_as_its_own_user(merged, combination):
+    """No service talks to NATS anonymously (the server would refuse it): each is its
+    component's user, with the password in a secret file; the generator's devices are the
+    SSDs' MQTT user."""
+    services = merged[combination]["services"]
+    clients = {name: service for name, service in services.items()
+               if "NATS_URL" in (service.get("environment") or {})}  # fmt: skip
+    assert set(LONG_RUNNING) <= set(clients)
+    for name, service in clients.items():
+        environment = service["environment"]
+        assert environment["NATS_USER"] == component(name), f"{combination}/{name}"
+        assert environment["NATS_USER"] in credentials.NATS_COMPONENTS
+        assert environment["NATS_PASSWORD_FILE"].startswith("/run/secrets/"), name
+        assert "NATS_PASSWORD" not in environment, f"{combination}/{name}: a password in env"
+    generator = services["generator"]["environment"]
+    assert generator["MQTT_USER"] == "device" and "MQTT_PASSWORD" not in generator
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_every_database_client_connects_as_its_own_role(merged, combination):
+    """Each service that uses Postgres names its own role, offsim_<component>, in a
+    DATABASE_URL without a password (the password is a secret file); only `migrate` is the
+    owner, whose password the Postgres container initialises with."""
+    services = merged[combination]["services"]
+    clients = {name: service for name, service in services.items()
+               if "DATABASE_URL" in (service.get("environment") or {})}  # fmt: skip
+    assert {"users", "orders", "dashboard", "etl", "migrate"} <= set(clients)
+    for name, service in clients.items():
+        environment = service["environment"]
+        url = urlsplit(environment["DATABASE_URL"])
+        assert url.password is None, f"{combination}/{name}: a password in DATABASE_URL"
+        assert url.hostname == "postgres" and url.path == f"/{DATABASE}"
+        wanted = OWNER if name == "migrate" else f"offsim_{component(name)}"
+        assert url.username == wanted, f"{combination}/{name} connects as {url.username}"
+        assert component(name) in credentials.POSTGRES_COMPONENTS or name == "migrate"
+        assert environment["DATABASE_PASSWORD_FILE"].startswith("/run/secrets/"), name
+        assert "DATABASE_PASSWORD" not in environment, f"{combination}/{name}"
+    postgres = services["postgres"]["environment"]
+    assert postgres["POSTGRES_USER"] == OWNER and "POSTGRES_PASSWORD" not in postgres
+    # `migrate` makes every component's role from the credentials, as the owner.
+    assert services["migrate"]["command"] == ["offsim", "migrate", "--roles",
+                                              "/run/secrets/credentials.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("combination", list(MERGES))
+def test_secrets_are_files_of_the_secrets_folder(merged, combination, tmp_path):
+    """Every secret is a file that `offsim credentials` writes, in the folder OFFSIM_SECRETS
+    names (./.secrets by default); none comes from the environment or is written inline."""
+    made = {path.name for path in secrets_dir.write_secrets(tmp_path / "made")}
+    for name, secret in merged[combination]["secrets"].items():
+        assert set(secret) <= {"name", "file"}, f"{combination}/{name}: {secret}"
+        file = Path(secret["file"])
+        assert file.parent == SECRETS and file.name in made, f"{combination}/{name}: {file}"
+
+
+def test_the_secrets_folder_can_be_elsewhere(tmp_path):
+    moved = compose([BASE], "config", "--format", "json", env={"OFFSIM_SECRETS": str(tmp_path)})
+    assert moved.returncode == 0, moved.stderr
+    for name, secret in json.loads(moved.stdout)["secrets"].items():
+        assert Path(secret["file"]).parent == tmp_path, name
+
+
+def test_the_secrets_folder_is_never_committed():
+    """git ignores the folder (and the Kubernetes one), and holds no file of it."""
+    for path in (SECRETS / secrets_dir.CREDENTIALS, SECRETS / "nats-users.password"):
+        assert git_ignored(path), f"{path.relative_to(ROOT)} is not git-ignored"
+    assert not git_tracked(SECRETS)
+
+
+@pytest.mark.parametrize("combination", ["base", "prod"])
+def test_every_nats_node_includes_the_users(merged, combination, tmp_path):
+    """Each NATS node has its config folder and, one folder up, the users (the nats-auth
+    secret) that the config includes; without them nats-server refuses the config, so the
+    include is real."""
+    for name, node in nats_nodes(merged[combination]).items():
+        conf = flag(node["command"], "--config")
+        assert Path(conf).parent == Path(NATS_CONF_MOUNT), name
+        source = mounted_file(node, conf)
+        text = source.read_text()
+        include = re.search(r"^include\s+(\S+)\s*$", text, re.MULTILINE)
+        assert include, f"{source.name} includes no users"
+        # nats-server resolves an include against the including file's folder.
+        assert os.path.normpath(Path(conf).parent / include[1]) == NATS_AUTH_MOUNT
+        assert NATS_AUTH_MOUNT in mounted_secrets(merged[combination], node), name
+        if source.name == "mqtt.conf":
+            text = f"jetstream {{ store_dir: /data }}\n{text}"
+        store = tmp_path / name
+        store.mkdir()
+        assert nats_server_check(text, name, store).returncode == 0
+        missing = nats_server_check(text, name, store, users=False)
+        assert missing.returncode != 0 and "auth.conf" in missing.stderr + missing.stdout
 
 
 # --- .env.example -----------------------------------------------------------------------------
@@ -519,7 +715,7 @@ def test_env_example_sets_what_compose_reads_and_nothing_else():
     assert used - assigned == set(), "every ${VAR} of the compose files is in .env.example"
     assert assigned - used == set(), "every VAR= of .env.example is used by a compose file"
     compose_only = assigned - known_env_vars()
-    assert compose_only == {"POSTGRES_PASSWORD", "OFFSIM_REGISTRY", "OFFSIM_VERSION"}
+    assert compose_only == {"OFFSIM_SECRETS", "OFFSIM_REGISTRY", "OFFSIM_VERSION"}
 
 
 def test_compose_images_are_named_after_distributions():

