@@ -36,8 +36,8 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # The secrets of the container stacks (docs/deploy.md): every component's NATS user and Postgres
-# role with a password, the NATS server's users file, the owner's password and the service token,
-# a file each in SECRETS (git-ignored). A rerun keeps the credentials and writes the files made
+# role with a password, the NATS server's users file, the owner's password, the service token
+# and the dashboard's control token, a file each in SECRETS (git-ignored). A rerun keeps the credentials and writes the files made
 # from them again (after an edit of credentials.json: a rotation). Compose bind-mounts each file
 # with its own owner and mode, and the containers run as other users than the file's owner:
 # the files are made readable, the folder stays its owner's alone.
@@ -45,8 +45,6 @@ lint: install
 SECRETS ?= .secrets
 secrets: install
 	$(BIN)/offsim credentials $(SECRETS)
-	chmod 0700 $(SECRETS)
-	chmod 0644 $(SECRETS)/*
 
 # The compose files run for real: every image built and the stack run on a throwaway Podman
 # engine, base + dev and then base + prod (deploy/compose-check/README.md). As root it installs

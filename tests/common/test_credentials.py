@@ -43,15 +43,16 @@ def test_a_credentials_file_missing_a_component_is_refused_naming_it(tmp_path):
 def test_the_secrets_folder_holds_one_file_per_secret_for_its_owner_only(tmp_path):
     folder = tmp_path / "secrets"
     files = {p.name for p in write_secrets(folder)}
+    # The folder is its owner's; the files in it readable by the containers' own user.
     assert mode(folder) == 0o700
-    assert all(mode(folder / name) == 0o600 for name in files)
+    assert all(mode(folder / name) == 0o644 for name in files)
     creds = credentials.read(folder / "credentials.json")
     for component, entry in creds["nats"].items():
         assert (folder / f"nats-{component}.password").read_text() == entry["password"]
         assert entry["password"] in (folder / "nats-auth.conf").read_text()
     for component, entry in creds["postgres"].items():
         assert (folder / f"postgres-{component}.password").read_text() == entry["password"]
-    assert {"postgres-owner.password", "service-token"} <= files
+    assert {"postgres-owner.password", "service-token", "control-token"} <= files
     owner = (folder / "postgres-owner.password").read_text()
     # Made again: nothing that exists changes.
     write_secrets(folder)

@@ -563,6 +563,8 @@ def wanted_secrets(name: str, service: dict) -> dict[str, str]:
         wanted[environment["DATABASE_PASSWORD_FILE"]] = file
     if "OFFSIM_SERVICE_TOKEN_FILE" in environment:
         wanted[environment["OFFSIM_SERVICE_TOKEN_FILE"]] = secrets_dir.SERVICE_TOKEN
+    if "OFFSIM_CONTROL_TOKEN_FILE" in environment:
+        wanted[environment["OFFSIM_CONTROL_TOKEN_FILE"]] = secrets_dir.CONTROL_TOKEN
     if "POSTGRES_PASSWORD_FILE" in environment:
         wanted[environment["POSTGRES_PASSWORD_FILE"]] = secrets_dir.POSTGRES_OWNER
     command = service.get("command") or []

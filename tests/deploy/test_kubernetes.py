@@ -413,6 +413,8 @@ def wanted_files(container: dict, objects, folder: Path) -> dict[str, str]:
         wanted[env["DATABASE_PASSWORD_FILE"]] = owner if role == OWNER else roles[role]
     if "OFFSIM_SERVICE_TOKEN_FILE" in env:
         wanted[env["OFFSIM_SERVICE_TOKEN_FILE"]] = (folder / secrets_dir.SERVICE_TOKEN).read_text()
+    if "OFFSIM_CONTROL_TOKEN_FILE" in env:
+        wanted[env["OFFSIM_CONTROL_TOKEN_FILE"]] = (folder / secrets_dir.CONTROL_TOKEN).read_text()
     if "POSTGRES_PASSWORD_FILE" in env:
         wanted[env["POSTGRES_PASSWORD_FILE"]] = owner
     command = [*container.get("command", []), *container.get("args", [])]
