@@ -1,14 +1,20 @@
 """offsim: `offsim up` runs the whole simulation; `offsim migrate` applies the migrations;
-`offsim feed` shows the live feed of a simulation running elsewhere."""
+`offsim credentials` makes a container deployment's secrets; `offsim feed` shows the live feed
+of a simulation running elsewhere."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
+import asyncpg
+from offsim_common import credentials
+from offsim_common.credentials import CredentialsError
+from offsim_common.db_roles import RolesError, ensure_roles, role_names
 from offsim_common.migrate import migrate
 from offsim_common.settings import ConfigError, DatabaseSettings, GeneratorUrl, ServiceSettings
 
@@ -24,7 +30,19 @@ def main(argv: list[str] | None = None) -> None:
         help="where the embedded NATS and Postgres keep their data (env OFFSIM_DATA_DIR)",
     )
     up.add_argument("--no-sample", action="store_true", help="do not load the bundled products")
-    commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
+    migrating = commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
+    migrating.add_argument(
+        "--roles",
+        type=Path,
+        metavar="FILE",
+        help="then make each component's Postgres role, with its password and its rights, from "
+        'the "postgres" section of FILE (shaped as credentials.json)',
+    )
+    creds = commands.add_parser(
+        "credentials",
+        help="make the secrets of a container deployment (compose, Kubernetes) in a folder",
+    )
+    creds.add_argument("folder", type=Path, help="where to keep them, e.g. .secrets")
     commands.add_parser(
         "feed", help="print the live feed of the simulation at NATS_URL / DATABASE_URL"
     )
@@ -34,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
             from .up import run_up
 
             run_up(args.data_dir, load_sample=not args.no_sample)
+        elif args.command == "credentials":
+            from .secrets_dir import write_secrets
+
+            files = write_secrets(args.folder)
+            print(f"{len(files)} secret files in {args.folder} (readable by you only)")
         elif args.command == "feed":
             from .feed import follow
             from .up import run_until_signal
@@ -43,10 +66,51 @@ def main(argv: list[str] | None = None) -> None:
                 lambda settings, stop: follow(settings, stop, generator), ServiceSettings.from_env()
             )
         else:
-            applied = asyncio.run(migrate(DatabaseSettings.from_env().database_url))
-            print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
-    except (ConfigError, OSError, RuntimeError) as exc:
+            run_migrate(DatabaseSettings.from_env().database_url, args.roles)
+    except (ConfigError, CredentialsError, OSError, RuntimeError) as exc:
         sys.exit(f"offsim: {exc}")
+
+
+def run_migrate(database_url: str, roles_file: Path | None) -> None:
+    """`offsim migrate [--roles FILE]`. The file is checked whole before the database is
+    touched: a typo never leaves a database migrated with half its roles."""
+    roles = read_roles(roles_file) if roles_file is not None else None
+    try:
+        applied = asyncio.run(migrate_database(database_url, roles))
+    except (asyncpg.PostgresError, RolesError) as exc:
+        raise RuntimeError(f"migrate: {exc}") from None
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    if roles is not None:
+        made = ", ".join(f"{entry['user']} ({component})" for component, entry in roles.items())
+        print(f"roles and their rights: {made}")
+
+
+def read_roles(path: Path) -> dict[str, dict[str, str]]:
+    """The "postgres" section of the credentials file at `path` (its other sections are not
+    needed), or a CredentialsError naming the file and what is missing or wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"{path}: not JSON ({exc})") from None
+    try:
+        section = credentials.validate_postgres(data)
+        role_names(section)
+    except (CredentialsError, RolesError) as exc:
+        raise CredentialsError(f"{path}: {exc}") from None
+    return section
+
+
+async def migrate_database(database_url: str, roles: dict[str, dict[str, str]] | None) -> list[str]:
+    """Apply the migrations, then, with `roles`, make each component's role and rights (which
+    name the tables the migrations made)."""
+    applied = await migrate(database_url)
+    if roles is not None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await ensure_roles(conn, roles)
+        finally:
+            await conn.close()
+    return applied
 
 
 if __name__ == "__main__":
