@@ -53,7 +53,7 @@ async def test_one_order_is_one_trace_from_the_generator_to_the_stock(
 ):
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    setup_logging("INFO", "test", json_lines=True)
+    setup_logging("DEBUG", "test", json_lines=True)  # a line per order is DEBUG
     try:
         await register(users)
         generator = changed(settings, orders_url=str(orders.make_url("")).rstrip("/"))
