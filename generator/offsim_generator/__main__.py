@@ -11,13 +11,13 @@ import logging
 import sys
 from typing import TextIO
 
-from offsim_common import tracing
+from offsim_common import kpis, tracing
 from offsim_common.app_keys import STOP
 from offsim_common.logs import setup_logging
 from offsim_common.service import serving, stop_on_signals
 from offsim_common.settings import ConfigError
 
-from . import metrics, scenario
+from . import metrics, scenario, thresholds
 from .app import RUN, Limits, Run, base_rates, create_app, drive, make_model
 from .dryrun import DryRun
 from .engine import Engine
@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sim-hours", type=_seconds, help="stop after this many simulated hours")
     parser.add_argument("--max-events", type=_count, help="stop after this many events")
+    parser.add_argument(
+        "--threshold", action="append", default=[], metavar="EXPR",
+        help="a KPI check for the end of the run, e.g. 'stockout_share<0.02' (repeatable): "
+        "each is printed passed or FAILED, and the exit status is 99 if any failed",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -128,8 +133,12 @@ async def _dry_run(
     writer = DryRun(
         population, out, seed=settings.seed,
         supplier_delay=settings.supplier_delay, delivery_delay=settings.delivery_delay,
+        faults_at=lambda t: model.rates_at(t).faults,
     )  # fmt: skip
-    writer.population_line(population.own_users, population.own_ssds)
+    writer.population_line(
+        population.own_users, population.own_ssds,
+        seed=settings.seed, scenario=model.scenario.name,
+    )  # fmt: skip
     engine = Engine(
         model, speed=settings.sim_speed, duration=duration, max_events=max_events,
         dry_run=writer,
@@ -163,9 +172,10 @@ async def amain(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = settings_from(args)
-        # Refuse a bad scenario before anything starts.
+        # Refuse a bad scenario or threshold before anything starts.
         scenario.load(settings.scenario, *base_rates(settings))
-    except (ConfigError, scenario.ScenarioError) as exc:
+        checks = kpis.parse_thresholds(args.threshold)
+    except (ConfigError, scenario.ScenarioError, ValueError) as exc:
         print(f"offsim-generator: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, "generator")
@@ -182,11 +192,33 @@ async def amain(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     summary = result.summary()
     log.info("generator done: %s", summary)
+    status = 0
+    if checks:
+        held, lines = await _check(checks, summary, settings, args.dry_run)
+        summary["thresholds"] = {"passed": held, "checks": lines}
+        status = 0 if held else thresholds.THRESHOLDS_FAILED
     # The last line on stderr, for a script to read.
     logging.shutdown()
+    for line in summary.get("thresholds", {}).get("checks", []):
+        sys.stderr.write(f"threshold {line}\n")
     sys.stderr.write(json.dumps(summary) + "\n")
     sys.stderr.flush()
-    return 0
+    return status
+
+
+async def _check(
+    checks: list[kpis.Threshold], summary: dict, settings: GeneratorSettings, dry_run: bool
+) -> tuple[bool, list[str]]:
+    """The thresholds against the dry run's KPIs, or the live simulation's."""
+    if dry_run:
+        return thresholds.verdict(checks, summary.get("kpis"))
+    try:
+        values = await thresholds.live_kpis(settings.dashboard_url)
+    except OSError as exc:
+        log.error("thresholds not checked: %s", exc)
+        return thresholds.verdict(checks, None)
+    summary["kpis"] = values
+    return thresholds.verdict(checks, values)
 
 
 def main() -> None:

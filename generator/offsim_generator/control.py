@@ -56,6 +56,8 @@ def state(engine: Engine) -> dict:
     o = model.overrides
     return {
         "shard": str(model.shard),
+        "seed": model.seed,
+        "speed": engine.speed,
         "scenario": model.scenario.name,
         "phase": model.scenario.phases[index].name,
         "paused": engine.paused,
@@ -79,6 +81,7 @@ def state(engine: Engine) -> dict:
         "max_in_flight": engine.max_in_flight,
         "overflow": dict(sorted(engine.overflow.items())),
         "max_lag_s": round(engine.max_lag_s, 4),
+        "phases": engine.phases,
     }
 
 

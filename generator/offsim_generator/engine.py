@@ -24,7 +24,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -89,6 +89,9 @@ class Engine:
         self._recent: deque[float] = deque()
         self._scheduler: AsyncIOScheduler | None = None
         self._held: list[Event] = []
+        # The phases so far: name, simulated second, the wall-clock time it was due (for a
+        # live run's report) and its faults.
+        self.phases: list[dict] = []
 
     # --- the simulated clock --------------------------------------------------------------
 
@@ -205,6 +208,11 @@ class Engine:
         if event.kind == "phase":
             metrics.set_phase(self.model.scenario.name, event.phase)
             log.info("phase %s at simulated second %d", event.phase, int(event.t))
+            at = datetime.now(UTC) + timedelta(seconds=self.due(event.t) - self._loop.time())
+            self.phases.append({
+                "name": event.phase, "sim_s": event.t, "at": at.isoformat(),
+                "faults": self.model.rates_at(event.t).faults.as_dict(),
+            })  # fmt: skip
         if self.dry_run is not None:
             self.dry_run.handle(event)
             self._recent.append(self._loop.time())
@@ -283,4 +291,11 @@ class Engine:
             "ssds": self.model.population.own_ssds,
             "scenario": self.model.scenario.name,
             "shard": str(self.model.shard),
+            **({"kpis": self.dry_run.kpis(self.sim_end)} if self.dry_run else {}),
         }
+
+    @property
+    def sim_end(self) -> float:
+        """The simulated second the run has reached."""
+        end = float(self.next_window)
+        return min(end, self.duration) if self.duration is not None else end

@@ -33,6 +33,8 @@ class For(IntEnum):
     DELAY = 8  # a dry run's stock: an order's supplier and courier delays
     SLOT = 9  # within a consumption's draw: which product
     FAULT = 10  # within a consumption's draw: malformed or not
+    REJECT = 11  # a dry run's order: rejected by the supplier or not (the reject fault)
+    SPIKE = 12  # a dry run's order: delayed by the courier's spike or not
 
 
 def mix(x: int) -> int:

@@ -179,6 +179,7 @@ class Model:
         shard: Shard | None = None,
     ) -> None:
         self.scenario = scenario
+        self.seed = seed
         self.shard = shard or Shard()
         # The city's randomness, and the key of the households' (module docstring).
         self.rng = random.Random(seed)

@@ -51,6 +51,8 @@ class GeneratorSettings(DeliverySettings, ApiUrls):
     # The share of the households this generator plays, I/N or auto/N (docs/generator.md,
     # "Shards"); 0/1, the whole city, by default.
     shard: Annotated[Shard, NoDecode] = env("OFFSIM_SHARD", Shard())
+    # Where a live run's --threshold reads the KPIs (the dashboard's GET /api/kpis).
+    dashboard_url: str = env("DASHBOARD_URL", "http://127.0.0.1:8085")
 
     @field_validator("device_transport", mode="before")
     @classmethod
