@@ -155,6 +155,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     async with pool.acquire() as conn:
         await conn.execute(f"TRUNCATE {SIM_TABLES} RESTART IDENTITY CASCADE")
+        # The stock samples' clock starts again with the test (a sample counts the time since).
+        await conn.execute("UPDATE stock_sampled SET at = NULL")
     try:
         yield pool
     finally:

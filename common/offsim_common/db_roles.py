@@ -87,6 +87,10 @@ _PRODUCT_DATA = (
 # writes the orders (INSERT), the fold replaces each key's rows by their sum (SELECT, DELETE).
 _LEDGER = {"SELECT": ALL, "INSERT": ALL, "DELETE": ALL}
 
+# The sums of a demand bucket (migrations 013 and 017).
+_DEMAND_SUMS = ("readings", "units_wanted", "units_short", "restocks", "empty_product_s",
+                "watched_product_s", "ssd_s")  # fmt: skip
+
 RIGHTS: dict[str, Rights] = {
     # offsim_users: queries.py (registration, synthetic users, readings, deliveries,
     # retention), offsim_common.auth and .idempotency.
@@ -118,8 +122,10 @@ RIGHTS: dict[str, Rights] = {
                 "SELECT": ALL,
                 "INSERT": ALL,
                 "DELETE": ALL,
-                "UPDATE": ("readings", "units_wanted", "units_short"),
+                "UPDATE": _DEMAND_SUMS,
             },
+            # The stock sampler's clock (stock_samples.py).
+            "stock_sampled": {"SELECT": ALL, "UPDATE": ("at",)},
             # Its own keys; the orders service purges the expired ones of both.
             "idempotency_keys": {"SELECT": ALL, "INSERT": ALL, "UPDATE": _IDEMPOTENT_ANSWER},
             "products": READ,

@@ -9,7 +9,7 @@ from aiohttp import web
 from offsim_common.app_keys import NC, POOL
 from offsim_common.service import base_app
 
-from . import events
+from . import events, kpis
 from .app_keys import HTTP, HUB, SNAPSHOTS
 from .control_auth import control_guard
 from .routes import setup_routes
@@ -49,6 +49,7 @@ def create_app(settings: DashboardSettings) -> web.Application:
     app[SNAPSHOTS] = SnapshotCache()
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(http_ctx)
+    app.cleanup_ctx.append(kpis.gauges_ctx)
     # Open event streams would hold up the shutdown; end them first.
     app.on_shutdown.append(close_streams)
     setup_routes(app)

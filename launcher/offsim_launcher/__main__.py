@@ -1,6 +1,7 @@
 """offsim: `offsim up` runs the whole simulation; `offsim migrate` applies the migrations;
 `offsim credentials` makes a container deployment's secrets; `offsim feed` shows the live feed
-of a simulation running elsewhere."""
+of a simulation running elsewhere; `offsim report` writes a run's report and `offsim compare`
+sets two side by side."""
 
 from __future__ import annotations
 
@@ -46,6 +47,23 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "feed", help="print the live feed of the simulation at NATS_URL / DATABASE_URL"
     )
+    reporting = commands.add_parser(
+        "report",
+        help="write a run's report: an HTML page and report.json beside it (docs/kpis.md)",
+    )
+    reporting.add_argument(
+        "--out", type=Path, default=Path("report.html"), help="the HTML file (default report.html)"
+    )
+    reporting.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="a dry run's JSON lines (offsim-generator --dry-run > FILE); without it, the live "
+        "simulation at DATABASE_URL (and its generator at GENERATOR_URL)",
+    )
+    comparing = commands.add_parser("compare", help="two runs' KPIs side by side (report.json)")
+    comparing.add_argument("a", type=Path, metavar="A.json")
+    comparing.add_argument("b", type=Path, metavar="B.json")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -65,10 +83,36 @@ def main(argv: list[str] | None = None) -> None:
             run_until_signal(
                 lambda settings, stop: follow(settings, stop, generator), ServiceSettings.from_env()
             )
+        elif args.command == "report":
+            run_report(args.out, args.events)
+        elif args.command == "compare":
+            from .compare import load, table
+
+            print("\n".join(table(load(args.a), load(args.b), str(args.a), str(args.b))))
         else:
             run_migrate(DatabaseSettings.from_env().database_url, args.roles)
-    except (ConfigError, CredentialsError, OSError, RuntimeError) as exc:
+    except (ConfigError, CredentialsError, OSError, RuntimeError, ValueError) as exc:
         sys.exit(f"offsim: {exc}")
+
+
+def run_report(out: Path, events: Path | None) -> None:
+    """`offsim report`: of a dry run's events, or of the live simulation."""
+    from . import report
+
+    if events is not None:
+        made = report.from_events(events)
+    else:
+        settings = ServiceSettings.from_env()
+        generator = GeneratorUrl.from_env().generator_url
+        try:
+            made = asyncio.run(
+                report.from_live(settings.database_url, generator, settings.sim_speed)
+            )
+        except asyncpg.PostgresError as exc:
+            raise RuntimeError(f"report: {exc}") from None
+    json_path = report.write(made, out)
+    print("\n".join(report.kpi_lines(made)))
+    print(f"report: {out} and {json_path}")
 
 
 def run_migrate(database_url: str, roles_file: Path | None) -> None:

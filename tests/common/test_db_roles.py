@@ -32,6 +32,7 @@ from offsim_common.migrate import migrate
 from offsim_common.products import ProductNames
 from offsim_common.requests import NewUser
 from offsim_dashboard import handlers as dashboard_handlers
+from offsim_dashboard import kpis as dashboard_kpis
 from offsim_dashboard.app import create_app as dashboard_app
 from offsim_etl import load as etl_load
 from offsim_etl import run_etl, sample_path
@@ -569,6 +570,10 @@ async def test_the_users_role_runs_every_statement_of_the_users_service(
             catalogue = await users_queries.all_barcodes(conn)
             await users_queries.copy_stock(conn, [(bulk_ssd, catalogue[0], 5, 1, 5)])
 
+        # The stock samples for the KPIs: the first starts the clock, the next counts.
+        assert not await users_queries.sample_stock(conn, 60.0)
+        assert await users_queries.sample_stock(conn, 60.0)
+
         # Retention: every reading id and every demand bucket is "old" here.
         assert await users_queries.delete_reading_ids(conn, -60.0, 100) == 2
         assert await users_queries.fold_demand(conn, -60.0, 100) >= 1
@@ -684,6 +689,7 @@ async def test_the_dashboard_role_reads_what_the_dashboard_and_the_feed_read(
         recent = await dashboard_handlers.load_recent(viewer, 10)
         ssds = await dashboard_handlers.load_ssds(viewer, 10)
         throughput = await dashboard_handlers.load_throughput(viewer, 5)
+        kpis = await dashboard_kpis.load(viewer, 60.0)
         # The feed's (and the dashboard's event stream's) product names.
         looked_up = await ProductNames(viewer).get(products[0])
     assert (summary["users"], summary["ssds"], summary["orders"]["pending"]) == (1, 1, 1)
@@ -691,6 +697,7 @@ async def test_the_dashboard_role_reads_what_the_dashboard_and_the_feed_read(
     assert [order["id"] for order in recent["orders"]] and recent["transitions"]
     assert ssds["ssds"][0]["id"] == ssd_id
     assert sum(minute["placed"] for minute in throughput["series"]) == 1
+    assert kpis["kpis"]["fill_rate"] == pytest.approx(2 / 3)
     assert looked_up == name
 
 

@@ -12,7 +12,7 @@ from offsim_common.http import REQUEST_DEADLINE_S
 from offsim_common.openapi import setup_openapi
 from offsim_common.service import base_app, consumers_ctx
 
-from . import nats_handlers, retention
+from . import nats_handlers, retention, stock_samples
 from .app_keys import RNG
 from .routes import setup_routes
 from .settings import UsersSettings
@@ -40,6 +40,7 @@ def create_app(settings: UsersSettings) -> web.Application:
         )
     )
     app.cleanup_ctx.append(retention.retention_ctx)
+    app.cleanup_ctx.append(stock_samples.stock_samples_ctx)
     setup_routes(app)
     setup_openapi(
         app, "offsim users service", VERSION,

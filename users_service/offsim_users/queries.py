@@ -330,14 +330,17 @@ async def apply_readings(
                    ARRAY(SELECT capacity - quantity FROM low),
                    ARRAY(SELECT 'ssd-' || ssd_id || '-reading-' || last_reading FROM low))),
            demand AS (
-               INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short)
+               INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short,
+                                            restocks)
                SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10),
-                      sum(readings), sum(wanted), sum(short)
+                      sum(readings), sum(wanted), sum(short),
+                      (SELECT count(*) FROM restocked)
                FROM used HAVING count(*) > 0
                ON CONFLICT (bucket) DO UPDATE
                SET readings = d.readings + excluded.readings,
                    units_wanted = d.units_wanted + excluded.units_wanted,
-                   units_short = d.units_short + excluded.units_short)
+                   units_short = d.units_short + excluded.units_short,
+                   restocks = d.restocks + excluded.restocks)
            SELECT ARRAY(SELECT n FROM known) AS known,
                   ARRAY(SELECT n FROM applied) AS applied,
                   (SELECT coalesce(json_agg(json_build_object(
@@ -411,16 +414,56 @@ async def fold_demand(conn: asyncpg.Connection, older_than_s: float, limit: int)
                      AND bucket < now() - make_interval(secs => $1)
                    ORDER BY bucket LIMIT $2
                    FOR UPDATE SKIP LOCKED)
-               RETURNING readings, units_wanted, units_short)
-           INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short)
-           SELECT '-infinity', sum(readings), sum(units_wanted), sum(units_short)
+               RETURNING *)
+           INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short, restocks,
+                                        empty_product_s, watched_product_s, ssd_s)
+           SELECT '-infinity', sum(readings), sum(units_wanted), sum(units_short),
+                  sum(restocks), sum(empty_product_s), sum(watched_product_s), sum(ssd_s)
            FROM old HAVING count(*) > 0
            ON CONFLICT (bucket) DO UPDATE
            SET readings = d.readings + excluded.readings,
                units_wanted = d.units_wanted + excluded.units_wanted,
-               units_short = d.units_short + excluded.units_short
+               units_short = d.units_short + excluded.units_short,
+               restocks = d.restocks + excluded.restocks,
+               empty_product_s = d.empty_product_s + excluded.empty_product_s,
+               watched_product_s = d.watched_product_s + excluded.watched_product_s,
+               ssd_s = d.ssd_s + excluded.ssd_s
            RETURNING (SELECT count(*) FROM old)""",
         older_than_s,
         limit,
     )
     return folded or 0
+
+
+async def sample_stock(conn: asyncpg.Connection, sim_speed: float) -> bool:
+    """Add to the current demand bucket the product-time since the previous sample (by any
+    replica): the watched products at zero now, every watched product and every SSD, times the
+    simulated seconds since then. False when another replica is sampling (it counts that
+    time), or for the very first sample (no time has passed in the record yet)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """SELECT extract(epoch FROM now() - at)::float8 AS real_s
+               FROM stock_sampled FOR UPDATE SKIP LOCKED"""
+        )
+        if row is None:
+            return False
+        await conn.execute("UPDATE stock_sampled SET at = now()")
+        if row["real_s"] is None or row["real_s"] <= 0:
+            return False
+        await conn.execute(
+            """WITH counted AS (
+                   SELECT (SELECT count(*) FROM product_ssds WHERE quantity = 0) AS empty,
+                          (SELECT count(*) FROM product_ssds) AS watched,
+                          (SELECT count(*) FROM ssds) AS ssds)
+               INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short,
+                                            empty_product_s, watched_product_s, ssd_s)
+               SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), 0, 0, 0,
+                      empty * $1, watched * $1, ssds * $1
+               FROM counted
+               ON CONFLICT (bucket) DO UPDATE
+               SET empty_product_s = d.empty_product_s + excluded.empty_product_s,
+                   watched_product_s = d.watched_product_s + excluded.watched_product_s,
+                   ssd_s = d.ssd_s + excluded.ssd_s""",
+            row["real_s"] * sim_speed,
+        )
+        return True

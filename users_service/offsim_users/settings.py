@@ -23,6 +23,9 @@ class UsersSettings(ServiceSettings):
     # How long an applied reading's id is remembered, so that the same reading sent again is
     # applied once (real seconds; 0 remembers every id for good).
     reading_retention: Duration = env("OFFSIM_READING_RETENTION", READING_RETENTION_S)
+    # Real seconds between two samples of the stock for the stockout_share KPI
+    # (stock_samples.py); 0 samples nothing.
+    kpi_sample_s: float = env("OFFSIM_KPI_SAMPLE_S", 5.0, ge=0, le=3600)
 
     @field_validator("reading_retention")
     @classmethod

@@ -398,15 +398,29 @@ function renderServices(data) {
   document.getElementById("services").replaceChildren(...items);
 }
 
+// --- KPIs ---------------------------------------------------------------------------------------
+
+// A KPI with nothing measured yet is null: shown as a dash, never as 0 or 100 %.
+function renderKpis(kpis) {
+  for (const [name, value] of Object.entries(kpis)) {
+    const cell = document.getElementById(`kpi-${name}`);
+    if (!cell) continue;
+    if (name.endsWith("_share") || name === "fill_rate") cell.textContent = percent(value);
+    else if (name.endsWith("_s")) cell.textContent = duration(value);
+    else cell.textContent = value === null ? "–" : value.toFixed(2);
+  }
+}
+
 // --- snapshot and events ------------------------------------------------------------------------
 
 async function refresh() {
-  const [summary, recent, ssds, throughput, services] = await Promise.allSettled([
+  const [summary, recent, ssds, throughput, services, kpis] = await Promise.allSettled([
     getJSON("/api/summary"),
     getJSON(`/api/recent?limit=${MAX_ORDERS}`),
     getJSON(`/api/ssds?limit=${SSD_COUNT}`),
     getJSON(`/api/throughput?minutes=${MINUTES}`),
     getJSON("/api/services"),
+    getJSON("/api/kpis"),
   ]);
   if (summary.status === "fulfilled") {
     state.summary = summary.value;
@@ -427,7 +441,8 @@ async function refresh() {
     renderThroughput();
   }
   if (services.status === "fulfilled") renderServices(services.value);
-  for (const failed of [summary, recent, ssds, throughput, services]) {
+  if (kpis.status === "fulfilled") renderKpis(kpis.value.kpis);
+  for (const failed of [summary, recent, ssds, throughput, services, kpis]) {
     if (failed.status === "rejected") console.warn(failed.reason);
   }
 }
