@@ -39,7 +39,7 @@ def table(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str) -> lis
         change = relative = "-"
         if x is not None and y is not None:
             change = f"{y - x:+.6g}"
-            relative = f"{(y - x) / x:+.1%}" if x else ("0.0%" if y == x else "new")
+            relative = f"{(y - x) / x:+.2%}" if x else ("0.00%" if y == x else "new")
         lines.append(
             f"{name:<{width}}  {_shown(x):>12}  {_shown(y):>12}  {change:>12}  {relative:>9}"
         )

@@ -138,8 +138,9 @@ def _chart(
         svg.append(f"<text class='axis' x='{LEFT - 6}' y='{y(v) + 4:.1f}' "
                    f"text-anchor='end'>{_tick(v, unit)}</text>")  # fmt: skip
         t = x_max * tick / 4
+        anchor = "end" if tick == 4 else "middle"  # the last inside the picture
         svg.append(f"<text class='axis' x='{x(t):.1f}' y='{HEIGHT - 12}' "
-                   f"text-anchor='middle'>{_hours(t)}</text>")  # fmt: skip
+                   f"text-anchor='{anchor}'>{_hours(t)}</text>")  # fmt: skip
     for colour, (name, ys) in zip(COLOURS, lines.items(), strict=False):
         points = " ".join(
             f"{x(t):.1f},{y(v):.1f}" for t, v in zip(xs, ys, strict=True) if v is not None
@@ -171,7 +172,9 @@ def _hours(seconds: float) -> str:
 
 
 def _value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _plain(value: Any) -> str:

@@ -144,6 +144,7 @@ def test_the_html_renders_its_charts_in_chromium_and_requests_nothing(report, tm
     assert all(points > 30 for chart in charts for _, points in chart["lines"])
     shown = {row.split("\t")[0]: row.split("\t")[1] for row in cells[1:]}
     assert shown["fill_rate"] == f"{made['kpis']['fill_rate']:.4g}"
+    assert shown["lead_time_p95_s"] == f"{made['kpis']['lead_time_p95_s']:,.0f}"
     if shot := os.environ.get("OFFSIM_REPORT_SCREENSHOT"):
         Path(shot).write_bytes((tmp_path / "report.png").read_bytes())
 
@@ -159,9 +160,9 @@ def test_compare_sets_two_reports_side_by_side(report, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[4:]}
     fill = made["kpis"]["fill_rate"]
-    assert rows["fill_rate"] == [f"{fill:.6g}", f"{fill / 2:.6g}", f"{-fill / 2:+.6g}", "-50.0%"]
+    assert rows["fill_rate"] == [f"{fill:.6g}", f"{fill / 2:.6g}", f"{-fill / 2:+.6g}", "-50.00%"]
     assert rows["stockout_share"][1:] == ["-", "-", "-"]
-    assert rows["lead_time_p95_s"][2:] == ["+0", "+0.0%"]
+    assert rows["lead_time_p95_s"][2:] == ["+0", "+0.00%"]
     assert "faults reject=0.2 supplier_delay=3" in done.stdout
 
 
