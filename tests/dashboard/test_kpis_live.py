@@ -9,7 +9,9 @@ import json
 
 import asyncpg
 import pytest
+from offsim_common import kpis
 from offsim_dashboard.app import create_app
+from offsim_generator import __main__ as generator_main
 from offsim_users import queries as users_queries
 from offsim_users import retention as users_retention
 
@@ -166,3 +168,29 @@ async def test_the_dashboard_kpis_before_anything_happened_are_null(start_dashbo
     refused = await dashboard.get("/api/kpis?window=1")
     assert refused.status == 400
     assert "window" in json.dumps(await refused.json())
+
+
+async def test_a_live_runs_thresholds_read_the_dashboards_kpis(
+    aiohttp_server, settings, pool, products
+):
+    await stock(pool, products, [[5, 5, 5]])
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO ssd_demand (bucket, readings, units_wanted, units_short)
+               VALUES (now(), 10, 10, 1)"""
+        )
+    server = await aiohttp_server(create_app(changed(settings, sim_speed=SPEED)))
+    checks = kpis.parse_thresholds(["fill_rate>0.85", "fill_rate>0.95"])
+    summary: dict = {}
+    live = changed(settings, dashboard_url=str(server.make_url("")).rstrip("/"))
+    held, lines = await generator_main._check(checks, summary, live, dry_run=False)
+    assert not held
+    assert lines == ["passed  fill_rate>0.85  (0.9)", "FAILED  fill_rate>0.95  (0.9)"]
+    assert summary["kpis"]["fill_rate"] == pytest.approx(0.9)
+    # No dashboard to ask: every threshold fails, saying why.
+    gone = changed(settings, dashboard_url="http://127.0.0.1:9")
+    held, lines = await generator_main._check(checks, {}, gone, dry_run=False)
+    assert not held and lines == [
+        "FAILED  fill_rate>0.85  (no KPIs)",
+        "FAILED  fill_rate>0.95  (no KPIs)",
+    ]
