@@ -38,7 +38,10 @@ async def load(pool: asyncpg.Pool, sim_speed: float) -> dict[str, Any]:
     values = kpis.rounded(kpis.compute(totals))
     for name, value in values.items():
         KPI.labels(name).set(math.nan if value is None else value)
+    # Under `kpis`, as in a dry run's summary and a report.json (one reader reads all three),
+    # and each at the top level too, for a glance (curl | jq .fill_rate).
     return {
+        **values,
         "kpis": values,
         "basis": {
             "units_wanted": totals.units_wanted,

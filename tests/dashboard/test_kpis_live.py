@@ -146,15 +146,16 @@ async def test_the_dashboard_kpis_of_a_known_history(start_dashboard, pool, prod
     resp = await dashboard.get("/api/kpis")
     assert resp.status == 200
     body = await resp.json()
-    kpis = body["kpis"]
-    assert kpis["stockout_share"] == pytest.approx(0.01)
-    assert kpis["fill_rate"] == pytest.approx(0.92)
+    values = body["kpis"]
+    assert values["stockout_share"] == pytest.approx(0.01)
+    assert values["fill_rate"] == pytest.approx(0.92)
     # Real seconds times SIM_SPEED: p50 of 60, 120, 180 s is 120 s, 7,200 simulated.
-    assert kpis["lead_time_p50_s"] == pytest.approx(120 * SPEED, rel=1e-3)
-    assert kpis["lead_time_pending_p50_s"] == pytest.approx(60 * SPEED, rel=1e-3)
-    assert kpis["cancelled_share"] == pytest.approx(0.25)
-    assert kpis["restocks_per_ssd_day"] == pytest.approx(3.0)
+    assert values["lead_time_p50_s"] == pytest.approx(120 * SPEED, rel=1e-3)
+    assert values["lead_time_pending_p50_s"] == pytest.approx(60 * SPEED, rel=1e-3)
+    assert values["cancelled_share"] == pytest.approx(0.25)
+    assert values["restocks_per_ssd_day"] == pytest.approx(3.0)
     assert body["basis"]["completed"] == 3 and body["basis"]["ssd_days"] == 1.0
+    assert {name: body[name] for name in values} == values
     metrics = await (await dashboard.get("/metrics")).text()
     assert metric(metrics, "offsim_kpi", kpi="fill_rate") == pytest.approx(0.92)
     assert metric(metrics, "offsim_kpi", kpi="cancelled_share") == pytest.approx(0.25)
