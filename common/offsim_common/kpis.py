@@ -90,7 +90,8 @@ def percentile(ordered: Sequence[float], p: float) -> float | None:
 
 
 def rounded(kpis: Kpis, digits: int = 6) -> Kpis:
-    return {k: (None if v is None else round(v, digits)) for k, v in kpis.items()}
+    """To `digits` significant digits: a small share stays itself, not 0."""
+    return {k: (None if v is None else float(f"{v:.{digits}g}")) for k, v in kpis.items()}
 
 
 class Tally:
@@ -157,8 +158,9 @@ class Tally:
         what happened in it."""
         lo, hi = _since(self._completed_at, a), bisect_right(self._completed_at, b)
         zero = self._zero.at(b) - self._zero.at(a)
-        wanted = self._demand.value_at(b) - self._demand.value_at(a)
-        short = self._short.value_at(b) - self._short.value_at(a)
+        # The first stretch is [0, b]: what happened at 0 is in it.
+        wanted = self._demand.value_at(b) - (self._demand.value_at(a) if a > 0 else 0)
+        short = self._short.value_at(b) - (self._short.value_at(a) if a > 0 else 0)
         return Totals(
             zero_s=zero,
             watched_s=self._watched.at(b) - self._watched.at(a),

@@ -5,14 +5,15 @@ times. The dashboard reads them for the whole run; `offsim report` for each stre
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
 from .kpis import Totals
 
-# The dashboard's lead times are those of the newest completed orders: percentiles over every
-# order ever completed would read the whole history at each refresh.
+# The dashboard's lead times are those of the last orders completed (by when they completed:
+# the newest placed would be the quick ones): percentiles over every order ever completed would
+# read the whole history at each refresh.
 RECENT_COMPLETED = 5000
 
 _DEMAND = """
@@ -23,7 +24,13 @@ _DEMAND = """
            coalesce(sum(watched_product_s), 0)::float8 AS watched_s,
            coalesce(sum(ssd_s), 0)::float8 AS ssd_s
     FROM ssd_demand
-    WHERE ($1::timestamptz IS NULL OR bucket >= $1) AND ($2::timestamptz IS NULL OR bucket < $2)
+"""
+# The buckets that begin in [$1, $2) of real time, the edges taken down to a bucket's start
+# ($1 NULL: from the first, the one retention folded old buckets into included).
+_IN_STRETCH = """
+    WHERE ($1::timestamptz IS NULL
+           OR bucket >= to_timestamp(floor(extract(epoch FROM $1::timestamptz) / 10) * 10))
+      AND bucket < to_timestamp(floor(extract(epoch FROM $2::timestamptz) / 10) * 10)
 """
 
 # Lead times in real seconds (times SIM_SPEED: simulated ones).
@@ -35,7 +42,7 @@ _TIMES = """extract(epoch FROM completed_at - created_at)::float8 AS lead,
 async def lifetime(conn: asyncpg.Connection, sim_speed: float) -> Totals:
     """The whole run's totals: every bucket, the lifetime counts (exact whatever retention
     deleted), and the lead times of the newest RECENT_COMPLETED completed orders."""
-    demand = await conn.fetchrow(_DEMAND, None, None)
+    demand = await conn.fetchrow(_DEMAND)
     counts = {
         row["status"]: row["lifetime"]
         for row in await conn.fetch(
@@ -44,18 +51,22 @@ async def lifetime(conn: asyncpg.Connection, sim_speed: float) -> Totals:
     }
     rows = await conn.fetch(
         f"""SELECT {_TIMES} FROM product_orders
-            WHERE status = 'completed' ORDER BY id DESC LIMIT $1""",
+            WHERE completed_at IS NOT NULL AND status = 'completed'
+            ORDER BY completed_at DESC LIMIT $1""",
         RECENT_COMPLETED,
     )
     return _totals(demand, counts.get("completed", 0), counts.get("cancelled", 0), rows, sim_speed)
 
 
 async def between(
-    conn: asyncpg.Connection, start: datetime, end: datetime, sim_speed: float
+    conn: asyncpg.Connection, start: datetime | None, end: datetime, sim_speed: float
 ) -> Totals:
-    """The totals of the stretch [start, end) of real time: its buckets, and the orders
-    completed or cancelled in it (those retention has not deleted yet)."""
-    demand = await conn.fetchrow(_DEMAND, start, end)
+    """The totals of the stretch [start, end) of real time (None: from the first bucket,
+    those retention folded included): the demand buckets that begin in it (a bucket is 10
+    real seconds: each counts in the one stretch its start falls in), and the orders completed
+    or cancelled in it (those retention has not deleted yet)."""
+    demand = await conn.fetchrow(_DEMAND + _IN_STRETCH, start, end)
+    start = start or datetime.min.replace(tzinfo=UTC)
     rows = await conn.fetch(
         f"""SELECT {_TIMES} FROM product_orders
             WHERE completed_at >= $1 AND completed_at < $2 AND status = 'completed'""",

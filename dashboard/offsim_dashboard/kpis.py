@@ -70,8 +70,8 @@ async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 await app[SNAPSHOTS].get("kpis", lambda: load(app[POOL], speed))
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("KPIs not refreshed: %s", exc)
+            except Exception:  # any failure: refreshed again next time
+                log.exception("KPIs not refreshed")
             await asyncio.sleep(GAUGES_EVERY_S)
 
     task = asyncio.create_task(refresh(), name="kpi-gauges")

@@ -149,6 +149,7 @@ async def _dry_run(
     finally:
         driving.cancel()
         await engine.stop()
+    writer.end_line(engine.sim_end)
     return Run(engine, None)
 
 

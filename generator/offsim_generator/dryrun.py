@@ -61,6 +61,9 @@ class DryRun:
         self.deliveries: list[tuple[float, int, int, int, int, float, float]] = []
         self.lines = 0
         self.by_kind: dict[str, int] = {}
+        # SSDs whose registration was sent malformed: refused live, so they watch nothing and
+        # their readings are never sent.
+        self.refused: set[int] = set()
 
     def _grow(self) -> None:
         """Stock for the slots of the SSDs that joined: full, 6 to 12 units, for this shard's."""
@@ -90,6 +93,12 @@ class DryRun:
         self.write(0.0, "population", users=users, ssds=ssds, watched=watched,
                    **({} if shard.whole else {"shard": str(shard)}), **settings)  # fmt: skip
 
+    def end_line(self, t: float) -> None:
+        """The run's last line: where it ended (the orders due by then delivered first), so
+        that a report of the lines measures the same stretch as the summary."""
+        self.advance(t)
+        self.write(t, "end")
+
     def advance(self, until: float) -> None:
         """Deliver every order due before `until`."""
         while self.deliveries and self.deliveries[0][0] < until:
@@ -117,7 +126,10 @@ class DryRun:
         elif event.kind == "register":
             self._grow()
             own = [s for s in event.ssds if self.population.owns_ssd(s)]
-            self.tally.watch(event.t, len(own) * self.population.watched, len(own))
+            if event.malformed:
+                self.refused.update(own)
+            else:
+                self.tally.watch(event.t, len(own) * self.population.watched, len(own))
             user = event.body["user"] if event.body else {}
             self.write(
                 event.t,
@@ -134,6 +146,10 @@ class DryRun:
                        **extra)  # fmt: skip
             if not event.malformed:
                 self._order(event.t, event.slot, event.quantity)
+        elif event.kind == "consume" and event.ssd in self.refused:
+            self.write(event.t, "consume", ssd=event.ssd + 1,
+                       barcode=self.population.barcode(event.slot), quantity=0, wanted=0,
+                       stock=self.stock[event.slot], unregistered=True)  # fmt: skip
         elif event.kind == "consume":
             slot = event.slot
             used = min(event.quantity, self.stock[slot]) if not event.malformed else 0

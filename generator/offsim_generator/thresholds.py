@@ -21,9 +21,9 @@ async def live_kpis(dashboard_url: str) -> kpis.Kpis:
             async with session.get(f"{dashboard_url}/api/kpis") as resp:
                 resp.raise_for_status()
                 body = await resp.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise OSError(f"the dashboard at {dashboard_url} gave no KPIs: {exc}") from exc
-    return body["kpis"]
+        return body["kpis"]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        raise OSError(f"the dashboard at {dashboard_url} gave no KPIs: {exc!r}") from exc
 
 
 def verdict(thresholds: list[kpis.Threshold], values: kpis.Kpis | None) -> tuple[bool, list[str]]:

@@ -28,6 +28,8 @@ from offsim_common import kpis, kpis_db
 
 # Points of each chart over the run.
 SLICES = 60
+# The users service's demand buckets, in real seconds (a live stretch is as fine as that).
+BUCKET_S = 10
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _feed(
         phases.append(Phase(event["phase"], t, event.get("faults", {})))
     elif kind == "register" and not event.get("malformed"):
         tally.watch(t, len(event["ssds"]) * settings["watched"], len(event["ssds"]))
-    elif kind == "consume" and not event.get("malformed"):
+    elif kind == "consume" and not event.get("malformed") and not event.get("unregistered"):
         tally.demand(t, event["wanted"], event["quantity"])
         tally.stock(t, (event["ssd"], event["barcode"]), event["stock"])
     elif kind == "restock":
@@ -99,6 +101,7 @@ def _feed(
         tally.completed(t, event["placed"], event["shipped"])
     elif kind == "cancelled":
         tally.cancelled(t)
+    # `end` (the run's last line) only moves the end, as every line does.
 
 
 def build(
@@ -170,8 +173,9 @@ def _round(value: float | None) -> float | None:
 
 async def from_live(database_url: str, generator_url: str, sim_speed: float) -> dict[str, Any]:
     """The report of the live simulation: real time from its first SSD to now, in simulated
-    seconds."""
+    seconds (at the generator's speed; `sim_speed` when it does not answer)."""
     control = await _generator_state(generator_url)
+    sim_speed = float(control.get("speed") or sim_speed)
     conn = await asyncpg.connect(database_url)
     try:
         began = await conn.fetchval("SELECT created_at FROM ssds ORDER BY id LIMIT 1")
@@ -182,14 +186,17 @@ async def from_live(database_url: str, generator_url: str, sim_speed: float) -> 
 
         async def stretch(a: float, b: float) -> kpis.Totals:
             if (a, b) not in cached:
-                start = began + timedelta(seconds=a / sim_speed)
+                # From the start: every bucket, those retention folded too. To the end: the
+                # bucket under way too.
+                start = began + timedelta(seconds=a / sim_speed) if a > 0 else None
                 stop = began + timedelta(seconds=b / sim_speed)
-                # The whole run, to its very end (the stretches' edges round to the second).
+                if b >= end:
+                    stop = now + timedelta(seconds=BUCKET_S)
                 cached[(a, b)] = await kpis_db.between(conn, start, stop, sim_speed)
             return cached[(a, b)]
 
         end = (now - began).total_seconds() * sim_speed
-        phases = _live_phases(control, began, sim_speed)
+        phases = _live_phases(control, began, sim_speed, end)
         slices, phase_spans = stretches(phases, end)
         for a, b in {*slices, *phase_spans, (0.0, end)}:
             await stretch(a, b)
@@ -209,15 +216,22 @@ async def from_live(database_url: str, generator_url: str, sim_speed: float) -> 
     return build(lambda a, b: cached[(a, b)], placed, phases, end, settings, source)
 
 
-def _live_phases(control: dict[str, Any], began: datetime, sim_speed: float) -> list[Phase]:
+def _live_phases(
+    control: dict[str, Any], began: datetime, sim_speed: float, end: float
+) -> list[Phase]:
+    """The generator's phases on the report's clock: those begun by `end` (it lists a phase as
+    soon as it draws it, a moment ahead), after `registering` (the first SSD to the clock's
+    start) when that took any time; one phase, `run`, without a generator."""
     phases = []
     for entry in control.get("phases", []):
-        at = datetime.fromisoformat(entry["at"])
-        phases.append(Phase(
-            entry["name"], max((at - began).total_seconds() * sim_speed, 0.0),
-            entry.get("faults", {}),
-        ))  # fmt: skip
-    return phases or [Phase("run", 0.0, control.get("faults", {}))]
+        at = (datetime.fromisoformat(entry["at"]) - began).total_seconds() * sim_speed
+        if at < end:
+            phases.append(Phase(entry["name"], max(at, 0.0), entry.get("faults", {})))
+    if not phases:
+        return [Phase("run", 0.0, control.get("faults", {}))]
+    if phases[0].start_s > 0:
+        phases.insert(0, Phase("registering", 0.0, phases[0].faults))
+    return phases
 
 
 async def _generator_state(url: str) -> dict[str, Any]:
@@ -243,6 +257,8 @@ def write(report: dict[str, Any], html_path: Path) -> Path:
     from .report_html import render
 
     json_path = html_path.with_suffix(".json")
+    if json_path == html_path:
+        raise ReportError(f"--out {html_path}: the HTML file, not the JSON beside it")
     html_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     html_path.write_text(render(report))

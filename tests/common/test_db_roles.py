@@ -571,8 +571,9 @@ async def test_the_users_role_runs_every_statement_of_the_users_service(
             await users_queries.copy_stock(conn, [(bulk_ssd, catalogue[0], 5, 1, 5)])
 
         # The stock samples for the KPIs: the first starts the clock, the next counts.
-        assert not await users_queries.sample_stock(conn, 60.0)
-        assert await users_queries.sample_stock(conn, 60.0)
+        assert not await users_queries.sample_stock(conn, 60.0, 5.0)
+        await conn.execute("UPDATE stock_sampled SET at = now() - interval '10 seconds'")
+        assert await users_queries.sample_stock(conn, 60.0, 5.0)
 
         # Retention: every reading id and every demand bucket is "old" here.
         assert await users_queries.delete_reading_ids(conn, -60.0, 100) == 2

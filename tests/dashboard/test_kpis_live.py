@@ -19,6 +19,7 @@ from tests.conftest import changed
 from tests.helpers import metric
 
 SPEED = 60.0
+EVERY_S = 5.0
 
 
 async def stock(pool: asyncpg.Pool, products: list[str], levels: list[list[int]]) -> list[int]:
@@ -56,10 +57,12 @@ async def test_a_sample_counts_each_product_time_since_the_previous(pool, produc
     await stock(pool, products, [[0, 5, 8], [0, 0, 3]])  # 3 of 6 products at zero
     async with pool.acquire() as conn:
         # The first sample starts the clock and counts nothing.
-        assert not await users_queries.sample_stock(conn, SPEED)
+        assert not await users_queries.sample_stock(conn, SPEED, EVERY_S)
         assert await conn.fetchval("SELECT count(*) FROM ssd_demand") == 0
+        # Another replica's sample a moment later leaves it to the next period.
+        assert not await users_queries.sample_stock(conn, SPEED, EVERY_S)
         await conn.execute("UPDATE stock_sampled SET at = now() - interval '10 seconds'")
-        assert await users_queries.sample_stock(conn, SPEED)
+        assert await users_queries.sample_stock(conn, SPEED, EVERY_S)
     counted = await sums(pool)
     # 10 real seconds (and the few milliseconds of the sample) at x60: 600 simulated.
     assert 600 <= counted["watched"] / 6 < 600 + SPEED
@@ -67,29 +70,40 @@ async def test_a_sample_counts_each_product_time_since_the_previous(pool, produc
     assert counted["ssds"] / counted["watched"] == pytest.approx(2 / 6)
 
 
+async def test_a_gap_counts_three_periods_at_most(pool, products):
+    """A users service down for an hour saw nothing of that hour: its next sample counts three
+    periods, not the hour at the counts of its return."""
+    await stock(pool, products, [[0, 5, 8]])
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE stock_sampled SET at = now() - interval '1 hour'")
+        assert await users_queries.sample_stock(conn, SPEED, EVERY_S)
+    assert (await sums(pool))["watched"] == pytest.approx(3 * 3 * EVERY_S * SPEED)
+
+
 async def test_one_replica_samples_at_a_time_and_no_time_is_counted_twice(
     pool, products, database_url
 ):
     await stock(pool, products, [[0, 5, 8]])
     async with pool.acquire() as holder, pool.acquire() as other:
-        await users_queries.sample_stock(holder, SPEED)
+        await users_queries.sample_stock(holder, SPEED, EVERY_S)
+        await holder.execute("UPDATE stock_sampled SET at = now() - interval '10 seconds'")
         async with holder.transaction():
             # A replica in the middle of its sample holds the clock...
             await holder.execute("SELECT at FROM stock_sampled FOR UPDATE")
             # ...so another's sample is skipped, not added to it.
-            assert not await users_queries.sample_stock(other, SPEED)
+            assert not await users_queries.sample_stock(other, SPEED, EVERY_S)
         assert await other.fetchval("SELECT count(*) FROM ssd_demand") == 0
         # Several replicas sampling at once: each stretch of time is counted once.
-        await holder.execute("UPDATE stock_sampled SET at = now() - interval '20 seconds'")
+        await holder.execute("UPDATE stock_sampled SET at = now() - interval '14 seconds'")
     async with asyncpg.create_pool(database_url, min_size=4, max_size=4) as many:
 
         async def sample() -> bool:
             async with many.acquire() as conn:
-                return await users_queries.sample_stock(conn, SPEED)
+                return await users_queries.sample_stock(conn, SPEED, EVERY_S)
 
         await asyncio.gather(*(sample() for _ in range(8)))
     counted = await sums(pool)
-    assert 20 * SPEED * 3 <= counted["watched"] < 21 * SPEED * 3
+    assert 14 * SPEED * 3 <= counted["watched"] < 15 * SPEED * 3
 
 
 async def test_folding_old_buckets_keeps_every_kpi_sum(pool, products):

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
 import pytest
 from offsim_common import kpis, kpis_db
 from offsim_generator.__main__ import run
+from offsim_launcher import report
+from offsim_launcher.embedded import free_port
 
-from tests.conftest import against, changed
+from tests.conftest import against, changed, eventually
+
+
+async def orders_completed(pool, at_least: int) -> bool:
+    async with pool.acquire() as conn:
+        done = await conn.fetchval("SELECT count(*) FROM product_orders WHERE status = 'completed'")
+    return done >= at_least
+
 
 SPEED = 3000.0
 DAYS = 2
@@ -52,13 +62,33 @@ def play(settings):
 
 
 async def test_a_live_run_and_a_dry_run_give_the_same_kpis(
-    settings, users, orders, notifications, pool, products
+    settings, users, orders, notifications, pool, products, database_url, tmp_path
 ):
-    live = await run(
+    port = free_port()
+    playing = asyncio.create_task(run(
         against(play(settings), users, orders), asyncio.Event(), duration=DAYS * 86400,
-        probe_port=0,
-    )  # fmt: skip
+        probe_port=port,
+    ))  # fmt: skip
+    try:
+        # Halfway, `offsim report` of the live simulation, with its generator's phases.
+        await eventually(lambda: orders_completed(pool, 200), within=60)
+        made = await report.from_live(database_url, f"http://127.0.0.1:{port}", 1.0)
+        live = await playing
+    finally:
+        playing.cancel()
     assert live.summary()["failed"] == 0
+    assert made["source"].startswith("live simulation at postgresql://")
+    # The generator's own speed, not the 1.0 given for when it does not answer.
+    assert {"speed": SPEED, "seed": 21, "population": 60}.items() <= made["settings"].items()
+    # Registering (the first SSD to the clock's start), then the steady phase.
+    registering, steady = made["phases"]
+    assert (registering["name"], steady["name"]) == ("registering", "steady")
+    assert registering["orders_placed"] == 0 and steady["start_s"] == registering["end_s"]
+    assert steady["orders_completed"] >= 200 and made["kpis"]["fill_rate"] is not None
+    assert len(made["series"]["t_s"]) == 60
+    json_path = report.write(made, tmp_path / "live.html")
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(made))
+    assert made["phases"][1]["name"] in (tmp_path / "live.html").read_text()
     async with pool.acquire() as conn:
         measured = kpis.compute(await kpis_db.lifetime(conn, SPEED))
     dry = await run(

@@ -435,35 +435,41 @@ async def fold_demand(conn: asyncpg.Connection, older_than_s: float, limit: int)
     return folded or 0
 
 
-async def sample_stock(conn: asyncpg.Connection, sim_speed: float) -> bool:
+async def sample_stock(conn: asyncpg.Connection, sim_speed: float, every_s: float) -> bool:
     """Add to the current demand bucket the product-time since the previous sample (by any
     replica): the watched products at zero now, every watched product and every SSD, times the
-    simulated seconds since then. False when another replica is sampling (it counts that
-    time), or for the very first sample (no time has passed in the record yet)."""
+    simulated seconds since then. False, counting nothing, when another replica is sampling or
+    sampled less than half a period ago (N replicas sample once a period between them), and
+    for the first sample (it starts the clock). A gap longer than three periods (the service
+    was down) counts as three: what the stock did meanwhile is unknown, and the whole downtime
+    at today's counts would say more than was seen."""
     async with conn.transaction():
         row = await conn.fetchrow(
             """SELECT extract(epoch FROM now() - at)::float8 AS real_s
                FROM stock_sampled FOR UPDATE SKIP LOCKED"""
         )
-        if row is None:
+        if row is None or (row["real_s"] is not None and row["real_s"] < every_s / 2):
             return False
-        await conn.execute("UPDATE stock_sampled SET at = now()")
-        if row["real_s"] is None or row["real_s"] <= 0:
+        # Never back: a transaction's now() may be older than the last sample's.
+        await conn.execute("UPDATE stock_sampled SET at = greatest(at, now())")
+        if row["real_s"] is None:
             return False
+        seen_s = min(row["real_s"], 3 * every_s) * sim_speed
         await conn.execute(
-            """WITH counted AS (
-                   SELECT (SELECT count(*) FROM product_ssds WHERE quantity = 0) AS empty,
-                          (SELECT count(*) FROM product_ssds) AS watched,
-                          (SELECT count(*) FROM ssds) AS ssds)
+            """WITH stock AS (
+                   -- One pass over the stock rows (no index on the level: it would keep every
+                   -- reading's update from being a HOT one).
+                   SELECT count(*) FILTER (WHERE quantity = 0) AS empty, count(*) AS watched
+                   FROM product_ssds)
                INSERT INTO ssd_demand AS d (bucket, readings, units_wanted, units_short,
                                             empty_product_s, watched_product_s, ssd_s)
                SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), 0, 0, 0,
-                      empty * $1, watched * $1, ssds * $1
-               FROM counted
+                      empty * $1, watched * $1, (SELECT count(*) FROM ssds) * $1
+               FROM stock
                ON CONFLICT (bucket) DO UPDATE
                SET empty_product_s = d.empty_product_s + excluded.empty_product_s,
                    watched_product_s = d.watched_product_s + excluded.watched_product_s,
                    ssd_s = d.ssd_s + excluded.ssd_s""",
-            row["real_s"] * sim_speed,
+            seen_s,
         )
         return True

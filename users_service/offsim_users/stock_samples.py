@@ -1,9 +1,9 @@
 """The stock's share of time at zero (the `stockout_share` KPI, offsim_common.kpis), sampled:
 every OFFSIM_KPI_SAMPLE_S, one replica counts the watched products at zero, every watched
 product and every SSD, and adds each count times the simulated time since the previous sample
-to the current demand bucket. A count over the stock table, through a partial index for the
-empty ones: its cost follows the city, not its history, and stays off the readings' path (a
-reading would otherwise pay for a clock per product)."""
+to the current demand bucket (queries.sample_stock). One pass over the stock table a period:
+its cost follows the city, not its history, and stays off the readings' path (a clock per
+product, kept by each reading, would add a write to every one)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ async def sample_forever(pool: asyncpg.Pool, every_s: float, sim_speed: float) -
     while True:
         try:
             async with pool.acquire() as conn:
-                await queries.sample_stock(conn, sim_speed)
-        except (OSError, asyncpg.PostgresError) as exc:
-            # The next sample counts the time since the last one that landed.
-            log.warning("stock sample failed: %s", exc)
+                await queries.sample_stock(conn, sim_speed, every_s)
+        except Exception:  # any failure: the next sample counts the time since
+            log.exception("stock sample failed")
         await asyncio.sleep(every_s)
 
 

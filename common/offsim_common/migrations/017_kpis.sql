@@ -18,6 +18,3 @@ CREATE TABLE stock_sampled (
     at  timestamptz
 );
 INSERT INTO stock_sampled (one, at) VALUES (true, NULL);
-
--- The products at zero, counted at each sample without reading every stock row.
-CREATE INDEX product_ssds_empty ON product_ssds (ssd_id) WHERE quantity = 0;
