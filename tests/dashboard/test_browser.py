@@ -135,6 +135,9 @@ async def test_dashboard_follows_a_running_simulation(
     await expect(page.locator("#readings-total")).to_have_text("700")
     await expect(page.locator("#units-wanted")).to_have_text("1,000")
     await expect(page.locator("#units-short")).to_have_text("220")
+    # The households' KPIs: the fill rate from the same demand, no lead time before an order.
+    await expect(page.locator("#kpi-fill_rate")).to_have_text("78.0 %", timeout=SLOW)
+    await expect(page.locator("#kpi-lead_time_p50_s")).to_have_text("–")
 
     # Counts rise as people register.
     ada = await register(users, "ada@example.org")
@@ -173,6 +176,11 @@ async def test_dashboard_follows_a_running_simulation(
         re.compile(r"^([2-9]|\d\d)\.\d s$"), timeout=SLOW
     )
     await expect(page.locator("#avg-shipped")).to_have_text(re.compile(r"^([1-9]|\d\d)\.\d s$"))
+    # Placed to completed: at least 120 + 60 simulated seconds (and what the consumers add).
+    await expect(page.locator("#kpi-lead_time_p50_s")).to_have_text(
+        re.compile(r"^[3-9]\.\d min$"), timeout=SLOW
+    )
+    await expect(page.locator("#kpi-cancelled_share")).to_have_text("0.0 %")
 
     # The transitions, the throughput and the SSD's stock follow.
     transitions = page.locator(f"#transitions li[data-order='{order_id}']")
