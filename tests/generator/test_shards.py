@@ -29,9 +29,9 @@ from prometheus_client import REGISTRY
 from tests.conftest import changed, eventually
 from tests.generator.test_dry_run import cli, dry_run, dry_settings
 
-# Lines about the run rather than a household: every shard writes the phases, and its
-# `population` line counts its own share of the starting population.
-RUN_WIDE = {"population", "phase"}
+# Lines about the run rather than a household: every shard writes the phases and the `end`,
+# and its `population` line counts its own share of the starting population.
+RUN_WIDE = {"population", "phase", "end"}
 
 # Quiet, then a ramp into a rush with malformed requests, then the daily rhythm: every kind of
 # event, and every keyed draw (malformed ones included).
@@ -94,6 +94,7 @@ async def test_the_shards_dry_runs_add_up_to_the_whole_citys(tmp_path, count):
     assert len(phases) == 3
     for shard in shards:
         assert [e for e in shard if e["event"] == "phase"] == phases
+        assert shard[-1] == whole[-1] == {"t": 3 * 3600.0, "event": "end"}
     populations = [shard[0] for shard in shards]
     assert [p["shard"] for p in populations] == [f"{i}/{count}" for i in range(count)]
     for field in ("users", "ssds"):
