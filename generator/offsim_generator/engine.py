@@ -43,6 +43,8 @@ LOOKAHEAD_TICKS = 2
 MAX_TICK_WORK_S = 0.08
 # Real seconds over which the event rate is measured.
 RATE_WINDOW_S = 5.0
+# Phases kept for a report: a week of an hourly repeating scenario at x60 is 10,080.
+MAX_PHASES = 20_000
 # A launch this much before its due time is on time (the loop's timers fire a little early); more
 # means the clock was paused since it was scheduled.
 PAUSE_SLACK_S = 0.01
@@ -90,8 +92,8 @@ class Engine:
         self._scheduler: AsyncIOScheduler | None = None
         self._held: list[Event] = []
         # The phases so far: name, simulated second, the wall-clock time it was due (for a
-        # live run's report) and its faults.
-        self.phases: list[dict] = []
+        # live run's report) and its faults; the latest MAX_PHASES of a repeating scenario.
+        self.phases: deque[dict] = deque(maxlen=MAX_PHASES)
 
     # --- the simulated clock --------------------------------------------------------------
 

@@ -6,9 +6,9 @@ Two sources, one shape:
 - a dry run's JSON lines (`--events FILE`): every KPI computed exactly from the events, on the
   simulated clock (`t`, simulated seconds since the run began);
 - the live simulation at DATABASE_URL: the totals kept by the services (offsim_common.kpis_db)
-  over stretches of real time, turned into simulated seconds by SIM_SPEED; the phases, faults
-  and settings from the generator's `GET /api/control` at GENERATOR_URL (without it, the run
-  is one phase, `run`).
+  over stretches of real time, turned into simulated seconds at the generator's speed; the
+  phases, faults and settings from the generator's `GET /api/control` and `GET /api/phases`
+  at GENERATOR_URL (without it, the run is one phase, `run`, at SIM_SPEED).
 """
 
 from __future__ import annotations
@@ -235,13 +235,17 @@ def _live_phases(
 
 
 async def _generator_state(url: str) -> dict[str, Any]:
-    """The generator's control state, or {} when it does not answer (a run already over)."""
+    """The generator's control state with its phases, or {} when it does not answer (a run
+    already over)."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             async with session.get(f"{url}/api/control") as resp:
                 resp.raise_for_status()
-                return await resp.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+                state = await resp.json()
+            async with session.get(f"{url}/api/phases") as resp:
+                resp.raise_for_status()
+                return {**state, "phases": (await resp.json())["phases"]}
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
         return {}
 
 
