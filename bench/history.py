@@ -146,6 +146,7 @@ async def reads(dsn: str) -> list[tuple[str, str]]:
         ("dashboard", "/api/throughput?minutes=15"),
         ("dashboard", "/api/throughput?minutes=120"),
         ("dashboard", "/api/services"),
+        ("dashboard", "/api/kpis"),
     ]
 
 
