@@ -7,7 +7,9 @@
 # Targets: `dev` (an editable install; a long-running service restarts when a mounted .py file
 # changes; compose's dev file mounts the source on /src) and `prod` (the default: runtime
 # dependencies only, in a virtual environment, non-root).
-ARG PYTHON_IMAGE=python:3.11-slim-trixie
+# Fully qualified: buildah (the Tekton build) refuses a short name that its registries.conf does
+# not resolve, where Docker assumes Docker Hub.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \

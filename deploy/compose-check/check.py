@@ -24,7 +24,10 @@ base + dev and then base + prod:
 5. `down`, `up` again, and find the same order and user (the volumes keep the data);
 6. `down -v`, always, and leave no container or engine process behind;
 
-and, beside them, the Tekton `offsim-make` Task's step in its image (tekton_task.py).
+and, beside the dev stack, the Tekton pipeline run for real but for its test task
+(tekton_pipeline.py): its git-clone, make lint, buildah build-and-push of every image to a
+registry stand-in and record-images tasks, each Task's steps in their images; the prod stack
+then runs from the images it pushed, pulled from that registry, not built here.
 
 Without Podman and without the right to install it (root with apt-get), it skips and says why.
 """
@@ -50,7 +53,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from engine import Engine, HealthChecks, Unavailable, ensure_podman, log
-from tekton_task import MakeTaskRun
+from tekton_pipeline import Release, run_pipeline, stop_registry
+from tekton_task import Background
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,6 +228,8 @@ class Stack:
         # The NATS servers: one in dev, the cluster's nodes in prod.
         self.nats_nodes = [name for name, service in self.services.items()
                            if service.get("image", "").startswith("nats:")]  # fmt: skip
+        # The Tekton pipeline's release the stack runs, if it runs one.
+        self.release: Release | None = None
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900):
         result = subprocess.run([*self.command, *args], cwd=ROOT, env=self.env, text=True,
@@ -641,6 +647,7 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
     stack.down("--volumes", "--remove-orphans")  # whatever an interrupted run left
     try:
         stack.up(*build)
+        check_running_release(stack)
         kept = place_and_complete(stack, client)
         check_pages(stack, client)
         check_mqtt(stack, client, kept)
@@ -659,6 +666,68 @@ def exercise(stack: Stack, published: set[str], build: list[str]) -> None:
         stack.step("down --volumes")
 
 
+def prod_stack(engine: Engine, secret: dict[str, str], release: Release | None) -> Stack:
+    """The prod stack on the images the pipeline pushed, pulled from the registry (none built
+    here); without a pipeline run, on release names built here."""
+    if release is None:
+        env = {"OFFSIM_REGISTRY": "localhost/offsim", "OFFSIM_VERSION": "compose-check"}
+        prod = Stack(engine, "prod", ["docker-compose.yml", "docker-compose.prod.yml"],
+                     {**secret, **env})  # fmt: skip
+        prod.compose("build")
+        prod.step(f"built the release images {env['OFFSIM_REGISTRY']}/*:"
+                  f"{env['OFFSIM_VERSION']} locally (no pipeline run)")  # fmt: skip
+        return prod
+    env = {"OFFSIM_REGISTRY": release.registry, "OFFSIM_VERSION": release.commit}
+    prod = Stack(engine, "prod", ["docker-compose.yml", "docker-compose.prod.yml"],
+                 {**secret, **env})  # fmt: skip
+    ours = {name: service["image"] for name, service in prod.services.items()
+            if service["image"].startswith(f"{release.registry}/")}  # fmt: skip
+    pushed = {url for url, _ in release.images.values()}
+    if set(ours.values()) != pushed:
+        raise CheckFailed(f"the prod file runs {sorted(set(ours.values()))}; the pipeline "
+                          f"pushed {sorted(pushed)}")  # fmt: skip
+    for image in pushed:  # whatever an earlier run left under these names
+        engine.podman("rmi", "--force", image, check=False)
+    prod.compose("pull", *sorted(ours))
+    digests = {url: digest for url, digest in release.images.values()}
+    for image in sorted(pushed):
+        pulled = json.loads(engine.podman("image", "inspect", image).stdout)[0]
+        if pulled.get("Digest") != digests[image]:
+            raise CheckFailed(f"{image} pulled at {pulled.get('Digest')}, pushed at "
+                              f"{digests[image]}")  # fmt: skip
+        if not (pulled.get("HealthCheck") or pulled.get("Healthcheck")):
+            raise CheckFailed(f"{image} lost the Dockerfile's HEALTHCHECK")
+    prod.step(f"pulled the {len(pushed)} release images from the registry (`compose pull`, "
+              f"none built here), each at the digest the pipeline pushed, with its "
+              f"HEALTHCHECK: {release.registry}/*:{release.commit[:12]}...")  # fmt: skip
+    prod.release = release
+    return prod
+
+
+def check_running_release(stack: Stack) -> None:
+    """Every offsim container of the stack runs the image pulled from the registry."""
+    release = stack.release
+    if release is None:
+        return
+    checked = []
+    for container_info in stack.containers():
+        image = stack.services[container_info["Service"]]["image"]
+        if not image.startswith(f"{release.registry}/"):
+            continue
+        name = container_info["Name"]
+        running = engine_image_id(stack, name, "container")
+        if running != engine_image_id(stack, image, "image"):
+            raise CheckFailed(f"{name} does not run {image}")
+        checked.append(name.removeprefix(f"{PROJECT}-"))
+    stack.step(f"every offsim container runs the image pulled from the registry: "
+               f"{', '.join(sorted(checked))}")  # fmt: skip
+
+
+def engine_image_id(stack: Stack, name: str, kind: str) -> str:
+    field = "{{.Image}}" if kind == "container" else "{{.Id}}"
+    return stack.engine.podman(kind, "inspect", "--format", field, name).stdout.strip()
+
+
 def make_secrets(folder: Path) -> None:
     """The stacks' secrets, made as docs/deploy.md says (`make secrets`, which runs `offsim
     credentials`), in a folder of this run's own rather than the checkout's .secrets."""
@@ -674,11 +743,15 @@ def make_secrets(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["dev", "prod"], help="run one of the two stacks")
-    parser.add_argument("--no-tekton", action="store_true", help="skip the Tekton make Task")
     parser.add_argument(
-        "--tekton-target",
-        default="lint",
-        help="the make target the Task's step runs (default lint)",
+        "--no-tekton",
+        action="store_true",
+        help="skip the Tekton pipeline (prod then builds its images here)",
+    )
+    parser.add_argument(
+        "--with-tests",
+        action="store_true",
+        help="run the pipeline's test task too (`make test` in its step)",
     )
     parser.add_argument(
         "--cache", type=Path,
@@ -706,27 +779,26 @@ def main(argv: list[str] | None = None) -> int:
         engine.start()
         engine.build_standins()
         health.start()
-        tekton = None if args.no_tekton else MakeTaskRun(engine, args.tekton_target)
-        if tekton is not None:
-            tekton.start()
+        pipeline = None
+        if not args.no_tekton:
+            pipeline = Background("tekton-pipeline", run_pipeline, engine, args.with_tests)
+            pipeline.start()
         if args.only in (None, "dev"):
             dev = Stack(engine, "dev", ["docker-compose.yml", "docker-compose.dev.yml"], secret)
             exercise(dev, published=set(PORTS), build=["--build"])
         if args.only in (None, "prod"):
-            release = {"OFFSIM_REGISTRY": "localhost/offsim", "OFFSIM_VERSION": "compose-check"}
-            prod = Stack(engine, "prod", ["docker-compose.yml", "docker-compose.prod.yml"],
-                         {**secret, **release})  # fmt: skip
-            prod.compose("build")
-            prod.step(f"built the release images {release['OFFSIM_REGISTRY']}/*:"
-                      f"{release['OFFSIM_VERSION']} locally")  # fmt: skip
+            release = pipeline.result() if pipeline is not None else None
+            prod = prod_stack(engine, secret, release)
             exercise(prod, published={"dashboard"}, build=["--pull", "never"])
-        if tekton is not None:
-            tekton.result()
+        elif pipeline is not None:
+            pipeline.result()
     except (CheckFailed, RuntimeError) as failure:
         log(f"FAILED: {failure}")
         return 1
     finally:
         health.stop()
+        if engine.service is not None:
+            stop_registry(engine)
         engine.stop()
         shutil.rmtree(secrets_folder, ignore_errors=True)
     log(f"passed in {time.monotonic() - started:.0f} s; no container or engine process left")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -45,7 +46,16 @@ STANDIN_IMAGES = {
     "python-full": ["docker.io/library/python:3.11-trixie"],
     "postgres": ["docker.io/library/postgres:18"],
     "nats": ["docker.io/library/nats:2.15.1-alpine"],
+    # The Tekton pipeline's other images: buildah (build-image), the registry it pushes to, and
+    # kustomize (record-images).
+    "buildah": ["quay.io/buildah/stable:v1.41"],
+    "registry": ["docker.io/library/registry:2"],
+    "kustomize": ["registry.k8s.io/kustomize/kustomize:v5.6.0"],
 }
+# The registry the check's Tekton build pushes to and the prod stack pulls from (the registry
+# stand-in, published on this machine's loopback only). Plain HTTP: both this engine and the
+# buildah step are told it is insecure.
+REGISTRY = "localhost:5000"
 DEBIAN_PACKAGES = ["podman", "runc", "netavark", "aardvark-dns", "iptables", "debootstrap"]
 # The machine's CA bundle, so that pip in a stand-in reaches PyPI the way the machine does.
 MACHINE_CA = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
@@ -106,12 +116,10 @@ class Engine:
         """containers.conf, storage.conf and registries.conf of this engine alone."""
         storage = self.cache / "storage"
         storage.mkdir(parents=True, exist_ok=True)
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        nofile = 1048576 if nofile == resource.RLIM_INFINITY else nofile
         files = {
             "containers.conf": f"""
 [containers]
-default_ulimits = ["nofile={nofile}:{nofile}", "nproc=4096:4096"]
+default_ulimits = {json.dumps(container_ulimits())}
 [engine]
 runtime = "runc"
 tmp_dir = "{self.run_dir}/tmp"
@@ -128,9 +136,13 @@ graphroot = "{storage}"
 runroot = "{self.run_dir}/runroot"
 """,
             # Short names (python:3.11-slim-trixie, postgres:18) mean Docker Hub, as in Docker.
-            "registries.conf": """
+            "registries.conf": f"""
 unqualified-search-registries = ["docker.io"]
 short-name-mode = "permissive"
+
+[[registry]]
+location = "{REGISTRY}"
+insecure = true
 """,
         }
         for name, text in files.items():
@@ -301,6 +313,14 @@ class HealthChecks(threading.Thread):
         self.stopped.set()
         if self.ident is not None:  # a check that failed before it started has none to join
             self.join(timeout=30)
+
+
+def container_ulimits() -> list[str]:
+    """Ulimits within this machine's hard limits, for the engine's containers and for buildah's
+    inside the Tekton build (each default is over them here)."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 1048576 if nofile == resource.RLIM_INFINITY else nofile
+    return [f"nofile={nofile}:{nofile}", "nproc=4096:4096"]
 
 
 def _answers(path: Path) -> bool:

@@ -83,7 +83,15 @@ def test_it_deploys_the_scaled_overlay_automatically_with_prune_and_self_heal():
     source, sync = app["spec"]["source"], app["spec"]["syncPolicy"]
     assert source["path"] == "deploy/k8s/overlays/scaled"
     assert (ROOT / source["path"] / "kustomization.yaml").exists()
-    assert source["targetRevision"] == "main"
+    # The branch the pipeline's last task pins the images on.
+    pipeline = yaml.safe_load((ROOT / "tekton" / "pipeline.yaml").read_text())["spec"]
+    [branch] = [p["default"] for p in pipeline["params"] if p["name"] == "deploy-branch"]
+    assert source["targetRevision"] == branch
+    [record] = [t for t in pipeline["tasks"] if t["taskRef"]["name"] == "offsim-record-images"]
+    task = yaml.safe_load((ROOT / "tekton" / "tasks" / "record-images.yaml").read_text())
+    [overlay] = [p["default"] for p in task["spec"]["params"] if p["name"] == "overlay"]
+    assert overlay == source["path"]
+    assert {"name": "branch", "value": "$(params.deploy-branch)"} in record["params"]
     assert sync["automated"] == {"prune": True, "selfHeal": True}
     overlay = yaml.safe_load((ROOT / source["path"] / "kustomization.yaml").read_text())
     assert app["spec"]["destination"]["namespace"] == overlay["namespace"]

@@ -72,13 +72,68 @@ def test_the_prod_cluster_check_reads_the_nodes_and_streams_it_proves():
     assert check.container("nats-2") == f"{check.PROJECT}-nats-2-1"
 
 
+def task_run(task: str, params: dict[str, str], workspaces=("source",)):
+    folders = {name: ROOT for name in workspaces}
+    return tekton_task.TaskRun(engine=None, task=task, params=params, workspaces=folders)
+
+
 def test_the_make_task_step_is_read_from_the_task_with_params_resolved():
-    image, workdir, env, script = tekton_task.task_step("lint")
-    assert image in standin_names()
-    assert workdir == tekton_task.WORKSPACE
-    assert env["TARGET"] == "lint" and env["CI"] == "true"
-    assert 'make "$TARGET"' in script
-    assert "$(" not in image + workdir + "".join(env.values())
+    (step,) = task_run("make", {"target": "lint"}).steps()
+    assert step.image in standin_names()
+    assert step.workdir == "/workspace/source"
+    assert step.env["TARGET"] == "lint" and step.env["CI"] == "true"
+    assert 'make "$TARGET"' in step.script
+    assert "$(" not in step.image + step.workdir + "".join(step.env.values())
+
+
+def test_the_build_task_step_resolves_results_workspaces_and_its_volume():
+    params = {"image": "localhost:5000/offsim/offsim-users", "tag": "abc", "member": "users"}
+    (step,) = task_run("build-image", params).steps()
+    assert step.image in standin_names() and step.privileged
+    assert step.env["RESULT_IMAGE_DIGEST"] == "/tekton/results/IMAGE_DIGEST"
+    # An optional workspace left unbound, as the pipeline leaves dockerconfig without a Secret.
+    assert step.env["DOCKERCONFIG_BOUND"] == "false" and step.env["DOCKERCONFIG_PATH"] == ""
+    assert step.mounts == {"varlibcontainers": "/var/lib/containers"}
+    assert "$(" not in "".join(step.env.values())
+
+
+def test_a_task_run_refuses_what_tekton_would():
+    with pytest.raises(tekton_task.TaskFailed, match="no value"):
+        task_run("build-image", {"tag": "abc", "member": "users"}).steps()
+    with pytest.raises(tekton_task.TaskFailed, match="no such params"):
+        task_run("make", {"target": "lint", "targte": "x"}).steps()
+    with pytest.raises(tekton_task.TaskFailed, match="not optional"):
+        task_run("make", {"target": "lint"}, workspaces=()).steps()
+
+
+def test_every_step_image_of_the_pipeline_has_a_standin():
+    """The pipeline runs for real in the check: each step's image (its Task's default)."""
+    for path in sorted(tekton_task.TASKS.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())["spec"]
+        defaults = {p["name"]: p.get("default") for p in spec.get("params", [])}
+        for step in spec["steps"]:
+            image = step["image"]
+            if image.startswith("$(params."):
+                image = defaults[image.removeprefix("$(params.").removesuffix(")")]
+            assert image in standin_names(), f"{path.name}: {step['name']}: {image}"
+
+
+def test_the_pipeline_run_resolves_every_param_and_result_it_passes_on():
+    pipeline = pytest.importorskip("tekton_pipeline")
+    run = pipeline.PipelineRun(None, {"repo-url": "file:///srv/git/x.git", "registry": "r/o"},
+                               {"source": ROOT}, [])  # fmt: skip
+    files = pipeline.task_files()
+    for task in run.spec["tasks"]:
+        spec = yaml.safe_load(files[task["taskRef"]["name"]].read_text())["spec"]
+        for param in task.get("params", []):
+            assert "$(" not in run.resolve(param["value"]), (task["name"], param["name"])
+        run.results[task["name"]] = {r["name"]: f"<{r['name']}>" for r in spec.get("results", [])}
+    record = run.spec["tasks"][-1]
+    assert run.runs(record)
+    images = run.resolve(next(p["value"] for p in record["params"] if p["name"] == "images"))
+    assert "offsim-users=<IMAGE_URL>@<IMAGE_DIGEST>" in images.split()
+    run.params["deploy-branch"] = ""
+    assert not run.runs(record)
 
 
 # --- what proves authentication -------------------------------------------------------------
@@ -197,3 +252,29 @@ def test_the_mqtt_client_connects_as_the_devices_user_or_none(mode, tmp_path):
     assert topic == b"ssds/7/readings" and body[at : at + 2] == b"\x00\x01"
     assert body[at + 2 :] == b'{"ssd_id": 7}'
     assert out.stdout.split() == ["20020000", "40020001"]
+
+
+def test_the_pipeline_run_runs_each_task_after_what_it_needs():
+    """Tasks start once their runAfter and the tasks whose results they take are done (the
+    builds two at a time); the test task is left out and counts as done."""
+    pipeline = pytest.importorskip("tekton_pipeline")
+    run = pipeline.PipelineRun(None, {"repo-url": "file:///srv/git/x.git", "registry": "r/o"},
+                               {"source": ROOT}, [])  # fmt: skip
+    order, running, most = [], set(), [0]
+
+    def run_task(task):
+        running.add(task["name"])
+        most[0] = max(most[0], len(running))
+        assert run.needs(task) - {"test"} <= set(order), task["name"]
+        spec = yaml.safe_load(run.files[task["taskRef"]["name"]].read_text())["spec"]
+        run.results[task["name"]] = {r["name"]: "x" for r in spec.get("results", [])}
+        threading.Event().wait(0.05)  # long enough for a second task to start beside it
+        running.discard(task["name"])
+        order.append(task["name"])
+
+    run.run_task = run_task
+    run.run()
+    assert order[:2] == ["fetch-source", "lint"] and order[-1] == "record-images"
+    assert "test" not in order and len(order) == len(run.spec["tasks"]) - 1
+    assert run.needs(run.spec["tasks"][-1]) >= {t for t in order if t.startswith("build-")}
+    assert most[0] == 2

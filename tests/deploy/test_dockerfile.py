@@ -200,7 +200,7 @@ def test_stages_dev_and_prod_prod_last():
 
 
 def test_base_image_is_python_slim():
-    assert ("ARG", "PYTHON_IMAGE=python:3.11-slim-trixie") in PREAMBLE
+    assert ("ARG", "PYTHON_IMAGE=docker.io/library/python:3.11-slim-trixie") in PREAMBLE
 
 
 def test_member_is_the_only_build_argument():

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (deploy/k8s): the base and the scaled overlay, rendered, valid
+"""The Kubernetes manifests (deploy/k8s): the base through its two overlays, rendered, valid
 against the Kubernetes schemas (kubernetes-validate, strict), and what running offsim there
 needs: probes on /api/health, requests, config from the ConfigMap, the generator as shards of
 one city, the migration Job, NATS as a 3-node JetStream cluster and Postgres with its data on a
@@ -48,6 +48,7 @@ from tests.deploy.workspace import (
 
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
+SINGLE = K8S / "overlays" / "single"
 SCALED = K8S / "overlays" / "scaled"
 # The Secrets' kustomization, and the git-ignored folder it reads (`offsim credentials` fills it).
 CREDENTIALS = K8S / "credentials"
@@ -94,7 +95,7 @@ def keyed(objects: list[dict]) -> dict[tuple[str, str], dict]:
     return result
 
 
-KUSTOMIZATIONS = {"base": BASE, "scaled": SCALED}
+KUSTOMIZATIONS = {"single": SINGLE, "scaled": SCALED}
 
 
 @cache
@@ -143,12 +144,12 @@ def test_manifests_match_the_kubernetes_schemas(rendered, version):
 
 
 def test_schema_check_rejects_a_bad_manifest():
-    deployment = copy.deepcopy(render("base")[("Deployment", "users")])
+    deployment = copy.deepcopy(render("single")[("Deployment", "users")])
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     container["livenessProbe"]["httpGet"]["paht"] = "/api/health"  # a typo strict mode refuses
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
-    deployment = copy.deepcopy(render("base")[("Deployment", "users")])
+    deployment = copy.deepcopy(render("single")[("Deployment", "users")])
     deployment["spec"]["replicas"] = "three"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
@@ -178,6 +179,27 @@ def test_every_member_is_deployed(rendered):
         for c in containers(obj):
             if member_by_image(c["image"]):
                 assert re.fullmatch(r"[\w.-]+(/[\w.-]+)+:[\w.-]+", c["image"]), c["image"]
+
+
+def test_an_overlay_pins_the_images_the_base_names(tmp_path):
+    """The Tekton pipeline's record-images task pins the scaled overlay's images to digests
+    (`kustomize edit set image offsim-users=REPO:TAG@DIGEST`): that reaches the manifests only
+    if the base leaves the images as the manifests name them, for the overlay to match."""
+    assert "images" not in yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    shutil.copytree(K8S, tmp_path / "k8s", ignore=shutil.ignore_patterns("secrets"))
+    kustomization = tmp_path / "k8s" / "overlays" / "scaled" / "kustomization.yaml"
+    spec = yaml.safe_load(kustomization.read_text())
+    digest = "sha256:" + "ab" * 32
+    (entry,) = [image for image in spec["images"] if image["name"] == "offsim-users"]
+    entry.update(newName="registry.test/offsim/offsim-users", newTag="abc123", digest=digest)
+    kustomization.write_text(yaml.safe_dump(spec))
+    result = run([venv_tool("kubectl"), "kustomize", str(kustomization.parent)])
+    assert result.returncode == 0, result.stderr
+    objects = keyed([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    (users,) = containers(objects[("Deployment", "users")])
+    assert users["image"] == f"registry.test/offsim/offsim-users:abc123@{digest}"
+    (orders,) = containers(objects[("Deployment", "orders")])
+    assert orders["image"] == "registry.example.org/offsim/offsim-orders:0.1.0"
 
 
 def test_containers_run_console_scripts_with_known_variables(rendered):
@@ -254,7 +276,7 @@ def test_the_generator_runs_as_shards_of_one_city():
         assert headless["spec"]["clusterIP"] == "None"
         assert headless["spec"]["selector"] == spec["selector"]["matchLabels"]
         assert env["GENERATOR_URL"] == f"http://{pods[0]}.{spec['serviceName']}:8084"
-    assert replicas == {"base": 1, "scaled": 3}
+    assert replicas == {"single": 1, "scaled": 3}
 
 
 def test_several_stateless_replicas():

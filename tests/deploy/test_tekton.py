@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 
 from tests.deploy.workspace import (
     DOCKERFILE,
@@ -203,3 +204,39 @@ def test_step_scripts_are_valid_shell(tmp_path):
             path.write_text(script)
             result = run(["sh", "-n", str(path)])
             assert result.returncode == 0, f"{name}/{step['name']}: {result.stderr}"
+
+
+def test_the_last_task_records_every_image_built_in_the_deployed_overlay():
+    """record-images runs once every build is done and pins each build's image, by the name
+    the manifests give it, in the overlay Argo CD deploys: the names it sets are the overlay's."""
+    (pipeline,) = by_kind("Pipeline").values()
+    tasks = {t["name"]: t for t in pipeline["spec"]["tasks"]}
+    builds = {n for n, t in tasks.items() if t["taskRef"]["name"] == "offsim-build-image"}
+    (record,) = [t for t in tasks.values() if t["taskRef"]["name"] == "offsim-record-images"]
+    assert set(record["runAfter"]) == builds
+    assert pipeline["spec"]["tasks"][-1] is record
+    images = next(p["value"] for p in record["params"] if p["name"] == "images").split()
+    pinned = {}
+    for entry in images:
+        name, _, ref = entry.partition("=")
+        build = re.fullmatch(r"\$\(tasks\.([\w-]+)\.results\.IMAGE_URL\)@\$\(tasks\.\1\.results"
+                             r"\.IMAGE_DIGEST\)", ref)  # fmt: skip
+        assert build, entry
+        params = {p["name"]: p["value"] for p in tasks[build[1]]["params"]}
+        assert params["image"] == f"$(params.registry)/{name}"
+        pinned[name] = build[1]
+    assert set(pinned.values()) == builds
+    task = by_kind("Task")["offsim-record-images"]["spec"]
+    overlay = next(p["default"] for p in task["params"] if p["name"] == "overlay")
+    kustomization = yaml.safe_load((ROOT / overlay / "kustomization.yaml").read_text())
+    assert {image["name"] for image in kustomization["images"]} == set(pinned)
+
+
+def test_buildah_stores_on_an_empty_dir_and_keeps_the_healthcheck():
+    build = by_kind("Task")["offsim-build-image"]["spec"]
+    (step,) = build["steps"]
+    (volume,) = build["volumes"]
+    assert volume == {"name": "varlibcontainers", "emptyDir": {}}
+    assert step["volumeMounts"] == [{"name": volume["name"], "mountPath": "/var/lib/containers"}]
+    # OCI's image config has no HEALTHCHECK: buildah would drop the Dockerfile's.
+    assert "--format docker" in step["script"]
