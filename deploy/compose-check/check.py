@@ -5,9 +5,10 @@ base + dev and then base + prod:
 
 0. make the stacks' secrets with `make secrets` (`offsim credentials`) in a folder of the run's
    own, which the compose files read through OFFSIM_SECRETS, and remove it at the end;
-1. build every image (`up --build` for dev; prod builds its release names locally and runs
-   them with `--pull never`), start the stack and wait until every service (and every replica)
-   is healthy and both one-shots exited 0;
+1. build every image (`up --build` for dev; prod pulls the images the Tekton pipeline pushed,
+   below, and runs them with `--pull never`; with --no-tekton it builds them here), start the
+   stack and wait until every service (and every replica) is healthy and both one-shots
+   exited 0;
 2. register a user and place an order through the published ports (prod publishes only the
    dashboard, so there each request goes from inside the service's own container to its port)
    and wait until the order is `completed` and the delivery is in the SSD's stock;
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -705,20 +707,25 @@ def prod_stack(engine: Engine, secret: dict[str, str], release: Release | None) 
 
 
 def check_running_release(stack: Stack) -> None:
-    """Every offsim container of the stack runs the image pulled from the registry."""
+    """Every offsim container of the stack runs the image pulled from the registry, and there
+    is one for every service that runs a pulled image."""
     release = stack.release
     if release is None:
         return
-    checked = []
+    wanted = {name for name, service in stack.services.items()
+              if service["image"].startswith(f"{release.registry}/")}  # fmt: skip
+    checked, services = [], set()
     for container_info in stack.containers():
-        image = stack.services[container_info["Service"]]["image"]
-        if not image.startswith(f"{release.registry}/"):
+        service = container_info["Service"]
+        if service not in wanted:
             continue
-        name = container_info["Name"]
-        running = engine_image_id(stack, name, "container")
-        if running != engine_image_id(stack, image, "image"):
+        image, name = stack.services[service]["image"], container_info["Name"]
+        if engine_image_id(stack, name, "container") != engine_image_id(stack, image, "image"):
             raise CheckFailed(f"{name} does not run {image}")
         checked.append(name.removeprefix(f"{PROJECT}-"))
+        services.add(service)
+    if services != wanted:
+        raise CheckFailed(f"no container of {sorted(wanted - services)} to check")
     stack.step(f"every offsim container runs the image pulled from the registry: "
                f"{', '.join(sorted(checked))}")  # fmt: skip
 
@@ -774,14 +781,16 @@ def main(argv: list[str] | None = None) -> int:
     # mkdtemp's folder is its creator's alone, as `make secrets` leaves .secrets.
     secrets_folder = Path(tempfile.mkdtemp(prefix="offsim-check-secrets-"))
     secret = {"OFFSIM_SECRETS": str(secrets_folder), "SIM_SPEED": SIM_SPEED}
+    pipeline: Background | None = None
+    cancelled = threading.Event()
     try:
         make_secrets(secrets_folder)
         engine.start()
         engine.build_standins()
         health.start()
-        pipeline = None
         if not args.no_tekton:
-            pipeline = Background("tekton-pipeline", run_pipeline, engine, args.with_tests)
+            pipeline = Background("tekton-pipeline", run_pipeline, engine, cancelled,
+                                  args.with_tests)  # fmt: skip
             pipeline.start()
         if args.only in (None, "dev"):
             dev = Stack(engine, "dev", ["docker-compose.yml", "docker-compose.dev.yml"], secret)
@@ -796,9 +805,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"FAILED: {failure}")
         return 1
     finally:
+        if pipeline is not None and pipeline.is_alive():  # the check failed beside it
+            cancelled.set()
+            pipeline.join()
         health.stop()
         if engine.service is not None:
-            stop_registry(engine)
+            stop_registry(engine, pipeline.value if pipeline is not None else None)
         engine.stop()
         shutil.rmtree(secrets_folder, ignore_errors=True)
     log(f"passed in {time.monotonic() - started:.0f} s; no container or engine process left")

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -74,7 +75,7 @@ def task_files() -> dict[str, Path]:
 class PipelineRun:
     def __init__(self, engine: Engine, params: dict[str, str], workspaces: dict[str, Path],
                  podman: list[str], leave_out: frozenset[str] = frozenset({"test"}),
-                 parallel: int = 2):  # fmt: skip
+                 parallel: int = 2, cancelled: threading.Event | None = None):  # fmt: skip
         self.engine = engine
         self.spec = yaml.safe_load(PIPELINE.read_text())["spec"]
         self.params = {p["name"]: p.get("default") for p in self.spec["params"]}
@@ -83,6 +84,8 @@ class PipelineRun:
         self.podman = podman
         self.leave_out = leave_out
         self.parallel = parallel
+        # Set when the check fails elsewhere: no task starts after it.
+        self.cancelled = cancelled or threading.Event()
         self.files = task_files()
         self.results: dict[str, dict[str, str]] = {}
 
@@ -107,14 +110,17 @@ class PipelineRun:
 
     def needs(self, task: dict) -> set[str]:
         """The tasks this one waits for: its runAfter and those whose results it takes."""
-        taken = {match[3] for match in REFERENCE.finditer(json.dumps(task)) if match[3]}
-        return set(task.get("runAfter", [])) | taken
+        return set(task.get("runAfter", [])) | self.takes_results_of(task)
+
+    def takes_results_of(self, task: dict) -> set[str]:
+        return {match[3] for match in REFERENCE.finditer(json.dumps(task)) if match[3]}
 
     def run(self) -> dict[str, dict[str, str]]:
         """Every task once those it needs are done, up to `parallel` at a time (Tekton runs
         the seven builds at once; two cores gain from two)."""
         pending = list(self.spec["tasks"])
         done: set[str] = set()
+        not_run: set[str] = set()
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
             running: dict[Future, str] = {}
             while pending or running:
@@ -122,16 +128,24 @@ class PipelineRun:
                 for task in [t for t in pending if self.needs(t) <= done]:
                     if len(running) == self.parallel:
                         break
+                    if self.cancelled.is_set():
+                        raise TaskFailed("the pipeline run was cancelled")
                     pending.remove(task)
-                    if task["name"] in self.leave_out:
-                        log(f"tekton: pipeline task {task['name']}: left out (`make "
-                            f"{task['name']}` runs in CI itself)")  # fmt: skip
+                    name = task["name"]
+                    if name in self.leave_out:
+                        log(f"tekton: pipeline task {name}: left out (`make {name}` runs in "
+                            f"CI itself)")  # fmt: skip
+                    elif self.takes_results_of(task) & not_run:
+                        # As Tekton does: a task whose params need a skipped task's results.
+                        log(f"tekton: pipeline task {name}: skipped (the results it takes "
+                            f"were not made)")  # fmt: skip
                     elif not self.runs(task):
-                        log(f"tekton: pipeline task {task['name']}: skipped by its `when`")
+                        log(f"tekton: pipeline task {name}: skipped by its `when`")
                     else:
-                        running[pool.submit(self.run_task, task)] = task["name"]
+                        running[pool.submit(self.run_task, task)] = name
                         continue
-                    done.add(task["name"])
+                    done.add(name)
+                    not_run.add(name)
                     skipped = True
                 if not running:
                     if pending and not skipped:
@@ -168,8 +182,11 @@ def registry_digest(repository: str, tag: str) -> str:
     checked against the manifest's own bytes."""
     request = urllib.request.Request(f"http://{REGISTRY}/v2/{repository}/manifests/{tag}",
                                      headers={"Accept": MANIFEST_TYPES})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        body, digest = answer.read(), answer.headers["Docker-Content-Digest"]
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            body, digest = answer.read(), answer.headers["Docker-Content-Digest"]
+    except OSError as error:
+        raise TaskFailed(f"the registry has no {repository}:{tag}: {error}") from error
     if digest != "sha256:" + hashlib.sha256(body).hexdigest():
         raise TaskFailed(f"the registry's digest for {repository}:{tag} is not its manifest's")
     return digest
@@ -197,11 +214,15 @@ def start_registry(engine: Engine) -> None:
         f"mirror for the builds: {PYTHON_IMAGE} pushed there")  # fmt: skip
 
 
-def stop_registry(engine: Engine) -> None:
-    """The registry and the images in it go: the next run pushes its own."""
+def stop_registry(engine: Engine, release: Release | None) -> None:
+    """The registry, the images in it and those pulled from it go: the next run pushes and
+    pulls its own (under a new commit), so that the engine's storage does not grow."""
+    if release is not None:
+        urls = [url for url, _ in release.images.values()]
+        engine.podman("rmi", "--force", *urls, check=False)
     if engine.podman("rm", "--force", "--time", "5", REGISTRY_CONTAINER, "--volumes",
                      check=False).stdout.strip():  # fmt: skip
-        log("tekton: registry stand-in removed, with its volume")
+        log("tekton: registry stand-in removed, with its volume and the images pulled from it")
 
 
 def node_config(folder: Path) -> list[str]:
@@ -252,7 +273,7 @@ def git(bare: Path, *args: str) -> str:
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
-def run_pipeline(engine: Engine, with_tests: bool = False) -> Release:
+def run_pipeline(engine: Engine, cancelled: threading.Event, with_tests: bool = False) -> Release:
     started = time.monotonic()
     start_registry(engine)
     folder = Path(tempfile.mkdtemp(prefix="offsim-pipeline-"))
@@ -276,6 +297,7 @@ def run_pipeline(engine: Engine, with_tests: bool = False) -> Release:
             {"source": source},
             flags,
             leave_out=frozenset() if with_tests else frozenset({"test"}),
+            cancelled=cancelled,
         )  # fmt: skip
         results = pipeline.run()
         release = Release(commit=results["fetch-source"]["commit"])
@@ -311,6 +333,11 @@ def check_deploy_branch(engine: Engine, pipeline: PipelineRun, bare: Path, relea
     head = git(bare, "rev-parse", f"refs/heads/{branch}")
     if git(bare, "rev-parse", f"{head}^") != release.commit:
         raise TaskFailed(f"{branch} is not one commit on top of the built {release.commit}")
+    if git(bare, "rev-parse", f"refs/tags/{branch}/{head}") != head:
+        raise TaskFailed(f"the record commit {head} was not tagged {branch}/{head}")
+    trailer = git(bare, "log", "-1", "--format=%(trailers:key=Built-from,valueonly)", head)
+    if trailer != release.commit:
+        raise TaskFailed(f"the record commit says it was built from {trailer!r}")
     changed = git(bare, "diff", "--name-only", f"{head}^", head).split()
     if changed != [f"{overlay}/kustomization.yaml"]:
         raise TaskFailed(f"the deploy commit changed {changed}, not the overlay alone")
@@ -328,7 +355,8 @@ def check_deploy_branch(engine: Engine, pipeline: PipelineRun, bare: Path, relea
     ours = {image for image in images if image.startswith(f"{REGISTRY}/")}
     if ours != expected:
         raise TaskFailed(f"{overlay} on {branch} renders {sorted(ours)}, not {sorted(expected)}")
-    log(f"tekton: {branch} is {release.commit[:12]} plus {head[:12]}, which changes only "
+    log(f"tekton: {branch} (and the tag {branch}/{head[:12]}...) is {release.commit[:12]} plus "
+        f"{head[:12]} (Built-from: {release.commit[:12]}), which changes only "
         f"{overlay}/kustomization.yaml; `kustomize build` of it renders the {len(ours)} images "
         f"by the digests pushed, e.g. {sorted(ours)[0]}")  # fmt: skip
     return head

@@ -182,9 +182,10 @@ def test_every_member_is_deployed(rendered):
 
 
 def test_an_overlay_pins_the_images_the_base_names(tmp_path):
-    """The Tekton pipeline's record-images task pins the scaled overlay's images to digests
-    (`kustomize edit set image offsim-users=REPO:TAG@DIGEST`): that reaches the manifests only
-    if the base leaves the images as the manifests name them, for the overlay to match."""
+    """The Tekton pipeline's record-images task pins the scaled overlay's images to digests (an
+    `images:` entry with newName, newTag and digest, which `kustomize edit set image` writes;
+    the compose check runs that edit for real): that reaches the manifests only if the base
+    leaves the images as the manifests name them, for the overlay's entry to match."""
     assert "images" not in yaml.safe_load((BASE / "kustomization.yaml").read_text())
     shutil.copytree(K8S, tmp_path / "k8s", ignore=shutil.ignore_patterns("secrets"))
     kustomization = tmp_path / "k8s" / "overlays" / "scaled" / "kustomization.yaml"
