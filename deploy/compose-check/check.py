@@ -810,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.join()
         health.stop()
         if engine.service is not None:
-            stop_registry(engine, pipeline.value if pipeline is not None else None)
+            stop_registry(engine)
         engine.stop()
         shutil.rmtree(secrets_folder, ignore_errors=True)
     log(f"passed in {time.monotonic() - started:.0f} s; no container or engine process left")

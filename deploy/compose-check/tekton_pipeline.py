@@ -214,15 +214,18 @@ def start_registry(engine: Engine) -> None:
         f"mirror for the builds: {PYTHON_IMAGE} pushed there")  # fmt: skip
 
 
-def stop_registry(engine: Engine, release: Release | None) -> None:
-    """The registry, the images in it and those pulled from it go: the next run pushes and
-    pulls its own (under a new commit), so that the engine's storage does not grow."""
-    if release is not None:
-        urls = [url for url, _ in release.images.values()]
-        engine.podman("rmi", "--force", *urls, check=False)
+def stop_registry(engine: Engine) -> None:
+    """The registry, the images in it and those pulled from it go (an interrupted run's too):
+    each run pushes and pulls its own, under a new commit, and the engine's storage must not
+    grow by a release a run."""
+    pulled = engine.podman("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                           f"reference={REGISTRY}/*/*", check=False).stdout.split()  # fmt: skip
+    if pulled:
+        engine.podman("rmi", "--force", *pulled, check=False)
     if engine.podman("rm", "--force", "--time", "5", REGISTRY_CONTAINER, "--volumes",
                      check=False).stdout.strip():  # fmt: skip
-        log("tekton: registry stand-in removed, with its volume and the images pulled from it")
+        log(f"tekton: registry stand-in removed, with its volume and the {len(pulled)} images "
+            f"pulled from it")  # fmt: skip
 
 
 def node_config(folder: Path) -> list[str]:
