@@ -91,6 +91,14 @@ def commit_step(source: Path, credentials: Path | None = None):
     return done, result_file.read_text() if result_file.exists() else ""
 
 
+def assert_nothing_pushed(origin: Path, outcome, message: str, deployed: str) -> None:
+    """The step succeeded, said why it recorded nothing, and left the branch at `deployed`."""
+    done, pushed = outcome
+    assert done.returncode == 0, done.stderr
+    assert message in done.stdout and pushed == ""
+    assert git(origin, "rev-parse", BRANCH) == deployed
+
+
 def test_the_deploy_branch_is_the_built_commit_plus_the_overlay(origin, tmp_path):
     built = git(origin, "rev-parse", "main")
     done, pushed = record(checkout(origin, tmp_path, built), "one")
@@ -115,10 +123,8 @@ def test_a_newer_build_moves_it_on_and_an_older_one_leaves_it(origin, tmp_path):
     assert git(origin, "rev-parse", f"{BRANCH}^") == second and pushed
     deployed = git(origin, "rev-parse", BRANCH)
     # The first commit's run finishing late: the branch stays at the second's images.
-    done, pushed = record(checkout(origin, tmp_path, first), "late")
-    assert done.returncode == 0, done.stderr
-    assert "left as it is" in done.stdout and pushed == ""
-    assert git(origin, "rev-parse", BRANCH) == deployed
+    late = record(checkout(origin, tmp_path, first), "late")
+    assert_nothing_pushed(origin, late, "left as it is", deployed)
 
 
 def test_a_commit_of_another_branch_is_not_recorded(origin, tmp_path):
@@ -127,10 +133,8 @@ def test_a_commit_of_another_branch_is_not_recorded(origin, tmp_path):
     assert record(checkout(origin, tmp_path, built), "one")[0].returncode == 0
     deployed = git(origin, "rev-parse", BRANCH)
     feature = commit_on(origin, tmp_path, "feature", built, "C")
-    done, pushed = record(checkout(origin, tmp_path, feature), "feature")
-    assert done.returncode == 0, done.stderr
-    assert "not a commit of main" in done.stdout and pushed == ""
-    assert git(origin, "rev-parse", BRANCH) == deployed
+    outcome = record(checkout(origin, tmp_path, feature), "feature")
+    assert_nothing_pushed(origin, outcome, "not a commit of main", deployed)
 
 
 def test_a_rewritten_main_is_refused(origin, tmp_path):
@@ -167,10 +171,8 @@ def test_the_same_images_again_push_nothing(origin, tmp_path):
     built = git(origin, "rev-parse", "main")
     assert record(checkout(origin, tmp_path, built), "one")[0].returncode == 0
     deployed = git(origin, "rev-parse", BRANCH)
-    done, pushed = record(checkout(origin, tmp_path, built), "one")
-    assert done.returncode == 0, done.stderr
-    assert "nothing recorded" in done.stdout and pushed == ""
-    assert git(origin, "rev-parse", BRANCH) == deployed
+    again = record(checkout(origin, tmp_path, built), "one")
+    assert_nothing_pushed(origin, again, "nothing recorded", deployed)
 
 
 def test_bound_credentials_are_used_and_keep_the_safe_directory(origin, tmp_path):
