@@ -688,8 +688,7 @@ def prod_stack(engine: Engine, secret: dict[str, str], release: Release | None) 
     if set(ours.values()) != pushed:
         raise CheckFailed(f"the prod file runs {sorted(set(ours.values()))}; the pipeline "
                           f"pushed {sorted(pushed)}")  # fmt: skip
-    for image in pushed:  # whatever an earlier run left under these names
-        engine.podman("rmi", "--force", image, check=False)
+    # Tagged with this run's commit: no earlier run left an image under these names.
     prod.compose("pull", *sorted(ours))
     digests = {url: digest for url, digest in release.images.values()}
     for image in sorted(pushed):

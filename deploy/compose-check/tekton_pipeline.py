@@ -34,9 +34,8 @@ from pathlib import Path
 
 import yaml
 from engine import PYTHON_IMAGE, REGISTRY, Engine, container_ulimits, log
-from tekton_task import TASKS, TaskFailed, TaskRun, work_tree_copy
+from tekton_task import ROOT, TASKS, TaskFailed, TaskRun, work_tree_copy
 
-ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "tekton" / "pipeline.yaml"
 NAME = r"([A-Za-z0-9_-]+)"
 REFERENCE = re.compile(rf"\$\((params\.{NAME}|tasks\.{NAME}\.results\.{NAME})\)")
@@ -54,12 +53,11 @@ MANIFEST_TYPES = ", ".join([
 
 @dataclass
 class Release:
-    """What the pipeline made: the commit built, each image pushed (by the name the manifests
-    give it) with its digest, and the deploy branch's new commit."""
+    """What the pipeline made: the commit built and each image pushed (by the name the
+    manifests give it) with its digest."""
 
     commit: str
     images: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, digest)
-    deployed: str = ""
 
     @property
     def registry(self) -> str:
@@ -319,7 +317,7 @@ def run_pipeline(engine: Engine, cancelled: threading.Event, with_tests: bool = 
             f"digest its build reported (" + ", ".join(
                 f"{name} {digest[7:19]}" for name, (_, digest) in sorted(release.images.items())
             ) + ")")  # fmt: skip
-        release.deployed = check_deploy_branch(engine, pipeline, bare, release, folder)
+        check_deploy_branch(engine, pipeline, bare, release, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     log(f"tekton: the pipeline (but its test task) ran in {time.monotonic() - started:.0f} s")
@@ -327,7 +325,7 @@ def run_pipeline(engine: Engine, cancelled: threading.Event, with_tests: bool = 
 
 
 def check_deploy_branch(engine: Engine, pipeline: PipelineRun, bare: Path, release: Release,
-                        folder: Path) -> str:  # fmt: skip
+                        folder: Path) -> None:  # fmt: skip
     """The deploy branch is the built commit plus one commit that changes only the overlay's
     kustomization, and the overlay there renders exactly the images pushed."""
     branch = pipeline.params["deploy-branch"]
@@ -362,7 +360,6 @@ def check_deploy_branch(engine: Engine, pipeline: PipelineRun, bare: Path, relea
         f"{head[:12]} (Built-from: {release.commit[:12]}), which changes only "
         f"{overlay}/kustomization.yaml; `kustomize build` of it renders the {len(ours)} images "
         f"by the digests pushed, e.g. {sorted(ours)[0]}")  # fmt: skip
-    return head
 
 
 def container_images(node) -> list[str]:
